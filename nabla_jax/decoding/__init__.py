@@ -1,0 +1,21 @@
+"""Decoding: sampling filters, rollouts, the ∇-Reasoner loop and baselines."""
+
+from nabla_jax.decoding import sampling
+from nabla_jax.decoding.sampling import (
+    SamplingConfig,
+    apply_temperature,
+    filter_logits,
+    sample_token,
+    top_k_filter,
+    top_p_filter,
+)
+
+__all__ = [
+    "SamplingConfig",
+    "apply_temperature",
+    "filter_logits",
+    "sample_token",
+    "sampling",
+    "top_k_filter",
+    "top_p_filter",
+]

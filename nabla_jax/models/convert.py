@@ -1,0 +1,307 @@
+"""Hugging Face checkpoint tensors → nabla-jax parameter trees, one declarative key map per family.
+
+Conversion is strict: every checkpoint key must match a rule (or an explicit ignore rule) and every
+model leaf must be filled, every layer of it. A silent mismatch would make a model quietly worse.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterable, Mapping
+
+import jax
+import ml_dtypes
+import numpy as np
+
+from nabla_jax.models.config import ModelConfig
+
+# (checkpoint-key regex, target path, transform). In the target path "{1}" is replaced by the
+# regex's second group; a first group of digits is the layer index (leaf stacked on axis 0).
+# transform "T": transpose a torch Linear weight [out, in] into a kernel [in, out].
+_ATTN = "layers/self_attn"
+DECODER_KEY_MAP = (
+    (r"model\.embed_tokens\.weight", "embed_tokens", None),
+    (r"model\.layers\.(\d+)\.input_layernorm\.weight", "layers/input_layernorm/scale", None),
+    (
+        r"model\.layers\.(\d+)\.post_attention_layernorm\.weight",
+        "layers/post_attention_layernorm/scale",
+        None,
+    ),
+    (
+        r"model\.layers\.(\d+)\.self_attn\.([qkvo])_proj\.weight",
+        "layers/self_attn/{1}_proj/kernel",
+        "T",
+    ),
+    (
+        r"model\.layers\.(\d+)\.self_attn\.([qkvo])_proj\.bias",
+        "layers/self_attn/{1}_proj/bias",
+        None,
+    ),
+    (
+        r"model\.layers\.(\d+)\.self_attn\.([qk])_norm\.weight",
+        "layers/self_attn/{1}_norm/scale",
+        None,
+    ),
+    (r"model\.layers\.(\d+)\.mlp\.(gate|up|down)_proj\.weight", "layers/mlp/{1}_proj/kernel", "T"),
+    (r"model\.layers\.(\d+)\.mlp\.(gate|up|down)_proj\.bias", "layers/mlp/{1}_proj/bias", None),
+    (r"model\.norm\.weight", "norm/scale", None),
+    (r"lm_head\.weight", "lm_head", "T"),
+    (r"score\.weight", "score", "T"),
+)
+DECODER_TIED_ALIASES = {"lm_head.weight": "model.embed_tokens.weight"}
+DECODER_IGNORED = (r"model\.layers\.(\d+)\.self_attn\.rotary_emb\.inv_freq",)
+
+GPT2_KEY_MAP = (
+    (r"transformer\.wte\.weight", "wte", None),
+    (r"transformer\.wpe\.weight", "wpe", None),
+    (r"transformer\.h\.(\d+)\.ln_(1|2)\.weight", "h/ln_{1}/scale", None),
+    (r"transformer\.h\.(\d+)\.ln_(1|2)\.bias", "h/ln_{1}/bias", None),
+    # GPT-2's Conv1D stores [in, out]: no transpose.
+    (r"transformer\.h\.(\d+)\.attn\.(c_attn|c_proj)\.weight", "h/attn/{1}/kernel", None),
+    (r"transformer\.h\.(\d+)\.attn\.(c_attn|c_proj)\.bias", "h/attn/{1}/bias", None),
+    (r"transformer\.h\.(\d+)\.mlp\.(c_fc|c_proj)\.weight", "h/{1}/kernel", None),
+    (r"transformer\.h\.(\d+)\.mlp\.(c_fc|c_proj)\.bias", "h/{1}/bias", None),
+    (r"transformer\.ln_f\.weight", "ln_f/scale", None),
+    (r"transformer\.ln_f\.bias", "ln_f/bias", None),
+    (r"lm_head\.weight", "lm_head", "T"),
+    (r"score\.weight", "score", "T"),
+)
+GPT2_TIED_ALIASES = {"lm_head.weight": "transformer.wte.weight"}
+# Causal-mask buffers of old GPT-2 checkpoints: not parameters.
+GPT2_IGNORED = (r"transformer\.h\.(\d+)\.attn\.(bias|masked_bias)",)
+
+
+class CheckpointMismatchError(ValueError):
+    """Checkpoint keys and model parameters do not correspond one to one."""
+
+
+def key_map(cfg: ModelConfig):
+    if cfg.family == "gpt2":
+        return GPT2_KEY_MAP, GPT2_TIED_ALIASES, GPT2_IGNORED
+    return DECODER_KEY_MAP, DECODER_TIED_ALIASES, DECODER_IGNORED
+
+
+def _flatten(tree: Mapping, prefix="") -> dict:
+    out = {}
+    for k, v in tree.items():
+        path = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(_flatten(v, path + "/"))
+        else:
+            out[path] = v
+    return out
+
+
+def _unflatten(flat: Mapping) -> dict:
+    tree: dict = {}
+    for path, v in flat.items():
+        node = tree
+        *parents, leaf = path.split("/")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = v
+    return tree
+
+
+def route(key: str, rules) -> tuple[str, int | None, str | None] | None:
+    """Target path, layer index (or None) and transform of one checkpoint key; None if no rule."""
+    for pattern, target, transform in rules:
+        m = re.fullmatch(pattern, key)
+        if m is None:
+            continue
+        groups = m.groups()
+        layer = int(groups[0]) if groups and groups[0].isdigit() else None
+        path = target.replace("{1}", groups[1]) if len(groups) > 1 else target
+        return path, layer, transform
+    return None
+
+
+def plan_conversion(cfg: ModelConfig, keys: Iterable[str], shapes: Mapping) -> dict:
+    """Map each checkpoint key to (path, layer, transform), checking the key sets correspond.
+
+    Args:
+      cfg: the model's config (selects the family's key map).
+      keys: checkpoint tensor names.
+      shapes: the model's parameter tree of ``ShapeDtypeStruct`` (from ``param_shapes``).
+    Returns:
+      ``{checkpoint key: (path, layer, transform)}``; tied aliases map to ``("<tied>", …)``.
+    Raises:
+      CheckpointMismatchError: naming unused checkpoint keys and unfilled parameter leaves.
+    """
+    rules, aliases, ignored = key_map(cfg)
+    flat = _flatten(shapes)
+    plan, unused = {}, []
+    filled: dict[str, set] = {p: set() for p in flat}
+    for key in keys:
+        if any(re.fullmatch(p, key) for p in ignored):
+            continue
+        routed = route(key, rules)
+        if routed is not None and routed[0] in flat:
+            path, layer, transform = routed
+            filled[path].add(layer)
+            plan[key] = routed
+        elif key in aliases and cfg.tie_word_embeddings:
+            plan[key] = ("<tied>", None, aliases[key])
+        else:
+            unused.append(key)
+    missing = []
+    for path, layers in filled.items():
+        stacked = path.startswith(("layers/", "h/"))
+        want = set(range(cfg.num_layers)) if stacked else {None}
+        if layers != want:
+            lacking = sorted(want - layers, key=lambda x: -1 if x is None else x)
+            missing.append(f"{path} (layers {lacking})" if stacked else path)
+    if unused or missing:
+        raise CheckpointMismatchError(
+            f"checkpoint does not match the {cfg.family} model:\n"
+            f"  checkpoint keys with no parameter: {sorted(unused) or 'none'}\n"
+            f"  parameters with no checkpoint key: {missing or 'none'}\n"
+            "Check that config.json describes these weights and that the right loader is used "
+            "(load_causal_lm for *ForCausalLM, load_reward_model for *ForSequenceClassification)."
+        )
+    return plan
+
+
+def _cast(x: np.ndarray, dtype: str) -> np.ndarray:
+    target = np.float32 if dtype == "float32" else ml_dtypes.bfloat16
+    return np.asarray(x).astype(target, copy=False)
+
+
+def convert_tensors(
+    cfg: ModelConfig, tensors: Mapping[str, np.ndarray], shapes: Mapping, dtype: str
+) -> dict:
+    """Build the host (numpy) parameter tree from checkpoint ``tensors``.
+
+    Layer-indexed leaves are stacked on axis 0. Shapes are checked against ``shapes``.
+    A tied alias (``lm_head.weight`` of a tied model) must equal the embedding it aliases.
+    """
+    plan = plan_conversion(cfg, tensors.keys(), shapes)
+    flat_shapes = _flatten(shapes)
+    flat: dict[str, np.ndarray] = {}
+    for key, (path, layer, transform) in plan.items():
+        if path == "<tied>":
+            continue
+        x = tensors[key]
+        if transform == "T":
+            x = np.swapaxes(x, -1, -2)
+        want = flat_shapes[path].shape
+        if layer is not None:
+            if path not in flat:
+                flat[path] = np.empty(want, dtype=_cast(np.zeros(()), dtype).dtype)
+            if tuple(x.shape) != tuple(want[1:]):
+                raise CheckpointMismatchError(
+                    f"{key}: shape {tuple(x.shape)} does not fit {path}{tuple(want[1:])}"
+                )
+            flat[path][layer] = _cast(x, dtype)
+        else:
+            if tuple(x.shape) != tuple(want):
+                raise CheckpointMismatchError(
+                    f"{key}: shape {tuple(x.shape)} does not fit {path}{tuple(want)}"
+                )
+            flat[path] = _cast(x, dtype)
+    for key, (path, _, source) in plan.items():
+        if path == "<tied>" and not np.array_equal(
+            np.asarray(tensors[key]), np.asarray(tensors[source])
+        ):
+            raise CheckpointMismatchError(
+                f"config says tie_word_embeddings but {key} differs from {source}; "
+                "set tie_word_embeddings=false in config.json"
+            )
+    return _unflatten(flat)
+
+
+# -- safetensors -----------------------------------------------------------------------------
+
+_ST_DTYPES = {
+    "F32": np.float32,
+    "F16": np.float16,
+    "BF16": ml_dtypes.bfloat16,
+    "F64": np.float64,
+    "I64": np.int64,
+    "I32": np.int32,
+    "I8": np.int8,
+    "U8": np.uint8,
+    "BOOL": np.bool_,
+}
+
+
+def read_safetensors(path: str) -> dict[str, np.ndarray]:
+    """Memory-map a ``.safetensors`` file: ``{name: array}`` without reading the data yet.
+
+    Arrays are views into the mapped file, so a slice of one (a device's shard) reads only
+    that part from disk.
+    """
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(n))
+    header.pop("__metadata__", None)
+    data = np.memmap(path, dtype=np.uint8, mode="r", offset=8 + n)
+    out = {}
+    for name, info in header.items():
+        if info["dtype"] not in _ST_DTYPES:
+            raise ValueError(f"{path}: tensor {name} has unsupported dtype {info['dtype']}")
+        start, end = info["data_offsets"]
+        dt = np.dtype(_ST_DTYPES[info["dtype"]])
+        out[name] = data[start:end].view(dt).reshape(info["shape"])
+    return out
+
+
+def checkpoint_files(directory: str, allow_pickle: bool = False) -> tuple[str, list[str]]:
+    """("safetensors" | "pickle", files) of the checkpoint in ``directory``."""
+    single = os.path.join(directory, "model.safetensors")
+    index = os.path.join(directory, "model.safetensors.index.json")
+    if os.path.exists(index):
+        with open(index) as f:
+            shards = sorted(set(json.load(f)["weight_map"].values()))
+        files = [os.path.join(directory, s) for s in shards]
+        absent = [p for p in files if not os.path.exists(p)]
+        if absent:
+            raise FileNotFoundError(f"sharded checkpoint is missing files: {absent}")
+        return "safetensors", files
+    if os.path.exists(single):
+        return "safetensors", [single]
+    pickled = [
+        os.path.join(directory, n)
+        for n in sorted(os.listdir(directory))
+        if n.startswith("pytorch_model") and n.endswith(".bin")
+    ]
+    if pickled:
+        if not allow_pickle:
+            raise ValueError(
+                f"{directory} holds only pickled PyTorch weights ({os.path.basename(pickled[0])}); "
+                "nabla-jax does not unpickle by default. Convert them to safetensors, or pass "
+                "allow_pickle=True to load them with torch.load(weights_only=True)."
+            )
+        return "pickle", pickled
+    raise FileNotFoundError(
+        f"no weights in {directory}: expected model.safetensors, model.safetensors.index.json "
+        "or (with allow_pickle=True) pytorch_model.bin"
+    )
+
+
+def read_checkpoint(directory: str, allow_pickle: bool = False) -> dict[str, np.ndarray]:
+    """All tensors of a checkpoint directory as (memory-mapped where possible) numpy arrays."""
+    kind, files = checkpoint_files(directory, allow_pickle)
+    tensors: dict[str, np.ndarray] = {}
+    for path in files:
+        if kind == "safetensors":
+            part = read_safetensors(path)
+        else:
+            import torch
+
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            part = {k: v.float().numpy() for k, v in state.items()}
+        dup = tensors.keys() & part.keys()
+        if dup:
+            raise CheckpointMismatchError(f"tensors {sorted(dup)} appear in two shards")
+        tensors.update(part)
+    return tensors
+
+
+def to_device(tree, shardings=None):
+    """Move a host parameter tree onto devices (optionally with a matching sharding tree)."""
+    if shardings is None:
+        return jax.tree.map(jax.numpy.asarray, tree)
+    return jax.tree.map(jax.device_put, tree, shardings)

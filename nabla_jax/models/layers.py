@@ -1,0 +1,148 @@
+"""Blocks shared by the model families: norms, rotary embedding, masked attention, KV cache.
+
+Conventions follow Hugging Face so that checkpoints need no surgery: half-split rotary embedding
+with sin/cos computed in float32, unscaled query projections (the 1/sqrt(Dh) scale is applied to the
+scores), softmax in float32.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# Large negative used instead of -inf so a fully masked row (a padding query) stays finite.
+_MASK_VALUE = -1e30
+
+
+class KVCache(NamedTuple):
+    """Keys and values of every layer, in fixed-size slot buffers.
+
+    Attributes:
+      k: ``[L, B, S, Hkv, Dh]`` keys (rotary already applied).
+      v: ``[L, B, S, Hkv, Dh]`` values.
+    A step that processes ``T`` new tokens writes slots ``write_index … write_index+T-1``.
+    """
+
+    k: jax.Array
+    v: jax.Array
+
+    @property
+    def max_len(self) -> int:
+        return self.k.shape[2]
+
+
+def init_kv_cache(num_layers, batch, max_len, num_kv_heads, head_dim, dtype) -> KVCache:
+    shape = (num_layers, batch, max_len, num_kv_heads, head_dim)
+    return KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
+
+
+class RMSNorm(nn.Module):
+    """``x / sqrt(mean(x²) + eps) * scale``, computed in float32 then cast back (HF semantics)."""
+
+    eps: float
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        scale = self.param("scale", nn.initializers.ones, (x.shape[-1],), self.dtype)
+        h = x.astype(jnp.float32)
+        h = h * jax.lax.rsqrt(jnp.mean(h * h, axis=-1, keepdims=True) + self.eps)
+        return scale * h.astype(x.dtype)
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm with scale and bias, statistics in float32 (GPT-2)."""
+
+    eps: float
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        d = x.shape[-1]
+        scale = self.param("scale", nn.initializers.ones, (d,), self.dtype)
+        bias = self.param("bias", nn.initializers.zeros, (d,), self.dtype)
+        h = x.astype(jnp.float32)
+        mean = jnp.mean(h, axis=-1, keepdims=True)
+        var = jnp.mean(jnp.square(h - mean), axis=-1, keepdims=True)
+        h = (h - mean) * jax.lax.rsqrt(var + self.eps)
+        return (h * scale.astype(jnp.float32) + bias.astype(jnp.float32)).astype(x.dtype)
+
+
+def rotary_cos_sin(positions, inv_freq: np.ndarray):
+    """cos, sin of shape ``[B, T, Dh]`` (float32) for integer ``positions [B, T]``."""
+    freqs = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq, jnp.float32)
+    emb = jnp.concatenate([freqs, freqs], axis=-1)
+    return jnp.cos(emb), jnp.sin(emb)
+
+
+def apply_rotary(x, cos, sin):
+    """Half-split rotary embedding of ``x [B, T, H, Dh]`` with ``cos, sin [B, T, Dh]``."""
+    half = x.shape[-1] // 2
+    rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+    cos = cos[:, :, None, :].astype(x.dtype)
+    sin = sin[:, :, None, :].astype(x.dtype)
+    return x * cos + rotated * sin
+
+
+def attention_allowed(key_mask, write_index, num_new: int, window=None):
+    """Boolean ``[B, T, S]``: may new token ``t`` (in slot ``write_index+t``) attend slot ``s``.
+
+    Args:
+      key_mask: ``[B, S]`` 1 where the slot holds a real token (padding and empty slots are 0).
+      write_index: slot of the first new token (int or scalar array).
+      num_new: ``T``, the number of new tokens.
+      window: sliding-window size (scalar; None or ≤0: no window). Matches HF: slot ``s`` is
+        visible from slot ``q`` when ``0 <= q - s < window``.
+    """
+    s = jnp.arange(key_mask.shape[1])[None, :]
+    q = write_index + jnp.arange(num_new)[:, None]
+    allowed = s <= q
+    if window is not None:
+        allowed = allowed & ((window <= 0) | (q - s < window))
+    return allowed[None, :, :] & (key_mask[:, None, :] > 0)
+
+
+def dot_product_attention(q, k, v, allowed, scale: float):
+    """Grouped-query attention.
+
+    Args:
+      q: ``[B, T, H, Dh]``; k, v: ``[B, S, Hkv, Dh]`` with ``H % Hkv == 0``.
+      allowed: ``[B, T, S]`` boolean mask.
+      scale: multiplier of the scores.
+    Returns:
+      ``[B, T, H, Dh]`` in q's dtype; scores and softmax in float32.
+    """
+    b, t, h, d = q.shape
+    hkv = k.shape[2]
+    qg = q.reshape(b, t, hkv, h // hkv, d)
+    scores = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32) * scale
+    scores = jnp.where(allowed[:, None, None, :, :], scores, _MASK_VALUE)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
+    return out.reshape(b, t, h, d)
+
+
+def write_cache(buffer, new, write_index):
+    """Write ``new [B, T, Hkv, Dh]`` into ``buffer [B, S, Hkv, Dh]`` at slot ``write_index``."""
+    return jax.lax.dynamic_update_slice(buffer, new.astype(buffer.dtype), (0, write_index, 0, 0))
+
+
+def activation(name: str):
+    if name == "silu":
+        return jax.nn.silu
+    if name in ("gelu_new", "gelu_pytorch_tanh"):
+        return lambda x: jax.nn.gelu(x, approximate=True)
+    if name == "gelu":
+        return lambda x: jax.nn.gelu(x, approximate=False)
+    if name == "relu":
+        return jax.nn.relu
+    raise ValueError(f"unknown activation {name!r}")
+
+
+def layer_unroll(num_layers: int) -> int:
+    """Unroll shallow stacks fully (XLA fuses across layers); scan deep ones (compile time)."""
+    return num_layers if num_layers <= 8 else 1

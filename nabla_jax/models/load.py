@@ -1,0 +1,75 @@
+"""Load causal LMs and reward models from a local Hugging Face directory."""
+
+from __future__ import annotations
+
+import os
+
+from nabla_jax.models.config import ModelConfig
+from nabla_jax.models.convert import convert_tensors, read_checkpoint, to_device
+from nabla_jax.models.model import CausalLM, RewardModel, param_shapes, resolve_dtype
+
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+
+
+def _check_dir(path) -> str:
+    path = os.fspath(path)
+    if not os.path.isdir(path):
+        raise FileNotFoundError(
+            f"model directory {path!r} does not exist; pass a local directory holding "
+            "config.json and model.safetensors (nothing is downloaded from a hub)"
+        )
+    if not os.path.exists(os.path.join(path, "config.json")):
+        raise FileNotFoundError(f"{path} has no config.json; is it a Hugging Face model directory?")
+    return path
+
+
+def load_tokenizer(path):
+    """The directory's tokenizer via ``AutoTokenizer``, or None when it has no tokenizer files."""
+    if not any(os.path.exists(os.path.join(path, f)) for f in _TOKENIZER_FILES):
+        return None
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path)
+
+
+def _load(path, dtype, head, allow_pickle, tokenizer):
+    path = _check_dir(path)
+    dtype = resolve_dtype(dtype)
+    cfg = ModelConfig.from_hf(path)
+    tensors = read_checkpoint(path, allow_pickle)
+    has_score = "score.weight" in tensors
+    if head == "lm" and has_score:
+        raise ValueError(
+            f"{path} is a sequence-classification checkpoint (it has score.weight); "
+            "load it with load_reward_model"
+        )
+    if head == "score" and not has_score:
+        raise ValueError(
+            f"{path} has no score head (score.weight); load_reward_model needs a "
+            "*ForSequenceClassification checkpoint with num_labels=1 (use load_causal_lm for LMs)"
+        )
+    shapes = param_shapes(cfg, dtype, head)
+    params = to_device(convert_tensors(cfg, tensors, shapes, dtype))
+    tok = load_tokenizer(path) if tokenizer is True else tokenizer or None
+    return cfg, params, tok, dtype
+
+
+def load_causal_lm(path, dtype="float32", *, allow_pickle=False, tokenizer=True) -> CausalLM:
+    """Load a ``*ForCausalLM`` checkpoint (Llama, Qwen2, Qwen3, Mistral, GPT-2).
+
+    Args:
+      path: local directory with ``config.json`` and ``model.safetensors`` (or a sharded
+        ``model.safetensors.index.json``), and optionally tokenizer files.
+      dtype: "float32" or "bfloat16" for parameters and activations.
+      allow_pickle: permit ``pytorch_model.bin`` (read with ``torch.load(weights_only=True)``).
+      tokenizer: True to load the directory's tokenizer (None if it has none), False to skip,
+        or a tokenizer object to attach.
+    """
+    cfg, params, tok, dtype = _load(path, dtype, "lm", allow_pickle, tokenizer)
+    return CausalLM(cfg, params, tok, dtype)
+
+
+def load_reward_model(path, dtype="float32", *, allow_pickle=False, tokenizer=True) -> RewardModel:
+    """Load a ``*ForSequenceClassification`` checkpoint as a reward model (score head)."""
+    cfg, params, tok, dtype = _load(path, dtype, "score", allow_pickle, tokenizer)
+    return RewardModel(cfg, params, tok, dtype)

@@ -1,0 +1,63 @@
+"""Tiny random Hugging Face PyTorch models, one per supported family, for parity tests."""
+
+from __future__ import annotations
+
+import torch
+import transformers as tr
+
+VOCAB = 101
+PAD = 0
+
+
+def hf_config(family: str, *, kv_heads: int = 2, tied: bool = False, num_labels: int = 1, **kw):
+    """A tiny config of ``family``; ``kv_heads`` 4 = full attention, 2 = GQA, 1 = MQA."""
+    common = dict(
+        vocab_size=VOCAB,
+        pad_token_id=PAD,
+        eos_token_id=2,
+        bos_token_id=1,
+        num_labels=num_labels,
+        tie_word_embeddings=tied,
+    )
+    decoder = dict(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=kv_heads,
+        max_position_embeddings=128,
+    )
+    if family == "llama":
+        rope = {
+            "rope_type": "llama3",
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 16,
+            "rope_theta": 500000.0,
+        }
+        return tr.LlamaConfig(**common, **decoder, rope_scaling=rope, **kw)
+    if family == "qwen2":
+        return tr.Qwen2Config(**common, **decoder, **kw)
+    if family == "qwen3":
+        return tr.Qwen3Config(**common, **decoder, head_dim=8, **kw)
+    if family == "mistral":
+        return tr.MistralConfig(**common, **decoder, sliding_window=4, **kw)
+    if family == "gpt2":
+        common["tie_word_embeddings"] = True
+        return tr.GPT2Config(**common, n_embd=32, n_layer=2, n_head=4, n_positions=128, **kw)
+    raise ValueError(family)
+
+
+def hf_model(family: str, head: str = "lm", seed: int = 0, **kw):
+    """A random HF PyTorch model (float32, eval mode) of ``family`` with an "lm" or "score" head."""
+    torch.manual_seed(seed)
+    cfg = hf_config(family, **kw)
+    auto = tr.AutoModelForCausalLM if head == "lm" else tr.AutoModelForSequenceClassification
+    model = auto.from_config(cfg).eval()
+    # Random, non-trivial norm weights so that a mis-mapped norm would show.
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.ndim == 1:
+                p.add_(0.1 * torch.randn_like(p))
+    return model

@@ -1,0 +1,202 @@
+"""Parity of the Flax model families with Hugging Face PyTorch, through save → load."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import nabla_jax as nj
+from nabla_jax.models.convert import read_safetensors
+from tests.hf_models import PAD, VOCAB, hf_model
+
+FAMILIES = ["llama", "qwen2", "qwen3", "mistral", "gpt2"]
+TOL = 1e-4  # max abs error of fp32 logits / scores
+B, T = 3, 12
+
+
+def _batch(padding: str, seed: int = 0):
+    rng = np.random.RandomState(seed)
+    ids = rng.randint(3, VOCAB, size=(B, T))
+    mask = np.ones((B, T), np.int64)
+    lengths = [T, T - 4, T - 7]
+    for b, n in enumerate(lengths):
+        if padding == "left":
+            mask[b, : T - n] = 0
+        else:
+            mask[b, n:] = 0
+    ids = np.where(mask > 0, ids, PAD)
+    return ids, mask
+
+
+def _positions(mask):
+    return np.maximum(mask.cumsum(-1) - 1, 0)
+
+
+def _save(model, tmp_path, **kw):
+    model.save_pretrained(tmp_path, **kw)
+    return tmp_path
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("padding", ["left", "right"])
+def test_causal_lm_logits_match_hf(family, padding, tmp_path):
+    model = hf_model(family, "lm")
+    lm = nj.load_causal_lm(_save(model, tmp_path))
+    ids, mask = _batch(padding)
+    with torch.no_grad():
+        ref = model(
+            input_ids=torch.tensor(ids),
+            attention_mask=torch.tensor(mask),
+            position_ids=torch.tensor(_positions(mask)),
+        ).logits.numpy()
+    out = np.asarray(lm.logits(ids, mask))
+    assert out.shape == (B, T, VOCAB)
+    valid = mask > 0
+    np.testing.assert_allclose(out[valid], ref[valid], atol=TOL, rtol=0)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("padding", ["left", "right"])
+def test_reward_model_scores_match_hf(family, padding, tmp_path):
+    model = hf_model(family, "score")
+    rm = nj.load_reward_model(_save(model, tmp_path))
+    ids, mask = _batch(padding, seed=1)
+    with torch.no_grad():
+        ref = model(
+            input_ids=torch.tensor(ids),
+            attention_mask=torch.tensor(mask),
+            position_ids=torch.tensor(_positions(mask)),
+        ).logits.numpy()[:, 0]
+    np.testing.assert_allclose(np.asarray(rm.score(ids, mask)), ref, atol=TOL, rtol=0)
+    # Without a mask, pad ids locate the last real token (HF's rule); right padding only,
+    # since HF's positions are then arange.
+    if padding == "right":
+        with torch.no_grad():
+            ref_nomask = model(input_ids=torch.tensor(ids)).logits.numpy()[:, 0]
+        np.testing.assert_allclose(np.asarray(rm.score(ids)), ref_nomask, atol=TOL, rtol=0)
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+@pytest.mark.parametrize("kv_heads", [4, 2, 1], ids=["full", "gqa", "mqa"])
+@pytest.mark.parametrize("tied", [False, True])
+def test_attention_variants_and_tying(family, kv_heads, tied, tmp_path):
+    model = hf_model(family, "lm", kv_heads=kv_heads, tied=tied)
+    lm = nj.load_causal_lm(_save(model, tmp_path))
+    assert lm.config.tie_word_embeddings == tied
+    assert ("lm_head" in lm.params) == (not tied)
+    ids, mask = _batch("left", seed=2)
+    with torch.no_grad():
+        ref = model(
+            input_ids=torch.tensor(ids),
+            attention_mask=torch.tensor(mask),
+            position_ids=torch.tensor(_positions(mask)),
+        ).logits.numpy()
+    out = np.asarray(lm.logits(ids, mask))
+    np.testing.assert_allclose(out[mask > 0], ref[mask > 0], atol=TOL, rtol=0)
+
+
+def _rel_err(a, b):
+    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-12))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_inputs_embeds_gradient_matches_hf(family, tmp_path):
+    """d/d(inputs_embeds) of a scalar function of the logits (and of the score) agree ≤ 1e-4 rel."""
+    import jax
+    import jax.numpy as jnp
+
+    model = hf_model(family, "lm", seed=3)
+    lm = nj.load_causal_lm(_save(model, tmp_path / "lm"))
+    rmodel = hf_model(family, "score", seed=4)
+    rm = nj.load_reward_model(_save(rmodel, tmp_path / "rm"))
+    ids, mask = _batch("left", seed=5)
+    rng = np.random.RandomState(6)
+    w = rng.randn(B, T, VOCAB).astype(np.float32) * mask[..., None]
+    emb = np.asarray(lm.embed_matrix())[ids]
+    remb = np.asarray(rm.embed_matrix())[ids]
+    pos = _positions(mask)
+
+    def f_jax(e):
+        return jnp.sum(lm.logits(inputs_embeds=e, attention_mask=mask, position_ids=pos) * w)
+
+    g_jax = np.asarray(jax.jit(jax.grad(f_jax))(jnp.asarray(emb)))
+    e_t = torch.tensor(emb, requires_grad=True)
+    out = model(
+        inputs_embeds=e_t, attention_mask=torch.tensor(mask), position_ids=torch.tensor(pos)
+    )
+    (out.logits * torch.tensor(w)).sum().backward()
+    assert _rel_err(g_jax, e_t.grad.numpy()) <= 1e-4
+
+    def s_jax(e):
+        return jnp.sum(rm.score(inputs_embeds=e, attention_mask=mask, position_ids=pos) ** 2)
+
+    gs_jax = np.asarray(jax.grad(s_jax)(jnp.asarray(remb)))
+    r_t = torch.tensor(remb, requires_grad=True)
+    # HF pools inputs_embeds at the last position; right-aligned (left-padded) rows make that
+    # the last real token, the same position our mask-based pooling reads.
+    sc = rmodel(
+        inputs_embeds=r_t, attention_mask=torch.tensor(mask), position_ids=torch.tensor(pos)
+    )
+    (sc.logits[:, 0] ** 2).sum().backward()
+    assert _rel_err(gs_jax, r_t.grad.numpy()) <= 1e-4
+
+
+@pytest.mark.parametrize("family", ["qwen2", "gpt2"])
+def test_bfloat16_load_stays_close(family, tmp_path):
+    """bf16 weights and activations: logits within 5% of the fp32 logits' range."""
+    model = hf_model(family, "lm", seed=7)
+    path = _save(model, tmp_path)
+    lm32 = nj.load_causal_lm(path)
+    lm16 = nj.load_causal_lm(path, dtype="bfloat16")
+    assert lm16.params["embed_tokens" if family != "gpt2" else "wte"].dtype.name == "bfloat16"
+    ids, mask = _batch("right", seed=8)
+    a = np.asarray(lm32.logits(ids, mask))[mask > 0]
+    b = np.asarray(lm16.logits(ids, mask))[mask > 0]
+    assert b.dtype == np.float32
+    assert np.abs(a - b).max() <= 0.05 * np.abs(a).max()
+    assert (a.argmax(-1) == b.argmax(-1)).mean() >= 0.9
+
+
+def test_sharded_checkpoint_loads(tmp_path):
+    model = hf_model("llama", "lm", seed=9)
+    model.save_pretrained(tmp_path, max_shard_size="20KB")
+    assert (tmp_path / "model.safetensors.index.json").exists()
+    assert not (tmp_path / "model.safetensors").exists()
+    lm = nj.load_causal_lm(tmp_path)
+    ids, mask = _batch("left")
+    with torch.no_grad():
+        ref = model(
+            input_ids=torch.tensor(ids),
+            attention_mask=torch.tensor(mask),
+            position_ids=torch.tensor(_positions(mask)),
+        ).logits.numpy()
+    out = np.asarray(lm.logits(ids, mask))
+    np.testing.assert_allclose(out[mask > 0], ref[mask > 0], atol=TOL, rtol=0)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_key_sets_correspond(family, tmp_path):
+    """Every HF state-dict key is consumed and every Flax leaf is filled (levanter-style check)."""
+    from nabla_jax.models.convert import plan_conversion
+    from nabla_jax.models.model import param_shapes
+
+    model = hf_model(family, "score")
+    path = _save(model, tmp_path)
+    keys = read_safetensors(str(path / "model.safetensors")).keys()
+    cfg = nj.ModelConfig.from_hf(path)
+    plan = plan_conversion(cfg, keys, param_shapes(cfg, "float32", "score"))
+    assert set(plan) == set(keys)
+
+
+def test_jit_and_vmap_over_models(tmp_path):
+    import jax
+
+    model = hf_model("qwen2", "lm")
+    lm = nj.load_causal_lm(_save(model, tmp_path))
+    ids, mask = _batch("left")
+    eager = np.asarray(lm.logits(ids, mask))
+    jitted = np.asarray(jax.jit(lambda m, i, k: m.logits(i, k))(lm, ids, mask))
+    np.testing.assert_allclose(jitted, eager, atol=1e-5)
+    per_row = jax.vmap(lambda i, k: lm.logits(i[None], k[None])[0])(ids, mask)
+    np.testing.assert_allclose(np.asarray(per_row), eager, atol=1e-5)

@@ -1,0 +1,337 @@
+"""Straight-through estimators: definitions, exactness, gather-forward embedding, torch parity.
+
+Tolerances (fp32, matmul precision "highest"): values <= 1e-6 abs; gradients rtol 1e-5, atol 1e-6
+(atol for entries that are ~0). One-hot forward values are compared bit for bit.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+from nabla_jax.ste import (
+    gumbel_noise,
+    st_softmax,
+    st_softmax_embed,
+    ste_argmax,
+    ste_argmax_embed,
+)
+from tests.reference import torch_ste
+
+VAL_ATOL = 1e-6
+GRAD_RTOL = 1e-5
+GRAD_ATOL = 1e-6
+
+
+@pytest.fixture(autouse=True)
+def _highest_precision():
+    with jax.default_matmul_precision("highest"):
+        yield
+
+
+def _normal(seed, shape, scale=1.0):
+    # numpy draws: no per-shape XLA compile (tests stay fast on a small CPU)
+    x = np.random.default_rng(seed).standard_normal(shape) * scale
+    return jnp.asarray(x, dtype=jnp.float32)
+
+
+def _t(x):
+    return torch.tensor(np.asarray(x), dtype=torch.float32)
+
+
+def _jgrad(f, argnums=0):
+    return jax.jit(jax.grad(f, argnums=argnums))
+
+
+def _close_grad(a, b):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=GRAD_RTOL, atol=GRAD_ATOL)
+
+
+# ---------------------------------------------------------------------------- ste_argmax
+
+
+@pytest.mark.parametrize("shape", [(7, 13), (2, 5, 13), (13,)])
+def test_ste_argmax_forward_is_exact_one_hot(shape):
+    z = _normal(0, shape)
+    y = ste_argmax(z)
+    expected = np.eye(shape[-1], dtype=np.float32)[np.argmax(np.asarray(z), axis=-1)]
+    assert y.shape == z.shape and y.dtype == z.dtype
+    np.testing.assert_array_equal(np.asarray(y), expected)
+
+
+def test_ste_argmax_keeps_dtype_and_breaks_ties_low():
+    z = jnp.array([[1.0, 3.0, 3.0, 0.0], [2.0, 2.0, 2.0, 2.0]], dtype=jnp.bfloat16)
+    y = ste_argmax(z)
+    assert y.dtype == jnp.bfloat16
+    np.testing.assert_array_equal(np.asarray(y, np.float32), [[0, 1, 0, 0], [1, 0, 0, 0]])
+
+
+def test_ste_argmax_backward_is_identity():
+    z = _normal(1, (6, 11))
+    w = _normal(2, (6, 11))
+    g = _jgrad(lambda z: jnp.sum(w * ste_argmax(z)))(z)
+    np.testing.assert_array_equal(np.asarray(g), np.asarray(w))
+
+
+def test_ste_argmax_jit_and_vmap():
+    z = _normal(3, (4, 5, 9))
+    np.testing.assert_array_equal(jax.jit(ste_argmax)(z), ste_argmax(z))
+    np.testing.assert_array_equal(jax.vmap(ste_argmax)(z), ste_argmax(z))
+
+
+# ---------------------------------------------------------------------------- st_softmax
+
+
+@pytest.mark.parametrize("tau", [0.5, 1.0, 2.0])
+def test_st_softmax_hard_forward_exact_and_gradient_of_softmax(tau):
+    z = _normal(4, (5, 17), scale=2.0)
+    w = _normal(5, (5, 17))
+    y = st_softmax(z, tau)
+    soft = jax.nn.softmax(z / tau, axis=-1)
+    expected = np.eye(17, dtype=np.float32)[np.argmax(np.asarray(soft), axis=-1)]
+    np.testing.assert_array_equal(np.asarray(y), expected)  # exactly 0/1, no 1 - s + s rounding
+    g = _jgrad(lambda z: jnp.sum(w * st_softmax(z, tau)))(z)
+    g_ref = _jgrad(lambda z: jnp.sum(w * jax.nn.softmax(z / tau, axis=-1)))(z)
+    _close_grad(g, g_ref)
+
+
+def test_st_softmax_soft_is_softmax():
+    z = _normal(6, (3, 4, 10))
+    np.testing.assert_allclose(
+        st_softmax(z, 0.7, hard=False), jax.nn.softmax(z / 0.7, axis=-1), atol=VAL_ATOL
+    )
+
+
+def test_st_softmax_gradient_wrt_tau_matches_soft():
+    z = _normal(7, (4, 9))
+    w = _normal(8, (4, 9))
+    g = _jgrad(lambda t: jnp.sum(w * st_softmax(z, t)))(0.8)
+    g_ref = _jgrad(lambda t: jnp.sum(w * jax.nn.softmax(z / t, axis=-1)))(0.8)
+    _close_grad(g, g_ref)
+
+
+def test_gumbel_noise_deterministic_by_key_and_absent_without_key():
+    z = _normal(9, (6, 12))
+    k1, k2 = jax.random.key(10), jax.random.key(11)
+    a = st_softmax(z, 1.0, hard=False, key=k1, gumbel_scale=1.0)
+    b = st_softmax(z, 1.0, hard=False, key=k1, gumbel_scale=1.0)
+    c = st_softmax(z, 1.0, hard=False, key=k2, gumbel_scale=1.0)
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a, c)
+    # the noise is exactly z + scale * gumbel_noise(key)
+    manual = jax.nn.softmax(z + 1.0 * gumbel_noise(k1, z.shape), axis=-1)
+    np.testing.assert_allclose(a, manual, atol=VAL_ATOL)
+    # no key -> no noise; a key with scale 0 -> no noise either
+    clean = jax.nn.softmax(z, axis=-1)
+    np.testing.assert_array_equal(st_softmax(z, hard=False), clean)
+    np.testing.assert_array_equal(st_softmax(z, hard=False, key=k1, gumbel_scale=0.0), clean)
+
+
+def test_st_softmax_under_jit_with_traced_tau_and_scale():
+    z = _normal(12, (3, 8))
+    key = jax.random.key(13)
+    f = jax.jit(lambda z, t, s: st_softmax(z, t, True, key, s))
+    np.testing.assert_array_equal(f(z, 0.5, 0.3), st_softmax(z, 0.5, True, key, 0.3))
+
+
+# ---------------------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize("tau", [0.0, -1.0, float("nan"), float("inf")])
+def test_bad_tau_raises(tau):
+    z = _normal(0, (2, 3))
+    with pytest.raises(ValueError, match="tau"):
+        st_softmax(z, tau)
+    with pytest.raises(ValueError, match="tau"):
+        st_softmax_embed(z, _normal(1, (3, 4)), tau)
+
+
+def test_non_scalar_tau_raises():
+    with pytest.raises(ValueError, match="tau must be a scalar"):
+        st_softmax(_normal(0, (2, 3)), jnp.ones(2))
+
+
+def test_bad_gumbel_settings_raise():
+    z = _normal(0, (2, 3))
+    with pytest.raises(ValueError, match="gumbel_scale must be finite and >= 0"):
+        st_softmax(z, key=jax.random.key(0), gumbel_scale=-0.5)
+    with pytest.raises(ValueError, match="needs a jax.random key"):
+        st_softmax(z, gumbel_scale=1.0)
+
+
+def test_bad_logits_raise():
+    with pytest.raises(TypeError, match="floating-point"):
+        ste_argmax(jnp.arange(6).reshape(2, 3))
+    with pytest.raises(ValueError, match="vocabulary axis"):
+        st_softmax(jnp.float32(1.0))
+    with pytest.raises(ValueError, match="empty vocabulary"):
+        ste_argmax(jnp.zeros((3, 0)))
+
+
+def test_bad_embed_raises():
+    z = _normal(0, (4, 5))
+    with pytest.raises(ValueError, match="vocabulary mismatch"):
+        ste_argmax_embed(z, _normal(1, (6, 3)))
+    with pytest.raises(ValueError, match=r"embedding table \[V, D\]"):
+        st_softmax_embed(z, _normal(1, (5, 3, 2)))
+    with pytest.raises(TypeError, match="floating"):
+        ste_argmax_embed(z, jnp.ones((5, 3), jnp.int32))
+
+
+# ---------------------------------------------------------------------------- gather embedding
+
+
+def _dense_ste_embed(z, e):
+    return ste_argmax(z) @ e
+
+
+def _dense_st_embed(z, e, tau=1.0, key=None, scale=0.0):
+    return st_softmax(z, tau, True, key, scale) @ e
+
+
+@pytest.mark.parametrize("shape", [(9, 5), (2, 7, 5), (40, 3)])  # (40, 3): repeated rows in dE
+def test_ste_argmax_embed_equals_dense(shape):
+    z = _normal(20, shape)
+    e = _normal(21, (shape[-1], 6))
+    w = _normal(22, shape[:-1] + (6,))
+    np.testing.assert_allclose(ste_argmax_embed(z, e), _dense_ste_embed(z, e), atol=VAL_ATOL)
+    np.testing.assert_array_equal(ste_argmax_embed(z, e), e[jnp.argmax(z, -1)])  # exact gather
+    loss = lambda f: lambda z, e: jnp.sum(w * jnp.tanh(f(z, e)))
+    dz, de = _jgrad(loss(ste_argmax_embed), argnums=(0, 1))(z, e)
+    dz_ref, de_ref = _jgrad(loss(_dense_ste_embed), argnums=(0, 1))(z, e)
+    _close_grad(dz, dz_ref)
+    _close_grad(de, de_ref)
+
+
+@pytest.mark.parametrize("tau,scale", [(1.0, 0.0), (0.5, 0.0), (0.7, 1.0)])
+def test_st_softmax_embed_equals_dense(tau, scale):
+    z = _normal(23, (2, 6, 11))
+    e = _normal(24, (11, 4))
+    w = _normal(25, (2, 6, 4))
+    key = jax.random.key(26) if scale else None
+    np.testing.assert_allclose(
+        st_softmax_embed(z, e, tau, key, scale),
+        _dense_st_embed(z, e, tau, key, scale),
+        atol=VAL_ATOL,
+    )
+
+    def loss(f):
+        return lambda z, e, t: jnp.sum(w * jnp.sin(f(z, e, t, key, scale)))
+
+    grads = _jgrad(loss(st_softmax_embed), argnums=(0, 1, 2))(z, e, tau)
+    grads_ref = _jgrad(loss(_dense_st_embed), argnums=(0, 1, 2))(z, e, tau)
+    for g, g_ref in zip(grads, grads_ref):
+        _close_grad(g, g_ref)
+
+
+def test_embed_variants_returning_the_one_hot():
+    z = _normal(27, (5, 9))
+    e = _normal(28, (9, 3))
+    wy = _normal(29, (5, 9))
+    we = _normal(30, (5, 3))
+
+    def ours(z):
+        emb, y = st_softmax_embed(z, e, 0.6, return_y=True)
+        emb2, oh = ste_argmax_embed(z, e, return_onehot=True)
+        return jnp.sum(we * emb) + jnp.sum(wy * y) + jnp.sum(we * emb2) + jnp.sum(wy * oh)
+
+    def dense(z):
+        y = st_softmax(z, 0.6)
+        oh = ste_argmax(z)
+        return jnp.sum(we * (y @ e)) + jnp.sum(wy * y) + jnp.sum(we * (oh @ e)) + jnp.sum(wy * oh)
+
+    np.testing.assert_allclose(ours(z), dense(z), atol=1e-5)
+    _close_grad(_jgrad(ours)(z), _jgrad(dense)(z))
+    emb, y = st_softmax_embed(z, e, 0.6, return_y=True)
+    np.testing.assert_array_equal(y, st_softmax(z, 0.6))
+
+
+def test_embed_vmap_matches_rowwise():
+    z = _normal(31, (3, 4, 7))
+    e = _normal(32, (7, 5))
+    f = lambda z: st_softmax_embed(z, e, 0.9)
+    np.testing.assert_array_equal(jax.vmap(f)(z), jnp.stack([f(r) for r in z]))
+
+
+def _hlo(f, *args):
+    return jax.jit(f).lower(*args).as_text()
+
+
+@pytest.mark.parametrize(
+    "fwd",
+    [ste_argmax_embed, lambda z, e: st_softmax_embed(z, e, 0.5)],
+    ids=["ste_argmax_embed", "st_softmax_embed"],
+)
+def test_embed_forward_is_a_gather_not_a_matmul(fwd):
+    z = _normal(33, (16, 64))  # [T, V]
+    e = _normal(34, (64, 8))  # [V, D]
+    text = _hlo(fwd, z, e)
+    assert "gather" in text
+    assert "dot_general" not in text and "stablehlo.dot " not in text
+    # the backward does pay the [T, D] @ [D, V] matmul (and a scatter-add for dE)
+    bwd = _hlo(_jgrad(lambda z, e: jnp.sum(fwd(z, e) ** 2), argnums=(0, 1)), z, e)
+    assert "dot_general" in bwd and "scatter" in bwd
+    # while the dense form has a matmul in its forward
+    assert "dot_general" in _hlo(_dense_ste_embed, z, e)
+
+
+# ---------------------------------------------------------------------------- torch parity
+
+
+def test_torch_parity_ste_argmax():
+    z = _normal(40, (2, 6, 13))
+    w = _normal(41, (2, 6, 13))
+    zt = _t(z).requires_grad_(True)
+    yt = torch_ste.ste_argmax(zt)
+    (yt * _t(w)).sum().backward()
+    np.testing.assert_array_equal(np.asarray(ste_argmax(z)), yt.detach().numpy())
+    g = _jgrad(lambda z: jnp.sum(w * ste_argmax(z)))(z)
+    _close_grad(g, zt.grad.numpy())
+
+
+@pytest.mark.parametrize("tau,scale,hard", [(1.0, 0.0, True), (0.5, 0.8, True), (0.7, 0.5, False)])
+def test_torch_parity_st_softmax(tau, scale, hard):
+    z = _normal(42, (5, 19))
+    w = _normal(43, (5, 19))
+    key = jax.random.key(44) if scale else None
+    noise = gumbel_noise(key, z.shape) if scale else None
+    zt = _t(z).requires_grad_(True)
+    yt = torch_ste.st_softmax(zt, tau, hard, None if noise is None else _t(noise), scale)
+    (yt * _t(w)).sum().backward()
+    y = st_softmax(z, tau, hard, key, scale)
+    np.testing.assert_allclose(np.asarray(y), yt.detach().numpy(), atol=VAL_ATOL)
+    g = _jgrad(lambda z: jnp.sum(w * st_softmax(z, tau, hard, key, scale)))(z)
+    _close_grad(g, zt.grad.numpy())
+
+
+@pytest.mark.parametrize("kind", ["ste_argmax", "st_softmax"])
+def test_torch_parity_embed(kind):
+    z = _normal(45, (7, 23))
+    e = _normal(46, (23, 6))
+    w = _normal(47, (7, 6))
+    zt, et = _t(z).requires_grad_(True), _t(e).requires_grad_(True)
+    if kind == "ste_argmax":
+        out_t = torch_ste.ste_argmax_embed(zt, et)
+        f = ste_argmax_embed
+    else:
+        out_t = torch_ste.st_softmax_embed(zt, et, 0.6)
+        f = lambda z, e: st_softmax_embed(z, e, 0.6)
+    (torch.tanh(out_t) * _t(w)).sum().backward()
+    np.testing.assert_allclose(np.asarray(f(z, e)), out_t.detach().numpy(), atol=VAL_ATOL)
+    dz, de = _jgrad(lambda z, e: jnp.sum(w * jnp.tanh(f(z, e))), argnums=(0, 1))(z, e)
+    _close_grad(dz, zt.grad.numpy())
+    _close_grad(de, et.grad.numpy())
+
+
+def test_embed_gradient_under_vmap_matches_rowwise():
+    """refine_batch vmaps the gradient over prompts: the custom VJP must batch."""
+    z = _normal(35, (3, 4, 7))  # [P, T, V]
+    e = _normal(36, (7, 5))
+    loss = lambda z, e: jnp.sum(jnp.tanh(st_softmax_embed(z, e, 0.8)) + ste_argmax_embed(z, e) ** 2)
+    g = jax.jit(jax.vmap(jax.grad(loss, argnums=(0, 1)), in_axes=(0, None)))(z, e)
+    rows = [_jgrad(loss, argnums=(0, 1))(r, e) for r in z]
+    _close_grad(g[0], jnp.stack([r[0] for r in rows]))
+    _close_grad(g[1], jnp.stack([r[1] for r in rows]))
