@@ -36,3 +36,12 @@ from nabla_jax.vocab import (
 )
 
 __version__ = "0.1.0"
+from nabla_jax.article import optimize_reasoning_sequence
+from nabla_jax.dto_config import DTOConfig
+from nabla_jax.refine import (
+    RefineProblem,
+    RefineResult,
+    RefineTrace,
+    refine,
+    refine_batch,
+)

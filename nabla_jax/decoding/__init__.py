@@ -19,3 +19,23 @@ __all__ = [
     "top_k_filter",
     "top_p_filter",
 ]
+
+from nabla_jax.decoding import rollout as rollout_module  # noqa: E402
+from nabla_jax.decoding.rollout import (  # noqa: E402
+    PaddedRollout,
+    RolloutResult,
+    bucket_length,
+    generate_padded,
+    pad_prompts,
+    rollout,
+)
+
+__all__ += [
+    "PaddedRollout",
+    "RolloutResult",
+    "bucket_length",
+    "generate_padded",
+    "pad_prompts",
+    "rollout",
+    "rollout_module",
+]

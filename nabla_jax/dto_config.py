@@ -1,0 +1,172 @@
+"""``DTOConfig``: every knob of differentiable textual optimization, validated on construction.
+
+Defaults are the paper's public MATH-500 settings (ALGORITHM.md §2–3): 20 steps, lr 0.01, Adam with
+L2 weight decay 0, cosine schedule with floor 0.1 and no warmup, reward_coeff 1, nll_coeff 1e-3,
+hard straight-through softmax at tau 1 without Gumbel noise, only ahead position 0 updated,
+gradient caching on. ``objective="article"`` switches to the article's sketch (reward + λ·KL).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import optax
+
+OBJECTIVES = ("paper", "article")
+MODES = ("logits", "latents")
+OPTIMIZERS = ("adam", "adamw")
+SCHEDULES = ("cosine", "linear", "constant")
+KL_DIRECTIONS = ("ref_theta", "theta_ref")
+ON_NONFINITE = ("raise", "flag")
+
+
+@dataclasses.dataclass(frozen=True)
+class DTOConfig:
+    """Settings of one refinement.
+
+    Attributes:
+      objective: "paper" — loss = -(loglik + reward_coeff·reward), the LM log-likelihood of the
+        window under the committed prefix plus the RM score; "article" — loss =
+        -reward + lambda_kl·KL, the sketch's form (no LM term).
+      mode: "logits" (optimize window logits Z [K, V]) or "latents" (last hidden states
+        H [K, D], Z = lm_head(H)).
+      num_steps: optimizer steps (all run inside one ``lax.scan``).
+      learning_rate: peak learning rate.
+      optimizer: "adam" — torch ``Adam``: weight decay is L2 added to the gradient (the paper);
+        "adamw" — decoupled weight decay.
+      weight_decay: L2 / decoupled decay coefficient.
+      b1, b2, eps: Adam moments and epsilon (torch defaults).
+      schedule: "cosine" | "linear" | "constant" multiplier after warmup, floored at min_lr_ratio
+        (cosine and linear).
+      warmup_ratio: warmup steps = floor(num_steps·warmup_ratio) unless ``warmup_steps`` is set.
+      min_lr_ratio: floor of the schedule multiplier.
+      reward_coeff, nll_coeff: weights of the paper's reward and log-likelihood terms.
+      lambda_kl: weight of the KL term (article objective).
+      kl_direction: "ref_theta" = KL(p_ref ‖ p_θ), what the article's code computes
+        (``F.kl_div(log p_θ, p_ref)``); "theta_ref" = KL(p_θ ‖ p_ref), what its prose says.
+      reward_form: "score" (sequence-classification score at the last token) or
+        "mean_last_logits" (the sketch's ``logits[:, -1, :].mean()`` of a causal-LM reward net).
+      tau: straight-through softmax temperature. hard: one-hot forward (False: soft y).
+      gumbel_scale: Gumbel noise scale on the logits (0 = off, the default).
+      update_postfix: False — only ahead position 0 receives gradient (the paper's default).
+      grad_caching: reuse ∂loss/∂y while no argmax in the window changes (no model calls).
+      prefix_cache: compute the committed prefix's keys/values once per call (else every step
+        re-runs the whole sequence; same numbers, used to measure the saving).
+      kl_warn_threshold: KL (nats) above which a step is flagged as collapse (article: 2).
+      ste_warn_steps: the article's bound on straight-through steps; more steps with the
+        article objective triggers a warning.
+      on_nonfinite: "raise" — a non-finite loss raises ``FloatingPointError`` naming the step;
+        "flag" — the row stops updating and ``trace.nonfinite`` marks it.
+    """
+
+    objective: str = "paper"
+    mode: str = "logits"
+    num_steps: int = 20
+    learning_rate: float = 0.01
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+    schedule: str = "cosine"
+    warmup_ratio: float = 0.0
+    warmup_steps: int | None = None
+    min_lr_ratio: float = 0.1
+    reward_coeff: float = 1.0
+    nll_coeff: float = 1e-3
+    lambda_kl: float = 0.1
+    kl_direction: str = "ref_theta"
+    reward_form: str = "score"
+    tau: float = 1.0
+    hard: bool = True
+    gumbel_scale: float = 0.0
+    update_postfix: bool = False
+    grad_caching: bool = True
+    prefix_cache: bool = True
+    kl_warn_threshold: float = 2.0
+    ste_warn_steps: int = 8
+    on_nonfinite: str = "raise"
+
+    def __post_init__(self):
+        def choice(name, options):
+            value = getattr(self, name)
+            if value not in options:
+                raise ValueError(
+                    f"DTOConfig.{name}={value!r} is not one of {', '.join(map(repr, options))}"
+                )
+
+        def check(name, ok, want):
+            value = getattr(self, name)
+            if not ok(value):
+                raise ValueError(f"DTOConfig.{name}={value!r}: must be {want}")
+
+        choice("objective", OBJECTIVES)
+        choice("mode", MODES)
+        choice("optimizer", OPTIMIZERS)
+        choice("schedule", SCHEDULES)
+        choice("kl_direction", KL_DIRECTIONS)
+        choice("reward_form", ("score", "mean_last_logits"))
+        choice("on_nonfinite", ON_NONFINITE)
+        check("num_steps", lambda v: isinstance(v, int) and v >= 1, "an int ≥ 1")
+        finite_pos = lambda v: isinstance(v, (int, float)) and math.isfinite(v) and v > 0
+        finite_nonneg = lambda v: isinstance(v, (int, float)) and math.isfinite(v) and v >= 0
+        check("learning_rate", finite_pos, "a finite number > 0")
+        check("tau", finite_pos, "a finite number > 0")
+        check("eps", finite_pos, "a finite number > 0")
+        for name in ("weight_decay", "reward_coeff", "nll_coeff", "lambda_kl", "gumbel_scale"):
+            check(name, finite_nonneg, "a finite number ≥ 0")
+        check("b1", lambda v: 0 <= v < 1, "in [0, 1)")
+        check("b2", lambda v: 0 <= v < 1, "in [0, 1)")
+        check("min_lr_ratio", lambda v: 0 <= v <= 1, "in [0, 1]")
+        check("warmup_ratio", lambda v: 0 <= v < 1, "in [0, 1)")
+        if self.warmup_steps is not None:
+            check(
+                "warmup_steps",
+                lambda v: isinstance(v, int) and 0 <= v < self.num_steps,
+                f"an int in [0, num_steps={self.num_steps})",
+            )
+        check("kl_warn_threshold", finite_pos, "a finite number > 0")
+
+    @property
+    def num_warmup(self) -> int:
+        if self.warmup_steps is not None:
+            return self.warmup_steps
+        return math.floor(self.num_steps * self.warmup_ratio)
+
+    @property
+    def calls_per_full_step(self) -> int:
+        """Model calls a full step costs: LM fwd+bwd (paper objective) and RM fwd+bwd."""
+        lm = 2 if self.objective == "paper" else 0
+        return lm + 2
+
+    def lr_multiplier(self, step):
+        """Schedule multiplier at optimizer step ``step`` (0-based), as torch ``LambdaLR``."""
+        import jax.numpy as jnp
+
+        step = jnp.asarray(step, jnp.float32)
+        warm = self.num_warmup
+        total = self.num_steps
+        warm_mult = step / max(1, warm)
+        if self.schedule == "constant":
+            after = jnp.ones_like(step)
+        else:
+            if self.schedule == "cosine":
+                progress = (step - warm) / max(1, total - warm)
+                after = 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
+            else:
+                after = (total - step) / max(1, total - warm)
+            after = jnp.maximum(self.min_lr_ratio, after)
+        return jnp.where(step < warm, warm_mult, after)
+
+    def learning_rate_at(self, step):
+        return self.learning_rate * self.lr_multiplier(step)
+
+    def optax_transform(self) -> optax.GradientTransformation:
+        """The optimizer, built from optax parts, with the schedule folded in."""
+        adam = optax.scale_by_adam(b1=self.b1, b2=self.b2, eps=self.eps)
+        lr = optax.scale_by_learning_rate(self.learning_rate_at)
+        if self.optimizer == "adam":
+            # torch Adam: grad += wd·param before the moments (L2 regularisation).
+            return optax.chain(optax.add_decayed_weights(self.weight_decay), adam, lr)
+        return optax.chain(adam, optax.add_decayed_weights(self.weight_decay), lr)

@@ -1,0 +1,233 @@
+"""JAX DTO (refine, refine_batch, optimize_reasoning_sequence) held to the PyTorch twins."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+import torch
+
+import nabla_jax as nj
+from nabla_jax.dto_config import DTOConfig
+from nabla_jax.refine import RefineProblem, compiled_programs, refine, refine_batch
+from tests.hf_models import VOCAB, hf_model
+from tests.reference import torch_dto as td
+
+STEPS = 20
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    """A tiny random Qwen2 LM and reward model, as HF torch models and as nabla-jax models."""
+    d = tmp_path_factory.mktemp("pair")
+    lm_t, rm_t = hf_model("qwen2", "lm", seed=11), hf_model("qwen2", "score", seed=12)
+    lm_t.save_pretrained(d / "lm")
+    rm_t.save_pretrained(d / "rm")
+    return lm_t, rm_t, nj.load_causal_lm(d / "lm"), nj.load_reward_model(d / "rm")
+
+
+def _problem(seed, p=9, q=6, s=3, k=5, width=VOCAB, scale=0.5):
+    rng = np.random.RandomState(seed)
+    return RefineProblem(
+        lm_prefix_ids=rng.randint(3, VOCAB, p).tolist(),
+        rm_prefix_ids=rng.randint(3, VOCAB, q).tolist(),
+        rm_suffix_ids=rng.randint(3, VOCAB, s).tolist(),
+        init=(rng.randn(k, width) * scale).astype(np.float32),
+    )
+
+
+def _torch_run(lm_t, rm_t, prob, cfg):
+    return td.paper_dto(
+        lm_t,
+        rm_t,
+        list(prob.lm_prefix_ids),
+        list(prob.rm_prefix_ids),
+        list(prob.rm_suffix_ids),
+        torch.tensor(np.asarray(prob.init)),
+        mode=cfg.mode,
+        num_steps=cfg.num_steps,
+        learning_rate=cfg.learning_rate,
+        weight_decay=cfg.weight_decay,
+        optimizer=cfg.optimizer,
+        schedule=cfg.schedule,
+        warmup_steps=cfg.num_warmup,
+        min_lr_ratio=cfg.min_lr_ratio,
+        reward_coeff=cfg.reward_coeff,
+        nll_coeff=cfg.nll_coeff,
+        tau=cfg.tau,
+        update_postfix=cfg.update_postfix,
+        grad_caching=cfg.grad_caching,
+    )
+
+
+def _rel(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-8))
+
+
+CASES = [
+    dict(mode="logits", grad_caching=True, update_postfix=False),
+    dict(mode="logits", grad_caching=False, update_postfix=False),
+    dict(mode="logits", grad_caching=True, update_postfix=True),
+    dict(mode="logits", grad_caching=False, update_postfix=True, weight_decay=0.01),
+    dict(mode="latents", grad_caching=True, update_postfix=False),
+    dict(mode="latents", grad_caching=False, update_postfix=True),
+    dict(mode="logits", grad_caching=True, update_postfix=True, optimizer="adamw",
+         weight_decay=0.1, schedule="linear", warmup_steps=3),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()))
+def test_paper_dto_matches_torch_twin(pair, case):
+    """Per-step loss trace within 1e-4 relative over 20 steps, identical tokens and lrs."""
+    lm_t, rm_t, lm, rm = pair
+    # A large step so tokens actually change and the gradient cache is invalidated.
+    cfg = DTOConfig(num_steps=STEPS, learning_rate=0.3, **case)
+    width = lm.config.vocab_size if cfg.mode == "logits" else lm.config.hidden_size
+    prob = _problem(3, width=width, scale=0.5 if cfg.mode == "logits" else 1.0)
+    ref = _torch_run(lm_t, rm_t, prob, cfg)
+    out = refine(lm, rm, prob, cfg, jax.random.key(0))
+    assert _rel(out.trace.loss, ref["losses"]) <= 1e-4
+    np.testing.assert_allclose(out.trace.lr, ref["lrs"], rtol=1e-6)
+    np.testing.assert_array_equal(out.trace.full_step, ref["full_steps"])
+    np.testing.assert_array_equal(np.asarray(out.tokens), ref["tokens"].numpy())
+    assert _rel(out.logits, ref["logits"].numpy()) <= 1e-4
+    assert out.model_calls == ref["model_calls"]
+    assert sum(ref["n_changed"]) > 0, "the case should exercise token changes"
+
+
+def test_article_function_matches_torch_twin(pair):
+    """optimize_reasoning_sequence: refined logits within 1e-4 and the same argmax after 5 steps."""
+    lm_t, _, lm, _ = pair
+    rng = np.random.RandomState(5)
+    init = (rng.randn(7, VOCAB) * 0.3).astype(np.float32)
+    ref_logits = (rng.randn(7, VOCAB)).astype(np.float32)
+    # The article's reward network is a causal LM (3-D logits; mean of the last position).
+    z = nj.optimize_reasoning_sequence(None, init, lm, lm, ref_logits, 0.1, 0.05, 5)
+    zt, trace = td.article_optimize(
+        torch.tensor(init), lm_t, torch.tensor(ref_logits), 0.1, 0.05, 5
+    )
+    np.testing.assert_allclose(np.asarray(z), zt.numpy(), atol=1e-4)
+    np.testing.assert_array_equal(np.asarray(z).argmax(-1), zt.numpy().argmax(-1))
+    _, jtrace = nj.optimize_reasoning_sequence(
+        None, init, lm, lm, ref_logits, 0.1, 0.05, 5, return_trace=True
+    )
+    assert _rel(jtrace["loss"], [t[0] for t in trace]) <= 1e-4
+
+
+def test_refine_batch_equals_per_prompt_refine(pair):
+    _, _, lm, rm = pair
+    cfg = DTOConfig(num_steps=8, learning_rate=0.3)
+    # One bucket (P 16, Q/S/K 8): two programs in all, batched and alone.
+    probs = [
+        _problem(20, p=9, q=4, s=2, k=3),
+        _problem(21, p=16, q=8, s=3, k=6),
+        _problem(22, p=12, q=1, s=1, k=8),
+        _problem(23, p=10, q=6, s=3, k=5),
+    ]
+    batched = refine_batch(lm, rm, probs, cfg, jax.random.key(1), batch_size=4)
+    for prob, got in zip(probs, batched):
+        alone = refine(lm, rm, prob, cfg, jax.random.key(1))
+        np.testing.assert_allclose(np.asarray(got.logits), np.asarray(alone.logits), atol=1e-5)
+        np.testing.assert_array_equal(np.asarray(got.tokens), np.asarray(alone.tokens))
+        np.testing.assert_allclose(got.trace.loss, alone.trace.loss, atol=1e-5, rtol=1e-5)
+        assert got.full_steps == alone.full_steps
+
+
+def test_prefix_cache_gives_the_same_numbers(pair):
+    _, _, lm, rm = pair
+    prob = _problem(30)
+    a = refine(lm, rm, prob, DTOConfig(num_steps=6, learning_rate=0.3), jax.random.key(0))
+    b = refine(
+        lm, rm, prob, DTOConfig(num_steps=6, learning_rate=0.3, prefix_cache=False),
+        jax.random.key(0),
+    )  # fmt: skip
+    np.testing.assert_allclose(a.trace.loss, b.trace.loss, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(a.tokens), np.asarray(b.tokens))
+
+
+def test_gradient_caching_skips_model_calls(pair):
+    """With a small lr no token changes: one full step, the rest cached (4 calls in all)."""
+    _, _, lm, rm = pair
+    prob = _problem(31, scale=5.0)
+    out = refine(lm, rm, prob, DTOConfig(num_steps=10, learning_rate=1e-3), jax.random.key(0))
+    assert out.full_steps == 1 and out.model_calls == 4 and out.batch_full_steps == 1
+    assert list(out.trace.full_step) == [True] + [False] * 9
+    off = refine(
+        lm, rm, prob, DTOConfig(num_steps=10, learning_rate=1e-3, grad_caching=False),
+        jax.random.key(0),
+    )  # fmt: skip
+    assert off.full_steps == 10 and off.model_calls == 40
+
+
+def test_mixed_lengths_compile_one_program_per_bucket(pair):
+    _, _, lm, rm = pair
+    cfg = DTOConfig(num_steps=2, learning_rate=0.1)
+    rng = np.random.RandomState(0)
+    probs = [
+        _problem(100 + i, p=int(rng.randint(9, 31)), q=int(rng.randint(1, 9)),
+                 s=int(rng.randint(1, 5)), k=int(rng.randint(1, 9)))
+        for i in range(40)
+    ]  # fmt: skip
+    from nabla_jax.refine_batching import _shape_key
+
+    buckets = {_shape_key(p) for p in probs}
+    before = compiled_programs()
+    refine_batch(lm, rm, probs, cfg, jax.random.key(0), batch_size=8)
+    assert compiled_programs() - before <= len(buckets)
+    assert len(buckets) < 40
+
+
+def test_nonfinite_loss_raises_naming_the_step(pair):
+    _, _, lm, rm = pair
+    prob = _problem(40)
+    bad = RefineProblem(
+        prob.lm_prefix_ids, prob.rm_prefix_ids, prob.rm_suffix_ids,
+        np.full_like(np.asarray(prob.init), np.nan),
+    )  # fmt: skip
+    with pytest.raises(FloatingPointError, match="step 0"):
+        refine(lm, rm, bad, DTOConfig(num_steps=3), jax.random.key(0))
+    out = refine(lm, rm, bad, DTOConfig(num_steps=3, on_nonfinite="flag"), jax.random.key(0))
+    assert out.trace.nonfinite.all()
+
+
+def test_article_guards_warn(pair):
+    _, _, lm, _ = pair
+    init = np.zeros((3, VOCAB), np.float32)
+    with pytest.warns(UserWarning, match="straight-through"):
+        nj.optimize_reasoning_sequence(None, init, lm, lm, init, num_steps=9)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(objective="ppo"), "objective"),
+        (dict(mode="tokens"), "mode"),
+        (dict(num_steps=0), "num_steps"),
+        (dict(learning_rate=-1.0), "learning_rate"),
+        (dict(schedule="step"), "schedule"),
+        (dict(optimizer="sgd"), "optimizer"),
+        (dict(tau=0.0), "tau"),
+        (dict(min_lr_ratio=2.0), "min_lr_ratio"),
+        (dict(warmup_steps=50), "warmup_steps"),
+        (dict(kl_direction="forward"), "kl_direction"),
+        (dict(weight_decay=float("nan")), "weight_decay"),
+    ],
+)
+def test_config_validation(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        DTOConfig(**kwargs)
+
+
+def test_problem_and_model_errors(pair):
+    _, _, lm, rm = pair
+    with pytest.raises(ValueError, match="lm_prefix_ids is empty"):
+        RefineProblem([], [1], [1], np.zeros((2, VOCAB)))
+    with pytest.raises(ValueError, match="init must be"):
+        RefineProblem([1], [1], [1], np.zeros((VOCAB,)))
+    with pytest.raises(ValueError, match="width"):
+        refine(lm, rm, _problem(1, width=7), DTOConfig(), jax.random.key(0))
+    with pytest.raises(ValueError, match="positions"):
+        refine(lm, rm, _problem(1, p=126, k=5), DTOConfig(), jax.random.key(0))
+    with pytest.raises(ValueError, match="mean_last_logits"):
+        refine(lm, lm, _problem(1), DTOConfig(), jax.random.key(0))
