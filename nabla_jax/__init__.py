@@ -1,6 +1,6 @@
 """nabla-jax: ∇-Reasoner in JAX — test-time reasoning by gradient descent on text."""
 
-from nabla_jax import models
+from nabla_jax import models, sharding
 from nabla_jax.decoding.sampling import SamplingConfig, filter_logits, sample_token
 from nabla_jax.models import (
     CausalLM,
@@ -37,6 +37,7 @@ from nabla_jax.vocab import (
 
 __version__ = "0.1.0"
 from nabla_jax.article import optimize_reasoning_sequence
+from nabla_jax.decoding.nabla import DecodeConfig, DecodeResult, NablaDecoder
 from nabla_jax.dto_config import DTOConfig
 from nabla_jax.refine import (
     RefineProblem,
@@ -44,4 +45,6 @@ from nabla_jax.refine import (
     RefineTrace,
     refine,
     refine_batch,
+    window_grad_norms,
 )
+from nabla_jax.sharding import make_mesh

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from nabla_jax import sharding
 from nabla_jax.dto_config import DTOConfig
 from nabla_jax.models.model import CausalLM, RewardModel, default_positions, last_valid_index
 from nabla_jax.refine_batching import PaddedProblems, pad_problems, plan_chunks
@@ -262,6 +263,23 @@ def _st(z, keys, step, cfg):
     return st_softmax(z, cfg.tau, cfg.hard)
 
 
+def _uses_rm(rm, cfg: DTOConfig) -> bool:
+    return rm is not None and (cfg.objective == "article" or cfg.reward_coeff != 0)
+
+
+def _model_loss_rows(lm, rm, ctx: _Context, batch, y, rm_table, cfg: DTOConfig, use_rm: bool):
+    """The models' part of the loss per row: ``(loss [B], loglik [B], reward [B])``."""
+    b = y.shape[0]
+    reward = _rm_reward(rm, ctx, batch, y, rm_table, cfg) if use_rm else jnp.zeros(b)
+    if cfg.objective == "paper":
+        loglik = _lm_loglik(lm, ctx, batch, y, cfg)
+        loss = -(loglik + cfg.reward_coeff * reward)
+    else:
+        loglik = jnp.zeros(b)
+        loss = -reward
+    return loss, loglik, reward
+
+
 class _Carry(NamedTuple):
     params: Any
     opt_state: Any
@@ -284,19 +302,12 @@ def _refine_padded(lm, rm, rm_table, batch: PaddedProblems, keys, cfg: DTOConfig
     win = batch.window_mask
     pos_mask = win if cfg.update_postfix else win * (jnp.arange(win.shape[1]) == 0)
     grad_mask = pos_mask[..., None].astype(params0.dtype)
-    use_rm = rm is not None and (cfg.objective == "article" or cfg.reward_coeff != 0)
+    use_rm = _uses_rm(rm, cfg)
     valid_rows = batch.row_valid
 
     def model_terms(y):
         """(Σ_b loss_b, (loglik [B], reward [B])) of the models' part of the loss."""
-        b = y.shape[0]
-        reward = _rm_reward(rm, ctx, batch, y, rm_table, cfg) if use_rm else jnp.zeros(b)
-        if cfg.objective == "paper":
-            loglik = _lm_loglik(lm, ctx, batch, y, cfg)
-            loss = -(loglik + cfg.reward_coeff * reward)
-        else:
-            loglik = jnp.zeros(b)
-            loss = -reward
+        loss, loglik, reward = _model_loss_rows(lm, rm, ctx, batch, y, rm_table, cfg, use_rm)
         return jnp.sum(loss * valid_rows), (loglik, reward, loss)
 
     def kl_term(params):
@@ -459,6 +470,8 @@ def refine_batch(
     *,
     batch_size: int = 8,
     rm_embed=None,
+    mesh=None,
+    problem_keys=None,
 ) -> list[RefineResult]:
     """Refine many windows (prompts of different lengths) with bucketed shapes.
 
@@ -473,6 +486,11 @@ def refine_batch(
       key: ``jax.random`` key.
       batch_size: rows per compiled call.
       rm_embed: ``[V_lm, D_rm]`` aligned RM embeddings when the tokenizers differ.
+      mesh: a ``jax.sharding.Mesh`` with axes ("data", "model") (``nj.sharding.make_mesh``):
+        each padded batch is split over "data" (``batch_size`` must divide by its size) and
+        the models' parameters over "model"; the same program runs under GSPMD.
+      problem_keys: optional list of one key per problem, used instead of ``key`` (so a
+        problem's Gumbel noise can follow its own counters, independent of its company).
     Returns:
       one ``RefineResult`` per problem, in input order (arrays without a batch axis).
     """
@@ -481,11 +499,18 @@ def refine_batch(
     if batch_size < 1:
         raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
     _check_models(lm, rm, cfg)
+    if mesh is not None:
+        sharding.check_batch_divisible(batch_size, mesh)
+        lm, rm, _ = sharding.shard_refine_models(lm, rm, None, mesh)
     table = _rm_table(lm, rm, rm_embed)
+    if mesh is not None:
+        _, _, table = sharding.shard_refine_models(None, None, table, mesh)
     results: list[RefineResult | None] = [None] * len(problems)
     for rows in plan_chunks(problems, batch_size):
         batch = pad_problems(lm, [problems[i] for i in rows], cfg, batch_size)
-        keys = jnp.stack([key] * batch_size)
+        keys = _chunk_keys(key, problem_keys, rows, batch_size, len(problems))
+        if mesh is not None:
+            batch, keys = sharding.shard_batch((batch, keys), mesh)
         logits, final, trace = _refine_padded(lm, rm, table, batch, keys, cfg)
         host = jax.tree.map(np.asarray, trace)
         n = len(rows)
@@ -503,6 +528,77 @@ def refine_batch(
                 batch_full_steps=int(final.batch_full_steps),
             )
     return results
+
+
+def _chunk_keys(key, problem_keys, rows, batch_size, n_problems):
+    """Keys ``[batch_size]`` of one chunk: ``key`` for every row, or each problem's own key."""
+    if problem_keys is None:
+        return jnp.stack([key] * batch_size)
+    if len(problem_keys) != n_problems:
+        raise ValueError(
+            f"problem_keys has {len(problem_keys)} keys for {n_problems} problems: give one each"
+        )
+    chosen = [problem_keys[i] for i in rows]
+    return jnp.stack(chosen + [chosen[0]] * (batch_size - len(rows)))
+
+
+@functools.partial(jax.jit, static_argnames=("cfg",))
+def _grad_norms_padded(lm, rm, rm_table, batch: PaddedProblems, keys, cfg: DTOConfig):
+    """``‖∂loss/∂y_k‖₂`` per window position ``[B, K]`` (0 on padding) at the initial window."""
+    ctx = _prepare_context(lm, rm, batch, cfg)
+    y = _st(_to_logits(lm, batch.init, cfg), keys, 0, cfg)
+    use_rm = _uses_rm(rm, cfg)
+
+    def total(yy):
+        loss, _, _ = _model_loss_rows(lm, rm, ctx, batch, yy, rm_table, cfg, use_rm)
+        return jnp.sum(loss * batch.row_valid)
+
+    gy = jax.grad(total)(y)
+    return jnp.linalg.norm(gy, axis=-1) * batch.window_mask
+
+
+def window_grad_norms(
+    lm: CausalLM,
+    rm,
+    problems: list[RefineProblem],
+    cfg: DTOConfig,
+    key=None,
+    *,
+    batch_size: int = 8,
+    rm_embed=None,
+    problem_keys=None,
+) -> list[np.ndarray]:
+    """The gradient-selection probe: ``‖∂loss/∂y_k‖₂`` for every window position.
+
+    One forward and backward of the DTO loss (``cfg``'s objective, LM and RM terms) at the
+    initial window ``y = st_softmax(init)`` — what the first DTO step sees — differentiated
+    with respect to the relaxed one-hot ``y [K, V]`` itself (not the logits), so every
+    position gets its norm whatever ``update_postfix`` says. It costs
+    ``cfg.calls_per_full_step`` model calls per problem (LM fwd+bwd, RM fwd+bwd), which the
+    caller must count (the public code does not).
+
+    Args:
+      lm, rm, problems, cfg, batch_size, rm_embed: as in :func:`refine_batch`.
+      key: ``jax.random`` key for Gumbel noise (unused without it; default key 0).
+      problem_keys: optional per-problem keys, used instead of ``key``.
+    Returns:
+      one ``[K]`` float32 numpy array per problem, in input order.
+    """
+    if not problems:
+        raise ValueError("window_grad_norms needs at least one RefineProblem")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
+    _check_models(lm, rm, cfg)
+    table = _rm_table(lm, rm, rm_embed)
+    key = jax.random.key(0) if key is None else key
+    out: list[np.ndarray | None] = [None] * len(problems)
+    for rows in plan_chunks(problems, batch_size):
+        batch = pad_problems(lm, [problems[i] for i in rows], cfg, batch_size)
+        keys = _chunk_keys(key, problem_keys, rows, batch_size, len(problems))
+        norms = np.asarray(_grad_norms_padded(lm, rm, table, batch, keys, cfg))
+        for j, i in enumerate(rows):
+            out[i] = norms[j, : np.asarray(problems[i].init).shape[0]]
+    return out
 
 
 def refine(lm: CausalLM, rm, problem: RefineProblem, cfg: DTOConfig, key, *, rm_embed=None):

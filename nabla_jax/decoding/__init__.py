@@ -39,3 +39,33 @@ __all__ += [
     "rollout",
     "rollout_module",
 ]
+
+from nabla_jax.decoding.nabla import DecodeConfig, DecodeResult, NablaDecoder  # noqa: E402
+
+__all__ += ["DecodeConfig", "DecodeResult", "NablaDecoder"]
+
+from nabla_jax.decoding import baselines  # noqa: E402
+from nabla_jax.decoding.baselines import (  # noqa: E402
+    BASELINES,
+    Baseline,
+    best_of_n,
+    greedy_cot,
+    majority_vote,
+    parse_method,
+    run_baseline,
+    sampled_cot,
+    self_consistency,
+)
+
+__all__ += [
+    "BASELINES",
+    "Baseline",
+    "baselines",
+    "best_of_n",
+    "greedy_cot",
+    "majority_vote",
+    "parse_method",
+    "run_baseline",
+    "sampled_cot",
+    "self_consistency",
+]

@@ -201,6 +201,11 @@ def convert_tensors(
                     f"{key}: shape {tuple(x.shape)} does not fit {path}{tuple(want)}"
                 )
             flat[path] = _cast(x, dtype)
+    _check_tied(plan, tensors)
+    return _unflatten(flat)
+
+
+def _check_tied(plan: Mapping, tensors: Mapping):
     for key, (path, _, source) in plan.items():
         if path == "<tied>" and not np.array_equal(
             np.asarray(tensors[key]), np.asarray(tensors[source])
@@ -209,7 +214,60 @@ def convert_tensors(
                 f"config says tie_word_embeddings but {key} differs from {source}; "
                 "set tie_word_embeddings=false in config.json"
             )
-    return _unflatten(flat)
+
+
+def convert_tensors_sharded(
+    cfg: ModelConfig, tensors: Mapping[str, np.ndarray], shapes: Mapping, dtype: str, shardings
+) -> dict:
+    """Like ``convert_tensors``, but each leaf is built straight into its device layout.
+
+    Every leaf is ``jax.make_array_from_callback(shape, sharding, callback)``: the callback is
+    asked for one device's index (a tuple of slices of the converted leaf) and slices the
+    (memory-mapped) checkpoint tensors accordingly, layer by layer and after the transpose (a
+    view), so a device receives only its shard and no full copy of a split leaf is ever made on
+    a device. Same key map, strictness and shape checks as the host path.
+
+    Args:
+      shardings: tree of ``jax.sharding.Sharding`` matching ``shapes``.
+    """
+    plan = plan_conversion(cfg, tensors.keys(), shapes)
+    flat_shapes = _flatten(shapes)
+    flat_shardings = _flatten(shardings)
+    sources: dict[str, dict] = {}
+    for key, (path, layer, transform) in plan.items():
+        if path == "<tied>":
+            continue
+        x = tensors[key]
+        got = tuple(x.shape[:-2]) + tuple(reversed(x.shape[-2:])) if transform == "T" else x.shape
+        want = flat_shapes[path].shape
+        want = tuple(want[1:]) if layer is not None else tuple(want)
+        if tuple(got) != want:
+            raise CheckpointMismatchError(f"{key}: shape {tuple(got)} does not fit {path}{want}")
+        sources.setdefault(path, {})[layer] = (key, transform)
+    _check_tied(plan, tensors)
+    target = _cast(np.zeros(()), dtype).dtype
+
+    def view(key, transform):
+        x = tensors[key]
+        return np.swapaxes(x, -1, -2) if transform == "T" else x
+
+    def leaf(path):
+        shape = flat_shapes[path].shape
+        src = sources[path]
+        stacked = None not in src
+
+        def callback(index):
+            index = tuple(index) if index is not None else ()
+            index = index + (slice(None),) * (len(shape) - len(index))
+            if stacked:
+                layers = range(shape[0])[index[0]]
+                parts = [_cast(view(*src[i])[index[1:]], dtype) for i in layers]
+                return np.stack(parts) if parts else np.empty((0,) + shape[1:], target)
+            return np.ascontiguousarray(_cast(view(*src[None])[index], dtype))
+
+        return jax.make_array_from_callback(shape, flat_shardings[path], callback, dtype=target)
+
+    return _unflatten({path: leaf(path) for path in flat_shapes})
 
 
 # -- safetensors -----------------------------------------------------------------------------

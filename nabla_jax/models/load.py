@@ -5,7 +5,12 @@ from __future__ import annotations
 import os
 
 from nabla_jax.models.config import ModelConfig
-from nabla_jax.models.convert import convert_tensors, read_checkpoint, to_device
+from nabla_jax.models.convert import (
+    convert_tensors,
+    convert_tensors_sharded,
+    read_checkpoint,
+    to_device,
+)
 from nabla_jax.models.model import CausalLM, RewardModel, param_shapes, resolve_dtype
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
@@ -32,7 +37,7 @@ def load_tokenizer(path):
     return AutoTokenizer.from_pretrained(path)
 
 
-def _load(path, dtype, head, allow_pickle, tokenizer):
+def _load(path, dtype, head, allow_pickle, tokenizer, mesh=None):
     path = _check_dir(path)
     dtype = resolve_dtype(dtype)
     cfg = ModelConfig.from_hf(path)
@@ -49,12 +54,20 @@ def _load(path, dtype, head, allow_pickle, tokenizer):
             "*ForSequenceClassification checkpoint with num_labels=1 (use load_causal_lm for LMs)"
         )
     shapes = param_shapes(cfg, dtype, head)
-    params = to_device(convert_tensors(cfg, tensors, shapes, dtype))
+    if mesh is None:
+        params = to_device(convert_tensors(cfg, tensors, shapes, dtype))
+    else:
+        from nabla_jax.sharding import param_shardings
+
+        shardings = param_shardings(cfg, shapes, mesh)
+        params = convert_tensors_sharded(cfg, tensors, shapes, dtype, shardings)
     tok = load_tokenizer(path) if tokenizer is True else tokenizer or None
     return cfg, params, tok, dtype
 
 
-def load_causal_lm(path, dtype="float32", *, allow_pickle=False, tokenizer=True) -> CausalLM:
+def load_causal_lm(
+    path, dtype="float32", *, allow_pickle=False, tokenizer=True, mesh=None
+) -> CausalLM:
     """Load a ``*ForCausalLM`` checkpoint (Llama, Qwen2, Qwen3, Mistral, GPT-2).
 
     Args:
@@ -64,12 +77,20 @@ def load_causal_lm(path, dtype="float32", *, allow_pickle=False, tokenizer=True)
       allow_pickle: permit ``pytorch_model.bin`` (read with ``torch.load(weights_only=True)``).
       tokenizer: True to load the directory's tokenizer (None if it has none), False to skip,
         or a tokenizer object to attach.
+      mesh: a ``jax.sharding.Mesh`` (``nj.sharding.make_mesh``): each weight is read straight
+        into its sharded layout (split over "model" by ``sharding.param_partition_specs``,
+        replicated over "data"); a device only ever receives its own shard.
     """
-    cfg, params, tok, dtype = _load(path, dtype, "lm", allow_pickle, tokenizer)
+    cfg, params, tok, dtype = _load(path, dtype, "lm", allow_pickle, tokenizer, mesh)
     return CausalLM(cfg, params, tok, dtype)
 
 
-def load_reward_model(path, dtype="float32", *, allow_pickle=False, tokenizer=True) -> RewardModel:
-    """Load a ``*ForSequenceClassification`` checkpoint as a reward model (score head)."""
-    cfg, params, tok, dtype = _load(path, dtype, "score", allow_pickle, tokenizer)
+def load_reward_model(
+    path, dtype="float32", *, allow_pickle=False, tokenizer=True, mesh=None
+) -> RewardModel:
+    """Load a ``*ForSequenceClassification`` checkpoint as a reward model (score head).
+
+    Arguments as ``load_causal_lm`` (``mesh``: load the weights sharded over it).
+    """
+    cfg, params, tok, dtype = _load(path, dtype, "score", allow_pickle, tokenizer, mesh)
     return RewardModel(cfg, params, tok, dtype)

@@ -1,0 +1,92 @@
+"""Run configs: YAML / dict → ``DecodeConfig`` (with nested ``DTOConfig`` and sampling settings).
+
+Layout of a config file (every key optional; unknown keys are an error)::
+
+    decode:            # DecodeConfig fields
+      max_length: 96
+      max_n_generations: 8
+      rollout: {temperature: 0.6, top_p: 0.95}
+      resample: {temperature: 0.5, top_p: 0.95}
+      dto: {num_steps: 20, learning_rate: 0.01}
+    models: {lm: path, rm: path, dtype: float32}
+    mesh: "data=4,model=2"
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+from nabla_jax.decoding.nabla import DecodeConfig
+from nabla_jax.decoding.sampling import SamplingConfig
+from nabla_jax.dto_config import DTOConfig
+
+TOP_LEVEL_KEYS = ("decode", "models", "mesh", "task")
+
+
+class ConfigError(ValueError):
+    """A run config names an unknown key or holds a bad value."""
+
+
+def _fields(cls) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def _build(cls, values: dict, where: str, nested: dict | None = None):
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where} must be a mapping of {cls.__name__} fields, got {values!r}")
+    known = _fields(cls)
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown key(s) {unknown} in {where}; valid keys: {', '.join(known)}")
+    kwargs = dict(values)
+    for name, sub in (nested or {}).items():
+        if name in kwargs:
+            kwargs[name] = _build(sub, kwargs[name], f"{where}.{name}")
+    for name, value in kwargs.items():
+        if isinstance(value, list):
+            kwargs[name] = tuple(value)
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{where}: {e}") from e
+
+
+def decode_config_from_dict(values: dict | None) -> DecodeConfig:
+    """``DecodeConfig`` from the ``decode:`` mapping of a run config."""
+    return _build(
+        DecodeConfig,
+        values or {},
+        "decode",
+        {"rollout": SamplingConfig, "resample": SamplingConfig, "dto": DTOConfig},
+    )
+
+
+def load_run_config(path) -> dict[str, Any]:
+    """Read a YAML run config; returns ``{"decode": DecodeConfig, "models": {...}, ...}``."""
+    import yaml
+
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"config file {path!r} does not exist")
+    with open(path) as f:
+        try:
+            raw = yaml.safe_load(f) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path} is not valid YAML: {e}") from e
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping with keys {TOP_LEVEL_KEYS}")
+    unknown = sorted(set(raw) - set(TOP_LEVEL_KEYS))
+    if unknown:
+        raise ConfigError(
+            f"{path}: unknown top-level key(s) {unknown}; valid keys: {', '.join(TOP_LEVEL_KEYS)}"
+        )
+    out = dict(raw)
+    out["decode"] = decode_config_from_dict(raw.get("decode"))
+    models = raw.get("models") or {}
+    bad = sorted(set(models) - {"lm", "rm", "dtype"})
+    if bad:
+        raise ConfigError(f"{path}: unknown key(s) {bad} in models; valid keys: lm, rm, dtype")
+    out["models"] = models
+    return out

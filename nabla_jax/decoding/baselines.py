@@ -1,0 +1,610 @@
+"""Baselines on the same footing as the ∇-Reasoner decoder: greedy CoT, sampled CoT, Best-of-N
+(reward-model ranked) and self-consistency (majority vote over extracted answers).
+
+Every function takes a batch of prompts (user message strings or chat message lists), renders them
+with the LM chat template (:func:`nabla_jax.templates.lm_prompt_ids`), and generates with the
+batched :func:`nabla_jax.decoding.rollout.rollout` — the ``n`` samples of a prompt are rows of the
+same batches as every other prompt's samples. Results are :class:`~nabla_jax.decoding.nabla.
+DecodeResult` objects, like the decoder's: ``text`` (trimmed before the first EOS / stop string),
+``token_ids`` (the chosen sample's generated ids, EOS included), ``stats`` (the decoder's counters,
+zero where a method has no such part, plus ``stop_reason``, ``method``, ``samples``, ``chosen``)
+and ``trace`` (one dict per sample: ``sample``, ``text``, ``token_ids``, ``generated_tokens``,
+``stop_reason``, and ``score`` for Best-of-N, ``answer`` for self-consistency).
+
+Model calls (per prompt, ALGORITHM.md §3, as in the decoder): one per generated token of every
+sample (``rollout_calls``), one per reward-model scoring of a candidate (``score_calls``);
+``model_calls`` is their sum.
+
+Randomness (DESIGN.md): a prompt's keys derive from ``key`` folded with ``crc32`` of the prompt's
+chat messages — the decoder's prompt id — then with the decoder's rollout stream and the sample
+index ``i``: ``fold_in(fold_in(fold_in(key, prompt_id), ROLLOUT), i)``. So a prompt's samples do
+not depend on its batch company, sample ``i`` of Best-of-N and of self-consistency are the same
+rollout for the same key, and sample 0 is :func:`sampled_cot`'s response — which is also the
+∇-Reasoner decoder's initial rollout under the same key and rollout sampling settings (common
+random numbers across methods). Identical prompts in one call get identical samples.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from nabla_jax.decoding.nabla import (
+    _COUNTERS,
+    _ROLLOUT,
+    DecodeResult,
+    _pow2,
+    _prompt_id,
+    _score_padded,
+)
+from nabla_jax.decoding.rollout import _default_eos, bucket_length, pad_prompts, rollout
+from nabla_jax.decoding.sampling import SamplingConfig
+from nabla_jax.models.model import CausalLM, RewardModel
+from nabla_jax.tasks.arithmetic import extract_answer
+from nabla_jax.templates import (
+    _require_chat_template,
+    build_messages,
+    lm_prompt_ids,
+    rm_prefix_suffix_ids,
+)
+from nabla_jax.vocab import VocabSizeMismatchError, check_vocab_compatibility
+
+__all__ = [
+    "BASELINES",
+    "Baseline",
+    "best_of_n",
+    "greedy_cot",
+    "majority_vote",
+    "parse_method",
+    "prompt_keys",
+    "rm_scores",
+    "run_baseline",
+    "sampled_cot",
+    "self_consistency",
+]
+
+GREEDY = SamplingConfig(temperature=0.0)
+
+
+# --------------------------------------------------------------------------------------------
+# Shared machinery
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class _Sample:
+    tokens: list[int]
+    text: str
+    stop_reason: str
+    calls: int
+
+
+def _check_common(lm, prompts, max_length: int, batch_size: int, n: int = 1) -> list:
+    if not isinstance(lm, CausalLM):
+        raise TypeError(f"lm must be a nabla_jax CausalLM, got {type(lm).__name__}")
+    if lm.tokenizer is None:
+        raise ValueError(
+            "the LM has no tokenizer: load it with its tokenizer (nj.load_causal_lm(path)) — "
+            "baselines render chat prompts and decode responses"
+        )
+    _require_chat_template(lm.tokenizer, "LM")
+    if isinstance(prompts, str) or not isinstance(prompts, Sequence):
+        raise TypeError("prompts must be a list of prompts (wrap one prompt in a list)")
+    for name, v in (("max_length", max_length), ("batch_size", batch_size), ("n", n)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+    return list(prompts)
+
+
+def prompt_keys(key, prompt: Any, n: int, *, system: str | None = None) -> jax.Array:
+    """The ``[n]`` rollout keys of a prompt's samples (independent of the batch it is in).
+
+    ``fold_in(fold_in(fold_in(key, prompt_id), ROLLOUT), i)`` for ``i < n``, where ``prompt_id``
+    is the ∇-Reasoner decoder's crc32 of the prompt's chat messages.
+    """
+    base = jax.random.fold_in(key, _prompt_id(build_messages(prompt, system=system)))
+    stream = jax.random.fold_in(base, _ROLLOUT)
+    return jnp.stack([jax.random.fold_in(stream, i) for i in range(n)])
+
+
+def _generate(
+    lm,
+    prompts: list,
+    key,
+    n: int,
+    *,
+    sampling: SamplingConfig,
+    max_length: int,
+    stop_strings: Sequence[str],
+    eos_ids: Sequence[int] | None,
+    system: str | None,
+    batch_size: int,
+) -> list[list[_Sample]]:
+    """``n`` samples of every prompt, batched over (prompt, sample) rows in input order."""
+    if not isinstance(sampling, SamplingConfig):
+        raise TypeError(f"sampling must be a SamplingConfig, got {type(sampling).__name__}")
+    stop_strings = tuple(stop_strings)
+    if eos_ids is None:
+        eos_ids = _default_eos(lm, lm.tokenizer)
+    greedy = sampling.greedy
+    if not greedy and key is None:
+        raise ValueError("sampling with temperature > 0 needs a key")
+    rows = []  # (prompt ids, key or None)
+    for p in prompts:
+        ids = lm_prompt_ids(lm.tokenizer, p, system=system)
+        keys = None if greedy else prompt_keys(key, p, n, system=system)
+        rows += [(ids, None if keys is None else keys[i]) for i in range(n)]
+    samples: list[_Sample] = []
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start : start + batch_size]
+        m = len(chunk)
+        # Pad the row count to a power of two (fewer compiled shapes); padding rows get budget 1.
+        padded = chunk + [chunk[0]] * (_pow2(m) - m)
+        budgets = [max_length] * m + [1] * (len(padded) - m)
+        res = rollout(
+            lm,
+            [r[0] for r in padded],
+            None if greedy else jnp.stack([r[1] for r in padded]),
+            max_new_tokens=budgets,
+            sampling=sampling,
+            eos_ids=eos_ids,
+            stop_strings=stop_strings,
+            tokenizer=lm.tokenizer,
+            return_logits=False,
+        )
+        tokens, lengths = np.asarray(res.tokens), np.asarray(res.lengths)
+        calls = np.asarray(res.model_calls)
+        for j in range(m):
+            samples.append(
+                _Sample(
+                    tokens=tokens[j, : int(lengths[j])].tolist(),
+                    text=res.texts[j],
+                    stop_reason=res.stop_reason[j],
+                    calls=int(calls[j]),
+                )
+            )
+    return [samples[i * n : (i + 1) * n] for i in range(len(prompts))]
+
+
+def _result(prompt, method: str, samples: list[_Sample], chosen: int, extra=None) -> DecodeResult:
+    stats = dict.fromkeys(_COUNTERS, 0)
+    stats["generations"] = len(samples)
+    for s in samples:
+        stats["generated_tokens"] += len(s.tokens)
+        stats["rollout_calls"] += s.calls
+    trace = []
+    for i, s in enumerate(samples):
+        event = {
+            "sample": i,
+            "text": s.text,
+            "token_ids": list(s.tokens),
+            "generated_tokens": len(s.tokens),
+            "stop_reason": s.stop_reason,
+        }
+        if extra is not None:
+            event.update(extra[i])
+        trace.append(event)
+    best = samples[chosen]
+    stats["stop_reason"] = best.stop_reason
+    stats["method"] = method
+    stats["samples"] = len(samples)
+    stats["chosen"] = chosen
+    stats["model_calls"] = stats["rollout_calls"]
+    return DecodeResult(prompt, best.text, list(best.tokens), stats, trace)
+
+
+# --------------------------------------------------------------------------------------------
+# Greedy and sampled chain of thought
+# --------------------------------------------------------------------------------------------
+
+
+def greedy_cot(
+    lm: CausalLM,
+    prompts: Sequence[Any],
+    *,
+    max_length: int,
+    stop_strings: Sequence[str] = (),
+    eos_ids: Sequence[int] | None = None,
+    system: str | None = None,
+    batch_size: int = 8,
+) -> list[DecodeResult]:
+    """Greedy (temperature 0) chain of thought, one rollout per prompt.
+
+    Args:
+      lm: the ``CausalLM`` (with a chat-template tokenizer).
+      prompts: user message strings or chat message lists.
+      max_length: most generated tokens per response.
+      stop_strings: strings that end a response (the text is trimmed before them).
+      eos_ids: ids that end a response; None = the LM config's EOS ids plus the tokenizer's.
+      system: optional system message.
+      batch_size: rows per compiled rollout call.
+
+    Returns:
+      One ``DecodeResult`` per prompt, in input order; ``stats["model_calls"]`` = generated tokens.
+    """
+    prompts = _check_common(lm, prompts, max_length, batch_size)
+    if not prompts:
+        return []
+    groups = _generate(
+        lm,
+        prompts,
+        None,
+        1,
+        sampling=GREEDY,
+        max_length=max_length,
+        stop_strings=stop_strings,
+        eos_ids=eos_ids,
+        system=system,
+        batch_size=batch_size,
+    )
+    return [_result(p, "greedy", g, 0) for p, g in zip(prompts, groups, strict=True)]
+
+
+def sampled_cot(
+    lm: CausalLM,
+    prompts: Sequence[Any],
+    key,
+    *,
+    sampling: SamplingConfig,
+    max_length: int,
+    stop_strings: Sequence[str] = (),
+    eos_ids: Sequence[int] | None = None,
+    system: str | None = None,
+    batch_size: int = 8,
+) -> list[DecodeResult]:
+    """One sampled chain of thought per prompt (sample 0 of :func:`prompt_keys`).
+
+    Same arguments as :func:`greedy_cot`, plus ``key`` (a ``jax.random`` key) and ``sampling``
+    (a :class:`SamplingConfig`). Under the same key and ``sampling`` equal to the decoder's
+    ``DecodeConfig.rollout``, the response is the ∇-Reasoner decoder's initial rollout.
+    """
+    prompts = _check_common(lm, prompts, max_length, batch_size)
+    if not prompts:
+        return []
+    groups = _generate(
+        lm,
+        prompts,
+        key,
+        1,
+        sampling=sampling,
+        max_length=max_length,
+        stop_strings=stop_strings,
+        eos_ids=eos_ids,
+        system=system,
+        batch_size=batch_size,
+    )
+    return [_result(p, "cot", g, 0) for p, g in zip(prompts, groups, strict=True)]
+
+
+# --------------------------------------------------------------------------------------------
+# Best-of-N
+# --------------------------------------------------------------------------------------------
+
+
+def _rm_tokenizer(lm: CausalLM, rm: RewardModel):
+    if not isinstance(rm, RewardModel):
+        raise TypeError(
+            f"rm must be a nabla_jax RewardModel (load it with nj.load_reward_model), got "
+            f"{type(rm).__name__}"
+        )
+    tok = rm.tokenizer if rm.tokenizer is not None else lm.tokenizer
+    _require_chat_template(tok, "RM")
+    lm_v, rm_v = lm.config.vocab_size, rm.config.vocab_size
+    if rm.tokenizer is not None:
+        check_vocab_compatibility(lm.tokenizer, rm.tokenizer, lm_v, rm_v)
+    elif lm_v != rm_v:
+        raise VocabSizeMismatchError(
+            f"LM vocabulary size {lm_v} != RM vocabulary size {rm_v}: Best-of-N feeds LM token "
+            "ids to the RM, so the models must share a tokenizer"
+        )
+    return tok
+
+
+def rm_scores(rm: RewardModel, seqs: Sequence[Sequence[int]], *, batch_size: int = 16):
+    """Reward-model scores ``[len(seqs)]`` (float64) of full RM input id lists, batched."""
+    pad = rm.config.pad_token_id if rm.config.pad_token_id is not None else 0
+    out = []
+    for start in range(0, len(seqs), batch_size):
+        chunk = [list(s) for s in seqs[start : start + batch_size]]
+        rows = chunk + [chunk[0]] * (_pow2(len(chunk)) - len(chunk))
+        ids, mask = pad_prompts(rows, bucket_length(max(len(r) for r in rows)), pad)
+        scores = np.asarray(_score_padded(rm, jnp.asarray(ids), jnp.asarray(mask)))
+        out.append(scores[: len(chunk)].astype(np.float64))
+    return np.concatenate(out) if out else np.zeros((0,), np.float64)
+
+
+def best_of_n(
+    lm: CausalLM,
+    rm: RewardModel,
+    prompts: Sequence[Any],
+    key,
+    *,
+    n: int,
+    sampling: SamplingConfig,
+    max_length: int,
+    stop_strings: Sequence[str] = (),
+    eos_ids: Sequence[int] | None = None,
+    system: str | None = None,
+    batch_size: int = 8,
+    scorer: Callable[[list[list[int]]], Sequence[float]] | None = None,
+) -> list[DecodeResult]:
+    """Best-of-N: ``n`` samples per prompt, each scored by the reward model; keep the argmax.
+
+    Every candidate is scored as the decoder's acceptance test scores a response: the RM chat
+    template's prefix ++ the response ids (a trailing EOS dropped) ++ the template's suffix
+    (:func:`nabla_jax.templates.rm_prefix_suffix_ids`), so all candidates are framed
+    identically. Ties go to the earliest sample.
+
+    Args:
+      lm, prompts, key, sampling, max_length, stop_strings, eos_ids, system, batch_size: as in
+        :func:`sampled_cot`.
+      rm: the ``RewardModel`` (its tokenizer's chat template, or the LM's when it has none).
+      n: samples per prompt.
+      scorer: optional replacement for the RM score: list of RM input id lists -> floats.
+
+    Returns:
+      One ``DecodeResult`` per prompt; ``stats``: ``generations = n``, ``score_calls = n``,
+      ``rewarded_tokens`` = RM input tokens, ``model_calls`` = generated tokens + n; each
+      trace entry has the sample's ``score``.
+    """
+    prompts = _check_common(lm, prompts, max_length, batch_size, n)
+    rm_tok = _rm_tokenizer(lm, rm)
+    if scorer is not None and not callable(scorer):
+        raise TypeError("scorer must be callable: list of RM input id lists -> scores")
+    if not prompts:
+        return []
+    groups = _generate(
+        lm,
+        prompts,
+        key,
+        n,
+        sampling=sampling,
+        max_length=max_length,
+        stop_strings=stop_strings,
+        eos_ids=eos_ids,
+        system=system,
+        batch_size=batch_size,
+    )
+    eos = set(eos_ids) if eos_ids is not None else set(_default_eos(lm, lm.tokenizer))
+    seqs = []
+    for p, group in zip(prompts, groups, strict=True):
+        prefix, suffix = rm_prefix_suffix_ids(rm_tok, p, system=system)
+        for s in group:
+            body = s.tokens[:-1] if s.tokens and s.tokens[-1] in eos else s.tokens
+            seqs.append(prefix + body + suffix)
+    if scorer is not None:
+        scores = np.asarray(scorer(seqs), np.float64).reshape(-1)
+        if scores.shape != (len(seqs),):
+            raise ValueError(f"scorer returned {scores.shape[0]} scores for {len(seqs)} inputs")
+    else:
+        scores = rm_scores(rm, seqs, batch_size=2 * batch_size)
+    out = []
+    for i, (p, group) in enumerate(zip(prompts, groups, strict=True)):
+        sc = scores[i * n : (i + 1) * n]
+        chosen = int(np.argmax(sc))  # first index among ties
+        extra = [{"score": float(v)} for v in sc]
+        res = _result(p, f"bon:{n}", group, chosen, extra)
+        res.stats["score_calls"] = n
+        res.stats["rewarded_tokens"] = sum(len(s) for s in seqs[i * n : (i + 1) * n])
+        res.stats["model_calls"] = res.stats["rollout_calls"] + n
+        res.stats["score"] = float(sc[chosen])
+        out.append(res)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Self-consistency
+# --------------------------------------------------------------------------------------------
+
+
+def majority_vote(answers: Sequence[Hashable | None]) -> int:
+    """Index of the sample that self-consistency keeps.
+
+    The most frequent non-None answer wins; among answers tied on votes, the one that appears
+    first wins; the returned index is that answer's first sample. None answers do not vote
+    unless every answer is None (then sample 0).
+
+    Args:
+      answers: one extracted answer per sample (hashable, or None); at least one.
+
+    Returns:
+      The index of the chosen sample.
+    """
+    answers = list(answers)
+    if not answers:
+        raise ValueError("majority_vote needs at least one answer")
+    counts: dict = {}
+    first: dict = {}
+    for i, a in enumerate(answers):
+        if a is None:
+            continue
+        try:
+            counts[a] = counts.get(a, 0) + 1
+        except TypeError as e:
+            raise TypeError(
+                f"answer {a!r} of sample {i} is not hashable: the answer extractor must return "
+                "hashable values (str, int, tuple...) or None"
+            ) from e
+        first.setdefault(a, i)
+    if not counts:
+        return 0
+    best = max(counts.values())
+    return min(first[a] for a, c in counts.items() if c == best)
+
+
+def self_consistency(
+    lm: CausalLM,
+    prompts: Sequence[Any],
+    key,
+    *,
+    n: int,
+    sampling: SamplingConfig,
+    max_length: int,
+    answer_extractor: Callable[[str], Hashable | None] | None = None,
+    stop_strings: Sequence[str] = (),
+    eos_ids: Sequence[int] | None = None,
+    system: str | None = None,
+    batch_size: int = 8,
+) -> list[DecodeResult]:
+    """Self-consistency: ``n`` samples per prompt and a majority vote over their answers.
+
+    Args:
+      lm, prompts, key, sampling, max_length, stop_strings, eos_ids, system, batch_size: as in
+        :func:`sampled_cot`.
+      n: samples per prompt.
+      answer_extractor: ``text -> answer or None`` applied to each sample's (trimmed) text;
+        default :func:`nabla_jax.tasks.extract_answer`. See :func:`majority_vote` for the vote.
+
+    Returns:
+      One ``DecodeResult`` per prompt: the text of the chosen sample (the first sample with the
+      winning answer); ``stats["answer"]`` / ``stats["votes"]``; each trace entry has its
+      ``answer``. ``model_calls`` = generated tokens (no reward model).
+    """
+    if answer_extractor is None:
+        answer_extractor = extract_answer
+    if not callable(answer_extractor):
+        raise TypeError("answer_extractor must be callable: text -> answer or None")
+    prompts = _check_common(lm, prompts, max_length, batch_size, n)
+    if not prompts:
+        return []
+    groups = _generate(
+        lm,
+        prompts,
+        key,
+        n,
+        sampling=sampling,
+        max_length=max_length,
+        stop_strings=stop_strings,
+        eos_ids=eos_ids,
+        system=system,
+        batch_size=batch_size,
+    )
+    out = []
+    for p, group in zip(prompts, groups, strict=True):
+        answers = [answer_extractor(s.text) for s in group]
+        chosen = majority_vote(answers)
+        res = _result(p, f"sc:{n}", group, chosen, [{"answer": a} for a in answers])
+        winner = answers[chosen]
+        res.stats["answer"] = winner
+        res.stats["votes"] = 0 if winner is None else sum(a == winner for a in answers)
+        out.append(res)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Registry
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Baseline:
+    """A registered baseline.
+
+    Attributes:
+      name: the method name (``greedy``, ``cot``, ``bon``, ``sc``).
+      fn: the function.
+      takes_n: the method takes a sample count (``bon:8``); required then.
+      needs_key: the function takes a PRNG key.
+      needs_rm: the function takes a reward model.
+      description: one line.
+    """
+
+    name: str
+    fn: Callable[..., list[DecodeResult]]
+    takes_n: bool
+    needs_key: bool
+    needs_rm: bool
+    description: str
+
+
+BASELINES: Mapping[str, Baseline] = {
+    b.name: b
+    for b in (
+        Baseline("greedy", greedy_cot, False, False, False, "greedy chain of thought"),
+        Baseline("cot", sampled_cot, False, True, False, "one sampled chain of thought"),
+        Baseline("bon", best_of_n, True, True, True, "Best-of-N ranked by the reward model"),
+        Baseline("sc", self_consistency, True, True, False, "self-consistency majority vote"),
+    )
+}
+
+
+def parse_method(spec: str, *, extra: Sequence[str] = ()) -> tuple[str, int | None]:
+    """``"bon:8"`` -> ``("bon", 8)``; ``"greedy"`` -> ``("greedy", None)``.
+
+    Args:
+      spec: a method name, with ``:N`` (N >= 1) for the methods that take a sample count.
+      extra: further accepted names without a count (e.g. ``("nabla",)`` for the CLI).
+
+    Returns:
+      ``(name, n)``; ``n`` is None for methods without a sample count.
+
+    Raises:
+      ValueError: unknown method, a missing / malformed count, or a count given to a method that
+        takes none — the message lists the known methods.
+    """
+    if not isinstance(spec, str):
+        raise TypeError(f"method must be a string like 'bon:8', got {type(spec).__name__}")
+    known = ", ".join(
+        [f"{b.name}:N" if b.takes_n else b.name for b in BASELINES.values()] + list(extra)
+    )
+    name, colon, count = spec.strip().partition(":")
+    name = name.strip()
+    if name in extra and name not in BASELINES:
+        if colon:
+            raise ValueError(f"method {spec!r}: {name} takes no sample count (known: {known})")
+        return name, None
+    if name not in BASELINES:
+        raise ValueError(f"unknown method {spec!r}; known methods: {known}")
+    base = BASELINES[name]
+    if not base.takes_n:
+        if colon:
+            raise ValueError(f"method {spec!r}: {name} takes no sample count (known: {known})")
+        return name, None
+    count = count.strip()
+    if not colon or not count.isdigit() or int(count) < 1:
+        raise ValueError(
+            f"method {spec!r}: {name} needs a sample count >= 1, e.g. {name}:8 (known: {known})"
+        )
+    return name, int(count)
+
+
+def run_baseline(
+    method: str | tuple[str, int | None],
+    lm: CausalLM,
+    prompts: Sequence[Any],
+    key=None,
+    *,
+    rm: RewardModel | None = None,
+    **kwargs,
+) -> list[DecodeResult]:
+    """Run a baseline given as ``"bon:8"`` (or ``("bon", 8)``) with shared keyword settings.
+
+    ``kwargs`` are passed on (``max_length``, ``sampling``, ``stop_strings``, ``eos_ids``,
+    ``system``, ``batch_size``, ``answer_extractor``...); ``sampling`` is dropped for greedy,
+    ``answer_extractor`` for methods other than ``sc``.
+    """
+    name, n = parse_method(method) if isinstance(method, str) else method
+    base = BASELINES[name]
+    args: list = [lm]
+    if base.needs_rm:
+        if rm is None:
+            raise ValueError(f"method {name!r} needs a reward model: pass rm=")
+        args.append(rm)
+    args.append(prompts)
+    if base.needs_key:
+        if key is None:
+            raise ValueError(f"method {name!r} samples: pass a jax.random key")
+        args.append(key)
+    kw = dict(kwargs)
+    if name == "greedy":
+        kw.pop("sampling", None)
+    if name != "sc":
+        kw.pop("answer_extractor", None)
+    if base.takes_n:
+        kw["n"] = n
+    return base.fn(*args, **kw)
