@@ -37,6 +37,13 @@ from nabla_jax.vocab import (
 
 __version__ = "0.1.0"
 from nabla_jax.article import optimize_reasoning_sequence
+from nabla_jax.decoding.baselines import (
+    best_of_n,
+    greedy_cot,
+    majority_vote,
+    sampled_cot,
+    self_consistency,
+)
 from nabla_jax.decoding.nabla import DecodeConfig, DecodeResult, NablaDecoder
 from nabla_jax.dto_config import DTOConfig
 from nabla_jax.refine import (

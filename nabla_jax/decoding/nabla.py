@@ -330,6 +330,8 @@ class NablaDecoder:
       rm: the reward model (``RewardModel``); its tokenizer's chat template (or the LM's, when
         the RM has no tokenizer) frames the response for the reward terms.
       cfg: a ``DecodeConfig``.
+      mesh: optional ``jax.sharding.Mesh`` ("data", "model"): the models' weights are split
+        over "model" and each DTO batch over "data" (``cfg.batch_size`` must divide by it).
       scorer: optional acceptance-test scorer: called with a list of full RM input id lists
         (RM prefix ++ response ++ RM suffix), returns one float per list. Default: the reward
         model's score. DTO always uses the reward model; this hook only replaces the test.
@@ -342,6 +344,7 @@ class NablaDecoder:
         cfg: DecodeConfig | None = None,
         *,
         scorer: Callable[[list[list[int]]], Sequence[float]] | None = None,
+        mesh=None,
     ):
         cfg = DecodeConfig() if cfg is None else cfg
         if not isinstance(cfg, DecodeConfig):
@@ -371,6 +374,12 @@ class NablaDecoder:
                 f"LM vocabulary size {lm_v} != RM vocabulary size {rm_v}: the decoder feeds LM "
                 "token ids to the RM, so the models must share a tokenizer"
             )
+        if mesh is not None:
+            from nabla_jax import sharding
+
+            sharding.check_batch_divisible(cfg.batch_size, mesh, "DecodeConfig.batch_size")
+            lm, rm = sharding.shard_model(lm, mesh), sharding.shard_model(rm, mesh)
+        self.mesh = mesh
         self.lm, self.rm, self.cfg, self.scorer = lm, rm, cfg, scorer
         self.tokenizer = lm.tokenizer
         self.eos_ids = cfg.eos_ids if cfg.eos_ids is not None else _default_eos(lm, lm.tokenizer)
@@ -379,13 +388,16 @@ class NablaDecoder:
 
     # ---------------------------------------------------------------- public API
 
-    def generate(self, prompts: Sequence[Any], key) -> list[DecodeResult]:
+    def generate(
+        self, prompts: Sequence[Any], key, *, progress: bool = False
+    ) -> list[DecodeResult]:
         """Decode every prompt (a user message string or a list of chat messages).
 
         Args:
           prompts: the prompts; decoded together, in lockstep.
           key: a ``jax.random`` key. Each prompt's randomness derives from it and the prompt's
             content only, so the result for a prompt does not depend on its company.
+          progress: show a progress bar of finished prompts and generations.
         Returns:
           one :class:`DecodeResult` per prompt, in input order.
         """
@@ -400,8 +412,14 @@ class NablaDecoder:
             self._take_rollout(s, ahead)
             s.ahead = ahead
             self._check_stop(s)
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(states), desc="∇-Reasoner", unit="prompt", disable=not progress)
         while True:
             active = [s for s in states if not s.done]
+            bar.n = len(states) - len(active)
+            bar.set_postfix(generations=sum(s.stats["generations"] for s in states))
+            bar.refresh()
             for s in active:
                 if s.stats["generations"] >= cfg.max_n_generations:
                     s.refinement_end = "max_generations"
@@ -409,6 +427,8 @@ class NablaDecoder:
                     self._check_stop(s, final=True)
             active = [s for s in active if not s.done]
             if not active:
+                bar.n = len(states)
+                bar.close()
                 break
             for s in active:
                 s.stats["iterations"] += 1
@@ -659,6 +679,7 @@ class NablaDecoder:
             keys[0],
             batch_size=cfg.batch_size,
             problem_keys=keys,
+            mesh=self.mesh,
         )
         for s, (_, k), res in zip(chosen, windows, results, strict=True):
             s.stats["refinements"] += 1
