@@ -16,8 +16,9 @@ BUNDLED_RM = ASSETS / "rm"
 def bundled_decode_config(**overrides) -> DecodeConfig:
     """∇-Reasoner settings for the bundled arithmetic task (``configs/arithmetic.yaml``).
 
-    Responses are short (≤ 96 tokens), so the window covers the rest of the response; the other
-    settings are the paper's MATH-500 ones.
+    Responses are short (≤ 96 tokens). The paper's MATH-500 settings, except the gradient-norm
+    probe, which is off: its threshold (4) was set for 7B models, and on 32 validation problems
+    the probe-free selection (top-1 probability ≤ 0.97) was more accurate at fewer model calls.
     """
     base = dict(
         max_length=96,
@@ -25,7 +26,7 @@ def bundled_decode_config(**overrides) -> DecodeConfig:
         rollout=SamplingConfig(temperature=0.6, top_p=0.95),
         resample=SamplingConfig(temperature=0.5, top_p=0.95),
         confidence_threshold=0.97,
-        grad_threshold=4.0,
+        grad_threshold=None,
         dto=DTOConfig(num_steps=20, learning_rate=0.01),
         dto_window=32,
         batch_size=8,

@@ -6,6 +6,12 @@ What it does
     ``--seed``) for ``--train-problems`` train-split and ``--val-problems`` validation-split
     problems, and labels each with the task grader (``nabla_jax.tasks.grade``): 1 = correct
     final answer.
+  * ``--synth-problems N``: also renders N more train-split problems as synthetic responses — the
+    exact solution (1) and ``--synth-neg`` corrupted ones each (one step wrong, chain continued
+    consistently; or only the answer wrong), graded (0 unless the corruption cancels out). Each
+    batch takes ``--lm-frac`` of its rows from the LM samples, the rest synthetic.
+    ``--eval-every`` steps the validation AUROC is measured and the best checkpoint is exported.
+    ``--init-rm DIR`` continues from an exported reward model.
   * Trains a Qwen2 sequence-classification model whose body is initialised from the LM's
     embeddings, final norm and first ``--layers`` blocks (the LM already "reads" arithmetic), with a
     fresh score head. Input = the RM chat template around the response
@@ -28,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import sys
 import time
@@ -68,6 +75,77 @@ def sample_set(lm, tok, problems, k, temperature, key, batch):
     texts = generate_texts(lm, tok, questions, key=key, temperature=temperature, batch=batch)
     answers = [p.answer for p in problems for _ in range(k)]
     return [(q, t, int(grade(t, a))) for q, t, a in zip(questions, texts, answers, strict=True)]
+
+
+_STEP_RE = re.compile(r"^(-?\d+)([+*-])(\d+)=(-?\d+)$")
+
+
+def _apply(op, a, b):
+    return a + b if op == "+" else a - b if op == "-" else a * b
+
+
+def _perturb(value, rng):
+    """A plausible wrong value near ``value`` (small offset, digit slip, tens slip, digit swap)."""
+    for _ in range(20):
+        kind = rng.random()
+        if kind < 0.45:
+            small = int(rng.choice([1, 1, 2, 2, 3, 4, 5, 6, 7, 8, 9]))
+            wrong = value + int(rng.choice([-1, 1])) * small
+        elif kind < 0.7:
+            wrong = value + int(rng.choice([-1, 1])) * int(rng.choice([10, 10, 20, 100]))
+        elif kind < 0.85 and abs(value) >= 10:
+            d = list(str(abs(value)))
+            i = int(rng.integers(len(d) - 1))
+            d[i], d[i + 1] = d[i + 1], d[i]
+            wrong = int("".join(d)) * (1 if value >= 0 else -1)
+        else:
+            d = list(str(abs(value)))
+            i = int(rng.integers(len(d)))
+            d[i] = str(int(rng.integers(10)))
+            wrong = int("".join(d).lstrip("0") or "0") * (1 if value >= 0 else -1)
+        if wrong != value:
+            return wrong
+    return value + 1
+
+
+def corrupt_solution(solution, rng):
+    """A wrong chain-of-thought: one step's result (or operand, or the copied start value, or the
+    final answer) is wrong and the rest of the chain continues consistently from it."""
+    lines = solution.split("\n")
+    steps = [_STEP_RE.match(line).groups() for line in lines[:-1]]
+    steps = [(int(a), op, int(b), int(c)) for a, op, b, c in steps]
+    kind = rng.random()
+    if kind < 0.1:  # only the answer line is wrong
+        return "\n".join(lines[:-1] + [f"Answer: {_perturb(steps[-1][3], rng)}"])
+    i = int(rng.integers(len(steps)))
+    out, value = [], None
+    for j, (a, op, b, c) in enumerate(steps):
+        a = a if value is None else value
+        if j == i:
+            if kind < 0.8:  # wrong result of a correctly copied step
+                c = _perturb(_apply(op, a, b), rng)
+            elif kind < 0.9:  # misread operand, computed consistently
+                b = abs(_perturb(b, rng))
+                c = _apply(op, a, b)
+            else:  # mis-copied previous result (or start), computed consistently
+                a = _perturb(a, rng)
+                c = _apply(op, a, b)
+        else:
+            c = _apply(op, a, b)
+        out.append(f"{a}{op}{b}={c}")
+        value = c
+    return "\n".join(out + [f"Answer: {value}"])
+
+
+def synthetic_set(problems, neg_per_problem, rng):
+    """``[(question, response, label)]``: the exact solution (1) and corrupted ones (0)."""
+    out = []
+    for p in problems:
+        out.append((p.question, p.solution, 1))
+        for _ in range(neg_per_problem):
+            bad = corrupt_solution(p.solution, rng)
+            out.append((p.question, bad, int(grade(bad, p.answer))))
+    return out
 
 
 def encode_rm(tok, samples, max_len):
@@ -116,6 +194,21 @@ def main(argv=None):
     ap.add_argument("--warmup", type=int, default=40)
     ap.add_argument("--weight-decay", type=float, default=0.01)
     ap.add_argument("--max-minutes", type=float, default=0, help="training time budget (0: none)")
+    ap.add_argument(
+        "--synth-problems",
+        type=int,
+        default=0,
+        help="extra train-split problems rendered as synthetic responses (0: none)",
+    )
+    ap.add_argument("--synth-neg", type=int, default=1, help="corrupted solutions per problem")
+    ap.add_argument(
+        "--lm-frac",
+        type=float,
+        default=0.5,
+        help="share of each batch drawn from the LM samples (rest synthetic)",
+    )
+    ap.add_argument("--eval-every", type=int, default=100)
+    ap.add_argument("--init-rm", default=None, help="continue from this reward-model directory")
     args = ap.parse_args(argv)
 
     t0 = time.time()
@@ -142,13 +235,26 @@ def main(argv=None):
     params["embed_tokens"] = lm.params["embed_tokens"]
     params["norm"] = lm.params["norm"]
     params["layers"] = jax.tree.map(lambda x: x[: args.layers], lm.params["layers"])
+    if args.init_rm:
+        params = dict(nj.load_reward_model(args.init_rm, tokenizer=tok).params)
     cls, cfg = rm.__class__, rm.config
 
     ids, mask, labels = encode_rm(tok, train_s, args.max_len)
+    # LM samples: class-balanced weights (half the inverse class frequency).
+    weights = np.where(labels > 0, 0.5 / max(pos_rate, 1e-3), 0.5 / max(1 - pos_rate, 1e-3))
+    n_lm = len(ids)
+    synth_s = []
+    if args.synth_problems:
+        sp = generate("train", args.synth_problems, args.seed + 2000)
+        synth_s = synthetic_set(sp, args.synth_neg, np.random.default_rng(args.seed + 2000))
+        sids, smask, slabels = encode_rm(tok, synth_s, args.max_len)
+        spos = float(slabels.mean())
+        sw = np.where(slabels > 0, 0.5 / spos, 0.5 / (1 - spos))
+        ids, mask = np.concatenate([ids, sids]), np.concatenate([mask, smask])
+        labels, weights = np.concatenate([labels, slabels]), np.concatenate([weights, sw])
+        print(f"synthetic: {len(synth_s)} responses, correct rate {spos:.3f}", flush=True)
+    weights = weights.astype(np.float32)
     vids, vmask, vlabels = encode_rm(tok, val_s, args.max_len)
-    # Class balance: weight each class by half the inverse of its frequency.
-    w_pos = 0.5 / max(pos_rate, 1e-3)
-    w_neg = 0.5 / max(1 - pos_rate, 1e-3)
 
     sched = optax.warmup_cosine_decay_schedule(
         0.0, args.lr, min(args.warmup, args.steps // 2), args.steps, end_value=args.lr * 0.05
@@ -158,14 +264,13 @@ def main(argv=None):
     )
     opt_state = opt.init(params)
 
-    def loss_fn(params, x, m, y):
+    def loss_fn(params, x, m, y, w):
         s = cls(cfg, params, None, "float32").score(x, m)
-        w = jnp.where(y > 0, w_pos, w_neg)
         return jnp.mean(w * optax.sigmoid_binary_cross_entropy(s, y))
 
     @jax.jit
-    def train_step(params, opt_state, x, m, y):
-        loss, grads = jax.value_and_grad(loss_fn)(params, x, m, y)
+    def train_step(params, opt_state, x, m, y, w):
+        loss, grads = jax.value_and_grad(loss_fn)(params, x, m, y, w)
         updates, opt_state = opt.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
@@ -186,22 +291,34 @@ def main(argv=None):
     print(f"val AUROC before training (random head): {base_auc:.3f}", flush=True)
     rng = np.random.default_rng(args.seed)
     t_train, losses, history = time.time(), [], []
-    order, cursor = rng.permutation(len(ids)), 0
+    n_syn = len(ids) - n_lm
+    b_lm = args.batch if not n_syn else int(round(args.batch * args.lm_frac))
+    streams = [[np.arange(n_lm), 0, b_lm]]
+    if n_syn:
+        streams.append([n_lm + np.arange(n_syn), 0, args.batch - b_lm])
+    for st in streams:
+        st[0] = rng.permutation(st[0])
+    best_auc, best_params, best_step = -1.0, params, 0
     for step in range(1, args.steps + 1):
-        if cursor + args.batch > len(order):
-            order, cursor = rng.permutation(len(ids)), 0
-        idx = order[cursor : cursor + args.batch]
-        cursor += args.batch
+        parts = []
+        for st in streams:
+            if st[1] + st[2] > len(st[0]):
+                st[0], st[1] = rng.permutation(st[0]), 0
+            parts.append(st[0][st[1] : st[1] + st[2]])
+            st[1] += st[2]
+        idx = np.concatenate(parts)
         width = min(args.max_len, -(-int(mask[idx].sum(1).max()) // 8) * 8)
         params, opt_state, loss = train_step(
-            params, opt_state, ids[idx, :width], mask[idx, :width], labels[idx]
+            params, opt_state, ids[idx, :width], mask[idx, :width], labels[idx], weights[idx]
         )
         losses.append(float(loss))
         last = step == args.steps or (
             args.max_minutes and time.time() - t_train > 60 * args.max_minutes
         )
-        if step % 100 == 0 or last:
+        if step % args.eval_every == 0 or last:
             auc, _ = val_auroc(params)
+            if auc > best_auc:
+                best_auc, best_params, best_step = auc, params, step
             history.append({"step": step, "loss": float(np.mean(losses[-50:])), "val_auroc": auc})
             print(
                 f"step {step} loss {np.mean(losses[-50:]):.4f} val AUROC {auc:.3f} "
@@ -211,7 +328,9 @@ def main(argv=None):
         if last:
             break
     train_s_elapsed = time.time() - t_train
+    params = best_params  # early stopping: the checkpoint with the best validation AUROC
     auc, scores = val_auroc(params)
+    print(f"best val AUROC {auc:.3f} at step {best_step}", flush=True)
     final = cls(cfg, params, tok, "float32")
     out = Path(args.out)
     if out.exists():
@@ -224,6 +343,8 @@ def main(argv=None):
         "params": n_params,
         "train_samples": len(train_s),
         "train_correct_rate": pos_rate,
+        "synthetic_samples": len(synth_s),
+        "best_step": best_step,
         "val_samples": len(val_s),
         "val_correct_rate": float(np.mean(vlabels)),
         "val_auroc": auc,

@@ -219,7 +219,7 @@ def test_position_ids_shape(lm):
 
 def test_sequence_too_long(lm):
     n = lm.config.max_position_embeddings + 1
-    with pytest.raises(ValueError, match=f"sequence of {n} tokens exceeds"):
+    with pytest.raises(ValueError, match=f"exceeds the model.s {n - 1} positions"):
         lm.logits(np.full((1, n), 3))
 
 
@@ -230,9 +230,14 @@ def test_ids_out_of_vocab(lm):
         lm.logits(np.array([[-1, 3]]))
 
 
-def test_cache_beyond_max_positions(lm):
+def test_positions_beyond_max_positions(lm):
+    # A cache may hold more slots than positions (padding); the positions themselves must fit.
+    cache = lm.init_cache(1, lm.config.max_position_embeddings + 8)
     with pytest.raises(ValueError, match="exceeds the model's 128 positions"):
-        lm.init_cache(1, lm.config.max_position_embeddings + 1)
+        lm.forward(
+            IDS, position_ids=np.arange(126, 130)[None], cache=cache,
+            key_mask=np.ones((1, cache.max_len), np.int32),
+        )  # fmt: skip
 
 
 def test_cache_without_key_mask(lm):

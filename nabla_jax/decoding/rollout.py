@@ -416,11 +416,16 @@ def generate_padded(
         raise ValueError("a traced max_new_tokens needs an explicit static buffer_len")
     if _is_concrete(mask) and b and int(np.min(np.asarray(mask).sum(-1))) == 0:
         raise ValueError("every prompt needs at least one real token (a row of mask is all 0)")
-    if p_len + buffer_len > cfg.max_position_embeddings:
-        raise ValueError(
-            f"prompt slots {p_len} + generation slots {buffer_len} exceed the model's "
-            f"{cfg.max_position_embeddings} positions; shorten the prompt or max_new_tokens"
-        )
+    # Slots are storage (padding may exceed the positions); each row's positions must fit.
+    if _is_concrete(mask) and _is_concrete(budget) and b:
+        need = np.asarray(mask).sum(-1) + np.asarray(budget)
+        if int(need.max()) > cfg.max_position_embeddings:
+            row = int(np.argmax(need))
+            raise ValueError(
+                f"row {row}: {int(np.asarray(mask)[row].sum())} prompt tokens + "
+                f"{int(np.asarray(budget)[row])} new tokens exceed the model's "
+                f"{cfg.max_position_embeddings} positions; shorten the prompt or max_new_tokens"
+            )
     if _is_concrete(ids) and ids.size:
         lo, hi = int(ids.min()), int(ids.max())
         if lo < 0 or hi >= cfg.vocab_size:

@@ -120,13 +120,12 @@ class _Model:
         return self._apply("embed", input_ids)
 
     def init_cache(self, batch: int, max_len: int) -> KVCache:
-        """Empty KV buffers for ``batch`` rows of ``max_len`` slots."""
+        """Empty KV buffers for ``batch`` rows of ``max_len`` slots.
+
+        Slots are storage, not positions: padding may make a buffer longer than the model's
+        positions; what must fit are the position ids (checked in ``forward``).
+        """
         c = self.config
-        if max_len > c.max_position_embeddings:
-            raise ValueError(
-                f"a cache of {max_len} slots exceeds the model's {c.max_position_embeddings} "
-                "positions; shorten the prompt or max_length"
-            )
         return init_kv_cache(
             c.num_layers, batch, max_len, c.num_kv_heads, c.head_dim, DTYPES[self.dtype]
         )
@@ -170,6 +169,13 @@ class _Model:
         position_ids = jnp.asarray(position_ids, jnp.int32)
         if position_ids.shape != (b, t):
             raise ValueError(f"position_ids must have shape {(b, t)}, got {position_ids.shape}")
+        if _is_concrete(position_ids) and position_ids.size:
+            top = int(position_ids.max())
+            if top >= c.max_position_embeddings:
+                raise ValueError(
+                    f"position {top} exceeds the model's {c.max_position_embeddings} positions; "
+                    "shorten the prompt or max_length"
+                )
         return input_ids, inputs_embeds, attention_mask, position_ids
 
     def forward(
@@ -296,7 +302,9 @@ def init_params(cfg: ModelConfig, key, dtype="float32", head="lm") -> dict:
     """Random parameters (normal(0.02) kernels, unit norms) for ``cfg``."""
     module = build_module(cfg, resolve_dtype(dtype), head)
     ids = jnp.zeros((1, 2), jnp.int32)
-    return module.init(key, ids, method="init_all")["params"]
+    # Jitted: Flax's eager init dispatches op by op through nn.scan (seconds even for tiny models).
+    init = jax.jit(lambda k, i: module.init(k, i, method="init_all")["params"])
+    return init(key, ids)
 
 
 def param_shapes(cfg: ModelConfig, dtype="float32", head="lm") -> dict:

@@ -1,0 +1,12 @@
+"""Test-session settings.
+
+XLA's LLVM backend optimisation is turned down: it roughly halves compile time, which dominates
+this suite (tiny models, many distinct programs), and does not change what the tests assert (every
+comparison is between programs compiled under the same flags, or against PyTorch with a stated
+tolerance). Set ``XLA_FLAGS`` yourself to override.
+"""
+
+import os
+
+os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
