@@ -53,6 +53,8 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from nabla_jax.models.convert import _flatten
+
 DATA = "data"
 MODEL = "model"
 AXES = (DATA, MODEL)
@@ -191,17 +193,6 @@ def axis_size(mesh: Mesh | None, axis: str) -> int:
 
 
 # -- parameter rules ------------------------------------------------------------------------
-
-
-def _flatten(tree: Mapping, prefix="") -> dict:
-    out = {}
-    for k, v in tree.items():
-        path = f"{prefix}{k}"
-        if isinstance(v, Mapping):
-            out.update(_flatten(v, path + "/"))
-        else:
-            out[path] = v
-    return out
 
 
 def _unflatten_like(tree: Mapping, flat: Mapping, prefix="") -> dict:

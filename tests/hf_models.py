@@ -61,3 +61,28 @@ def hf_model(family: str, head: str = "lm", seed: int = 0, **kw):
             if p.ndim == 1:
                 p.add_(0.1 * torch.randn_like(p))
     return model
+
+
+def save_chat_pair(lm_dir, rm_dir, *, hidden=32, heads=4, kv_heads=2, intermediate=64, seed=0):
+    """A tiny random Qwen2 LM and reward model sharing a ChatML tokenizer, saved as HF dirs."""
+    from tests.tokenizer_utils import make_chatml_tokenizer
+
+    tok = make_chatml_tokenizer()
+    common = dict(
+        vocab_size=len(tok),
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=2,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        max_position_embeddings=256,
+        pad_token_id=0,
+        eos_token_id=2,
+    )
+    tr.set_seed(seed)
+    tr.Qwen2ForCausalLM(tr.Qwen2Config(**common)).save_pretrained(lm_dir)
+    tok.save_pretrained(lm_dir)
+    tr.Qwen2ForSequenceClassification(tr.Qwen2Config(num_labels=1, **common)).save_pretrained(
+        rm_dir
+    )
+    tok.save_pretrained(rm_dir)

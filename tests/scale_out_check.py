@@ -21,21 +21,9 @@ MESHES = [(8, 1), (4, 2), (2, 4), (1, 8)]
 
 
 def save(path):
-    import transformers as tr
+    from tests.hf_models import save_chat_pair
 
-    from tests.tokenizer_utils import make_chatml_tokenizer
-
-    tok = make_chatml_tokenizer()
-    common = dict(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                  num_attention_heads=8, num_key_value_heads=8, max_position_embeddings=256,
-                  pad_token_id=0, eos_token_id=2)  # fmt: skip
-    tr.set_seed(0)
-    tr.Qwen2ForCausalLM(tr.Qwen2Config(**common)).save_pretrained(f"{path}/lm")
-    tok.save_pretrained(f"{path}/lm")
-    tr.Qwen2ForSequenceClassification(tr.Qwen2Config(num_labels=1, **common)).save_pretrained(
-        f"{path}/rm"
-    )
-    tok.save_pretrained(f"{path}/rm")
+    save_chat_pair(f"{path}/lm", f"{path}/rm", hidden=64, heads=8, kv_heads=8, intermediate=128)
 
 
 def _decoder(path, mesh=None):
@@ -75,6 +63,17 @@ def meshes(path) -> int:
         print(f"mesh data={data} model={model}: same responses and stats as 1 device: {same}")
         if not same:
             print("  expected:", ref, "\n  got:", got)
+    # The baselines accept a mesh too (weights split over "model").
+    from nabla_jax.decoding import SamplingConfig, best_of_n
+
+    dec = _decoder(path)
+    kw = dict(n=4, sampling=SamplingConfig(temperature=1.0), max_length=10)
+    ref_bon = _rows(best_of_n(dec.lm, dec.rm, PROMPTS, key, **kw))
+    mesh = nj.make_mesh({"data": 2, "model": 4})
+    got_bon = _rows(best_of_n(dec.lm, dec.rm, PROMPTS, key, mesh=mesh, **kw))
+    same = got_bon == ref_bon
+    failures += not same
+    print(f"best_of_n on mesh data=2 model=4: same as 1 device: {same}")
     return failures
 
 

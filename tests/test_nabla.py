@@ -8,12 +8,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import transformers as tr
 
 import nabla_jax as nj
 from nabla_jax.decoding import DecodeConfig, NablaDecoder, SamplingConfig
 from nabla_jax.refine import window_grad_norms
 from nabla_jax.templates import rm_prefix_suffix_ids
+from tests.hf_models import save_chat_pair
 from tests.tokenizer_utils import make_chatml_tokenizer
 
 PROMPTS = ["What is 2 + 2?", "Solve 3x + 5 = 20.", "Let's think step by step."]
@@ -32,27 +32,8 @@ BASE = DecodeConfig(
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    tok = make_chatml_tokenizer()
-    common = dict(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        pad_token_id=0,
-        eos_token_id=2,
-    )
-    tr.set_seed(0)
-    lm_dir = tmp_path_factory.mktemp("lm")
-    tr.Qwen2ForCausalLM(tr.Qwen2Config(**common)).save_pretrained(lm_dir)
-    tok.save_pretrained(lm_dir)
-    rm_dir = tmp_path_factory.mktemp("rm")
-    tr.Qwen2ForSequenceClassification(tr.Qwen2Config(num_labels=1, **common)).save_pretrained(
-        rm_dir
-    )
-    tok.save_pretrained(rm_dir)
+    lm_dir, rm_dir = tmp_path_factory.mktemp("lm"), tmp_path_factory.mktemp("rm")
+    save_chat_pair(lm_dir, rm_dir)
     return nj.load_causal_lm(lm_dir), nj.load_reward_model(rm_dir)
 
 

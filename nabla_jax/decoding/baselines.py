@@ -27,6 +27,7 @@ random numbers across methods). Identical prompts in one call get identical samp
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any
 
@@ -82,6 +83,24 @@ class _Sample:
     text: str
     stop_reason: str
     calls: int
+
+
+def _accepts_mesh(fn):
+    """Add ``mesh=``: with a ``jax.sharding.Mesh`` the models' weights are split over its
+    "model" axis (``nj.sharding.shard_model``) before ``fn`` runs; the results are the same."""
+
+    @functools.wraps(fn)
+    def wrapper(lm, *args, mesh=None, **kwargs):
+        if mesh is not None:
+            from nabla_jax import sharding
+
+            lm = sharding.shard_model(lm, mesh)
+            args = tuple(
+                sharding.shard_model(a, mesh) if isinstance(a, RewardModel) else a for a in args
+            )
+        return fn(lm, *args, **kwargs)
+
+    return wrapper
 
 
 def _check_common(lm, prompts, max_length: int, batch_size: int, n: int = 1) -> list:
@@ -203,6 +222,7 @@ def _result(prompt, method: str, samples: list[_Sample], chosen: int, extra=None
 # --------------------------------------------------------------------------------------------
 
 
+@_accepts_mesh
 def greedy_cot(
     lm: CausalLM,
     prompts: Sequence[Any],
@@ -245,6 +265,7 @@ def greedy_cot(
     return [_result(p, "greedy", g, 0) for p, g in zip(prompts, groups, strict=True)]
 
 
+@_accepts_mesh
 def sampled_cot(
     lm: CausalLM,
     prompts: Sequence[Any],
@@ -318,6 +339,7 @@ def rm_scores(rm: RewardModel, seqs: Sequence[Sequence[int]], *, batch_size: int
     return np.concatenate(out) if out else np.zeros((0,), np.float64)
 
 
+@_accepts_mesh
 def best_of_n(
     lm: CausalLM,
     rm: RewardModel,
@@ -437,6 +459,7 @@ def majority_vote(answers: Sequence[Hashable | None]) -> int:
     return min(first[a] for a, c in counts.items() if c == best)
 
 
+@_accepts_mesh
 def self_consistency(
     lm: CausalLM,
     prompts: Sequence[Any],

@@ -1,0 +1,98 @@
+"""The `nabla-jax` command and run configs: errors, config files, benchmark resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from nabla_jax import cli
+from nabla_jax.bundled import BUNDLED_LM, bundled_decode_config
+from nabla_jax.config_io import ConfigError, decode_config_from_dict, load_run_config
+from nabla_jax.evaluation import parse_methods, summarize
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _fails(argv, capsys, phrase):
+    with pytest.raises(SystemExit) as e:
+        cli.main(argv)
+    assert e.value.code == 2
+    assert phrase in capsys.readouterr().err
+
+
+def test_bad_model_path(capsys):
+    _fails(["decode", "--lm", "/no/such/dir", "--prompt", "hi"], capsys, "does not exist")
+
+
+def test_bad_prompts_file(capsys):
+    _fails(["decode", "--prompts", "/no/such.jsonl"], capsys, "does not exist")
+
+
+def test_unknown_method(capsys):
+    _fails(["bench", "accuracy", "--methods", "greedy,mcts"], capsys, "unknown method 'mcts'")
+    _fails(["bench", "accuracy", "--methods", "bon"], capsys, "needs a sample count")
+
+
+def test_bad_config_key(tmp_path, capsys):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("decode:\n  max_lenght: 10\n")
+    _fails(["decode", "--config", str(cfg), "--prompt", "hi"], capsys, "max_lenght")
+    cfg.write_text("decode:\n  dto: {learning_rate: -1}\n")
+    _fails(["decode", "--config", str(cfg), "--prompt", "hi"], capsys, "learning_rate")
+    cfg.write_text("decoding: {}\n")
+    _fails(["decode", "--config", str(cfg), "--prompt", "hi"], capsys, "unknown top-level key")
+
+
+def test_mesh_that_does_not_fit(capsys):
+    _fails(["decode", "--mesh", "data=3,model=5", "--prompt", "hi"], capsys, "devices")
+
+
+def test_incomplete_multihost_flags():
+    with pytest.raises(ValueError, match="needs all of"):
+        cli.main(["decode", "--coordinator-address", "127.0.0.1:1", "--prompt", "hi"])
+
+
+def test_bundled_config_file_matches_the_builtin_defaults():
+    run = load_run_config(ROOT / "configs" / "arithmetic.yaml")
+    assert run["decode"] == bundled_decode_config()
+    template = load_run_config(ROOT / "configs" / "qwen2.5-7b-math500.yaml")
+    assert template["decode"].max_length == 1024 and template["models"]["dtype"] == "bfloat16"
+
+
+def test_nested_config_values():
+    cfg = decode_config_from_dict(
+        {"rollout": {"temperature": 0.3}, "dto": {"num_steps": 5}, "stop_strings": ["\n\n"]}
+    )
+    assert cfg.rollout.temperature == 0.3 and cfg.dto.num_steps == 5
+    assert cfg.stop_strings == ("\n\n",)
+    with pytest.raises(ConfigError, match="rollout"):
+        decode_config_from_dict({"rollout": {"temp": 0.3}})
+
+
+def test_parse_methods():
+    assert parse_methods("greedy, bon:8,sc:4,nabla") == ["greedy", "bon:8", "sc:4", "nabla"]
+    with pytest.raises(ValueError, match="no methods"):
+        parse_methods(" , ")
+
+
+@pytest.mark.skipif(not (BUNDLED_LM / "config.json").exists(), reason="bundled models missing")
+def test_bench_accuracy_writes_results_and_resumes(tmp_path, capsys):
+    out = tmp_path / "acc.jsonl"
+    cfg = tmp_path / "small.yaml"
+    cfg.write_text("decode:\n  max_length: 80\n  max_n_generations: 2\n  grad_threshold: null\n")
+    argv = ["bench", "accuracy", "--methods", "greedy,nabla", "--num-problems", "2",
+            "--seed", "7", "--output", str(out), "--config", str(cfg), "--no-progress"]  # fmt: skip
+    assert cli.main(argv) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 4 and {r["method"] for r in rows} == {"greedy", "nabla"}
+    summary = json.loads((tmp_path / "acc.summary.json").read_text())
+    assert set(summary) == {"greedy", "nabla"}
+    assert set(summary["greedy"]) == {"accuracy", "mean_model_calls", "wall_seconds", "n"}
+    assert (tmp_path / "acc.png").stat().st_size > 0
+    # A rerun resumes: nothing is recomputed or appended.
+    assert cli.main(argv) == 0
+    assert len(out.read_text().splitlines()) == 4
+    assert summarize(str(out))["greedy"]["n"] == 2
+    assert "| greedy |" in capsys.readouterr().out
