@@ -384,3 +384,22 @@ def shard_refine_models(lm, rm, rm_table, mesh: Mesh):
         spec = P(MODEL, None) if rm_table.shape[0] % m == 0 else P()
         rm_table = jax.device_put(rm_table, NamedSharding(mesh, spec))
     return lm, rm, rm_table
+
+
+def mesh_of(model) -> Mesh | None:
+    """The mesh a model's parameters are laid out on (shard_model, sharded loading), or None."""
+    leaves = jax.tree.leaves(getattr(model, "params", model))
+    sharding = getattr(leaves[0], "sharding", None) if leaves else None
+    return sharding.mesh if isinstance(sharding, NamedSharding) else None
+
+
+def shard_rows_like(model, tree):
+    """Split ``tree``'s leading (batch) axis over "data" of ``model``'s mesh, when it has one and
+    the axis divides; otherwise return ``tree`` unchanged (replicated rows compute the same)."""
+    mesh = mesh_of(model)
+    if mesh is None or axis_size(mesh, "data") == 1:
+        return tree
+    rows = jax.tree.leaves(tree)[0].shape[0]
+    if rows % axis_size(mesh, "data"):
+        return tree
+    return shard_batch(tree, mesh)

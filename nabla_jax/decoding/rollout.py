@@ -442,10 +442,16 @@ def generate_padded(
     if pad_id is None:
         pad_id = cfg.pad_token_id if cfg.pad_token_id is not None else 0
     eos_table, stop_table = _tables(eos_ids, stop_ids)
+    # With a sharded model (a mesh), the prompts' rows split over the mesh's "data" axis.
+    from nabla_jax.sharding import shard_rows_like
+
+    ids, mask, keys, budget = shard_rows_like(
+        lm, (ids.astype(jnp.int32), mask.astype(jnp.int32), keys, budget)
+    )
     return _generate(
         lm,
-        ids.astype(jnp.int32),
-        mask.astype(jnp.int32),
+        ids,
+        mask,
         keys,
         budget,
         jnp.float32(sampling.temperature),
