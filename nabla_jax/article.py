@@ -15,11 +15,14 @@ import warnings
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from nabla_jax.models.model import CausalLM, RewardModel
 from nabla_jax.objectives import kl_ref_theta
 from nabla_jax.ste import ste_argmax_embed
+
+KL_COLLAPSE_NATS = 2.0  # the article: KL above 2 nats indicates distributional collapse
 
 
 def _reward(reward_model, emb):
@@ -107,6 +110,19 @@ def optimize_reasoning_sequence(
     z, (loss, reward, kl) = _optimize(
         init_logits, reward_model, ref_logits, lambda_kl, learning_rate, num_steps
     )
+    bad = np.flatnonzero(~np.isfinite(np.asarray(loss)))
+    if bad.size:
+        raise FloatingPointError(
+            f"non-finite loss at step {int(bad[0])} (0-based); lower learning_rate or check the "
+            "inputs for NaN/inf"
+        )
+    high = np.flatnonzero(np.asarray(kl) > KL_COLLAPSE_NATS)
+    if high.size:
+        warnings.warn(
+            f"KL above {KL_COLLAPSE_NATS} nats at step {int(high[0])}: the logits are collapsing "
+            "away from the reference distribution; lower learning_rate or raise lambda_kl",
+            stacklevel=2,
+        )
     if return_trace:
         return z, {"loss": loss, "reward": reward, "kl": kl}
     return z

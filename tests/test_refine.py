@@ -196,6 +196,13 @@ def test_article_guards_warn(pair):
     init = np.zeros((3, VOCAB), np.float32)
     with pytest.warns(UserWarning, match="straight-through"):
         nj.optimize_reasoning_sequence(None, init, lm, lm, init, num_steps=9)
+    # A reference far from the logits: KL far above 2 nats is reported.
+    ref = np.zeros((3, VOCAB), np.float32)
+    ref[:, 5] = 30.0
+    with pytest.warns(UserWarning, match="KL above 2.0 nats"):
+        nj.optimize_reasoning_sequence(None, init, lm, lm, ref, num_steps=2)
+    with pytest.raises(FloatingPointError, match="step 0"):
+        nj.optimize_reasoning_sequence(None, init * np.nan, lm, lm, ref, num_steps=2)
 
 
 @pytest.mark.parametrize(
