@@ -236,6 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    # transformers is used here for tokenizers only; its "PyTorch was not found" notice is noise.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     args = build_parser().parse_args(argv)
     for name in ("num_problems", "batch_size"):
         if getattr(args, name, 1) is not None and getattr(args, name, 1) < 1:
