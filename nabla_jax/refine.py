@@ -511,7 +511,7 @@ def refine_batch(
         keys = _chunk_keys(key, problem_keys, rows, batch_size, len(problems))
         if mesh is not None:
             batch, keys = sharding.shard_batch((batch, keys), mesh)
-        logits, final, trace = _refine_padded(lm, rm, table, batch, keys, cfg)
+        logits, final, trace = _refine_padded(lm, rm, table, batch, keys, _program_key(cfg))
         host = jax.tree.map(np.asarray, trace)
         n = len(rows)
         _check_result(jax.tree.map(lambda a, n=n: a[:, :n] if a.ndim == 2 else a, host), cfg, rows)
@@ -528,6 +528,11 @@ def refine_batch(
                 batch_full_steps=int(final.batch_full_steps),
             )
     return results
+
+
+def _program_key(cfg: DTOConfig) -> DTOConfig:
+    """``cfg`` with its host-only fields at their defaults, so they never cause a recompile."""
+    return dataclasses.replace(cfg, on_nonfinite="raise", ste_warn_steps=8)
 
 
 def _chunk_keys(key, problem_keys, rows, batch_size, n_problems):

@@ -187,8 +187,10 @@ def test_nonfinite_loss_raises_naming_the_step(pair):
     )  # fmt: skip
     with pytest.raises(FloatingPointError, match="step 0"):
         refine(lm, rm, bad, DTOConfig(num_steps=3), jax.random.key(0))
+    before = compiled_programs()
     out = refine(lm, rm, bad, DTOConfig(num_steps=3, on_nonfinite="flag"), jax.random.key(0))
     assert out.trace.nonfinite.all()
+    assert compiled_programs() == before, "a host-only setting must not recompile"
 
 
 def test_article_guards_warn(pair):
