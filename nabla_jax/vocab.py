@@ -295,3 +295,25 @@ def align_rm_embeddings(
     )
     check_token_ids_in_range(indices, int(rm_embed.shape[0]), "aligned RM ids (incl. fallback_id)")
     return jnp.take(jnp.asarray(rm_embed), jnp.asarray(indices), axis=0)
+
+
+def shared_rm_tokenizer(lm, rm, user: str = "the decoder"):
+    """The tokenizer that frames responses for ``rm`` when LM token ids are fed to it directly.
+
+    The RM's own tokenizer (checked against the LM's with :func:`check_vocab_compatibility`),
+    or the LM's when the RM has none (then the vocabulary sizes must agree). It must carry a chat
+    template. ``user`` names the caller in the error message.
+    """
+    from nabla_jax.templates import _require_chat_template
+
+    tok = rm.tokenizer if rm.tokenizer is not None else lm.tokenizer
+    _require_chat_template(tok, "RM")
+    lm_v, rm_v = lm.config.vocab_size, rm.config.vocab_size
+    if rm.tokenizer is not None:
+        check_vocab_compatibility(lm.tokenizer, rm.tokenizer, lm_v, rm_v)
+    elif lm_v != rm_v:
+        raise VocabSizeMismatchError(
+            f"LM vocabulary size {lm_v} != RM vocabulary size {rm_v}: {user} feeds LM token "
+            "ids to the RM, so the models must share a tokenizer"
+        )
+    return tok

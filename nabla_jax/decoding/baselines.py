@@ -53,7 +53,7 @@ from nabla_jax.templates import (
     lm_prompt_ids,
     rm_prefix_suffix_ids,
 )
-from nabla_jax.vocab import VocabSizeMismatchError, check_vocab_compatibility
+from nabla_jax.vocab import shared_rm_tokenizer
 
 __all__ = [
     "BASELINES",
@@ -313,17 +313,7 @@ def _rm_tokenizer(lm: CausalLM, rm: RewardModel):
             f"rm must be a nabla_jax RewardModel (load it with nj.load_reward_model), got "
             f"{type(rm).__name__}"
         )
-    tok = rm.tokenizer if rm.tokenizer is not None else lm.tokenizer
-    _require_chat_template(tok, "RM")
-    lm_v, rm_v = lm.config.vocab_size, rm.config.vocab_size
-    if rm.tokenizer is not None:
-        check_vocab_compatibility(lm.tokenizer, rm.tokenizer, lm_v, rm_v)
-    elif lm_v != rm_v:
-        raise VocabSizeMismatchError(
-            f"LM vocabulary size {lm_v} != RM vocabulary size {rm_v}: Best-of-N feeds LM token "
-            "ids to the RM, so the models must share a tokenizer"
-        )
-    return tok
+    return shared_rm_tokenizer(lm, rm, "Best-of-N")
 
 
 def rm_scores(rm: RewardModel, seqs: Sequence[Sequence[int]], *, batch_size: int = 16):

@@ -73,7 +73,7 @@ from nabla_jax.templates import (
     lm_prompt_ids,
     rm_prefix_suffix_ids,
 )
-from nabla_jax.vocab import VocabSizeMismatchError, check_vocab_compatibility
+from nabla_jax.vocab import shared_rm_tokenizer
 
 __all__ = ["DecodeConfig", "DecodeResult", "NablaDecoder"]
 
@@ -364,16 +364,7 @@ class NablaDecoder:
                 "— decoding renders chat prompts and decodes responses"
             )
         _require_chat_template(lm.tokenizer, "LM")
-        self.rm_tokenizer = rm.tokenizer if rm.tokenizer is not None else lm.tokenizer
-        _require_chat_template(self.rm_tokenizer, "RM")
-        lm_v, rm_v = lm.config.vocab_size, rm.config.vocab_size
-        if rm.tokenizer is not None:
-            check_vocab_compatibility(lm.tokenizer, rm.tokenizer, lm_v, rm_v)
-        elif lm_v != rm_v:
-            raise VocabSizeMismatchError(
-                f"LM vocabulary size {lm_v} != RM vocabulary size {rm_v}: the decoder feeds LM "
-                "token ids to the RM, so the models must share a tokenizer"
-            )
+        self.rm_tokenizer = shared_rm_tokenizer(lm, rm, "the decoder")
         if mesh is not None:
             from nabla_jax import sharding
 
