@@ -4,30 +4,40 @@ What it does
   * Samples ``--k`` responses per problem from the trained LM (``--lm``, default
     ``nabla_jax/assets/lm``) at ``--temperature`` (batched KV-cache decoding, keyed by
     ``--seed``) for ``--train-problems`` train-split and ``--val-problems`` validation-split
-    problems, and labels each with the task grader (``nabla_jax.tasks.grade``): 1 = correct
-    final answer.
+    problems (plus ``--test-problems`` more validation-split ones that are only reported), and
+    labels each with the task grader (``nabla_jax.tasks.grade``): 1 = correct final answer.
+    ``--samples-dir`` caches the samples as JSON for later runs with the same settings.
   * ``--synth-problems N``: also renders N more train-split problems as synthetic responses — the
     exact solution (1) and ``--synth-neg`` corrupted ones each (one step wrong, chain continued
     consistently; or only the answer wrong), graded (0 unless the corruption cancels out). Each
     batch takes ``--lm-frac`` of its rows from the LM samples, the rest synthetic.
-    ``--eval-every`` steps the validation AUROC is measured and the best checkpoint is exported.
-    ``--init-rm DIR`` continues from an exported reward model.
   * Trains a Qwen2 sequence-classification model whose body is initialised from the LM's
     embeddings, final norm and first ``--layers`` blocks (the LM already "reads" arithmetic), with a
-    fresh score head. Input = the RM chat template around the response
-    (``nabla_jax.templates.rm_prefix_suffix_ids``: prompt, then the response as the assistant
-    turn); loss = class-balanced binary cross-entropy on the score at the last real token.
-  * Reports AUROC on the held-out validation-problem samples, exports the model with the bundled
-    tokenizer to ``--out`` and writes ``--out/training.json``.
+    fresh score head (or continues from ``--init-rm DIR``). Input = the RM chat template around the
+    response (``nabla_jax.templates.rm_prefix_suffix_ids``: prompt, then the response as the
+    assistant turn). Loss:
+      - outcome: class-balanced binary cross-entropy of the score at the last real token;
+      - process (``--step-weight``): the same score head read at other positions, against "no
+        error so far" — at each step line's newline (``--process-labels steps``) or at every
+        response token (``tokens``: 1 while the response is a token prefix of the reference
+        solution, which is the only correct chain in the task's format). The head is the one HF
+        reads at the last token, so the exported model is an ordinary sequence classifier;
+      - ``--lm-weight``: next-token cross-entropy (tied embedding as the head) on the responses of
+        correct rows, which keeps the body's arithmetic while it learns to judge.
+  * ``--eval-every`` steps the validation AUROC is measured; the best checkpoint is exported with
+    the bundled tokenizer to ``--out`` with ``--out/training.json``; the test AUROC of that
+    checkpoint is reported.
 
 How long it takes
-  About 10-15 minutes on 2 shared CPU cores with the defaults (sampling about half of it).
+  About 20 minutes per stage on 2 CPU cores with the settings below (sampling 16k responses: 3 min).
 
 What it produced
-  ``nabla_jax/assets/rm`` (numbers in nabla_jax/assets/README.md and training.json).
+  ``nabla_jax/assets/rm``, in three stages (commands and numbers in nabla_jax/assets/README.md and
+  training.json).
 
 Usage
-  nice python scripts/train_rm.py --lm nabla_jax/assets/lm --out nabla_jax/assets/rm
+  nice python scripts/train_rm.py --lm nabla_jax/assets/lm --out nabla_jax/assets/rm \\
+      --step-weight 1 --process-labels tokens --lm-weight 0.5 --synth-problems 16000 --synth-neg 2
 """
 
 from __future__ import annotations
@@ -54,6 +64,7 @@ from train_lm import PAD_ID, generate_texts  # noqa: E402
 
 import nabla_jax as nj  # noqa: E402
 from nabla_jax.models.export import save_pretrained  # noqa: E402
+from nabla_jax.models.model import last_valid_index  # noqa: E402
 from nabla_jax.tasks import generate, grade  # noqa: E402
 from nabla_jax.tasks.tokenizer import load_bundled_tokenizer  # noqa: E402
 from nabla_jax.templates import rm_prefix_suffix_ids  # noqa: E402
@@ -70,11 +81,50 @@ def auroc(scores, labels) -> float:
 
 
 def sample_set(lm, tok, problems, k, temperature, key, batch):
-    """``[(question, response, label)]``: ``k`` samples per problem."""
+    """``[(question, response, label, reference_solution)]``: ``k`` samples per problem."""
     questions = [p.question for p in problems for _ in range(k)]
     texts = generate_texts(lm, tok, questions, key=key, temperature=temperature, batch=batch)
-    answers = [p.answer for p in problems for _ in range(k)]
-    return [(q, t, int(grade(t, a))) for q, t, a in zip(questions, texts, answers, strict=True)]
+    refs = [p for p in problems for _ in range(k)]
+    return [
+        (q, t, int(grade(t, p.answer)), p.solution)
+        for q, t, p in zip(questions, texts, refs, strict=True)
+    ]
+
+
+def cached_sample_set(path, lm, tok, problems, k, temperature, key, batch):
+    """:func:`sample_set`, read from / written to the JSON file ``path`` when one is given.
+
+    The file records the questions, ``k`` and ``temperature``; a file made for other settings is an
+    error rather than silently reused."""
+    meta = {"questions": [p.question for p in problems], "k": k, "temperature": temperature}
+    if path is not None and Path(path).exists():
+        saved = json.loads(Path(path).read_text())
+        if saved["meta"] != meta:
+            raise SystemExit(
+                f"{path} was sampled for other problems/settings; delete it or pass another path"
+            )
+        return [tuple(s) for s in saved["samples"]]
+    out = sample_set(lm, tok, problems, k, temperature, key, batch)
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps({"meta": meta, "samples": out}))
+    return out
+
+
+def prefix_labels(response: str, solution: str) -> list[tuple[int, int]]:
+    """Process labels: for each newline that ends a step line of ``response``, ``(char index of
+    the newline, 1 if every line up to it equals the reference solution's line, else 0)``.
+
+    The reference chain is deterministic (right start, operand and result at each step), so a
+    prefix of steps is error-free exactly when it matches the reference line by line."""
+    ref = solution.split("\n")[:-1]  # step lines, without the answer line
+    out, ok, pos = [], True, 0
+    for j, line in enumerate(response.split("\n")[:-1]):
+        pos += len(line)
+        ok = ok and j < len(ref) and line == ref[j]
+        out.append((pos, int(ok)))
+        pos += 1
+    return out
 
 
 _STEP_RE = re.compile(r"^(-?\d+)([+*-])(\d+)=(-?\d+)$")
@@ -138,31 +188,55 @@ def corrupt_solution(solution, rng):
 
 
 def synthetic_set(problems, neg_per_problem, rng):
-    """``[(question, response, label)]``: the exact solution (1) and corrupted ones (0)."""
+    """``[(question, response, label, reference_solution)]``: the exact solution (1) and
+    corrupted ones (0)."""
     out = []
     for p in problems:
-        out.append((p.question, p.solution, 1))
+        out.append((p.question, p.solution, 1, p.solution))
         for _ in range(neg_per_problem):
             bad = corrupt_solution(p.solution, rng)
-            out.append((p.question, bad, int(grade(bad, p.answer))))
+            out.append((p.question, bad, int(grade(bad, p.answer)), p.solution))
     return out
 
 
-def encode_rm(tok, samples, max_len):
-    """Right-padded RM inputs ``ids [N, T]``, ``mask [N, T]`` and labels ``[N]``."""
+def encode_rm(tok, samples, max_len, process="steps"):
+    """Right-padded RM inputs ``ids [N, T]``, ``mask [N, T]``, outcome labels ``[N]`` and process
+    labels ``step_labels [N, T]`` with ``step_mask [N, T]``.
+
+    ``process="steps"``: labels at the newline token ending each step line (see
+    :func:`prefix_labels`). ``process="tokens"``: a label at every response token, 1 while the
+    response so far is a prefix of the reference solution's tokens (the reference chain is the
+    only correct one in the task's format, so this is "no error yet")."""
     ids = np.full((len(samples), max_len), PAD_ID, np.int32)
     mask = np.zeros((len(samples), max_len), np.int32)
+    step_labels = np.zeros((len(samples), max_len), np.float32)
+    step_mask = np.zeros((len(samples), max_len), np.float32)
     cache = {}
-    for i, (q, text, _) in enumerate(samples):
+    for i, (q, text, _, solution) in enumerate(samples):
         if q not in cache:
             cache[q] = rm_prefix_suffix_ids(tok, q)
         prefix, suffix = cache[q]
-        seq = prefix + tok.encode(text, add_special_tokens=False) + suffix
-        seq = seq[: max_len - len(suffix)] + suffix if len(seq) > max_len else seq
+        enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
+        seq = prefix + enc["input_ids"] + suffix
+        if len(seq) > max_len:
+            seq = seq[: max_len - len(suffix)] + suffix
         ids[i, : len(seq)] = seq
         mask[i, : len(seq)] = 1
+        if process == "tokens":
+            ref = tok.encode(solution, add_special_tokens=False)
+            resp = enc["input_ids"][: len(seq) - len(prefix) - len(suffix)]
+            ok = True
+            for j, t in enumerate(resp):
+                ok = ok and j < len(ref) and t == ref[j]
+                step_labels[i, len(prefix) + j], step_mask[i, len(prefix) + j] = float(ok), 1.0
+            continue
+        starts = [o[0] for o in enc["offset_mapping"]]
+        for char, label in prefix_labels(text, solution):
+            t = len(prefix) + int(np.searchsorted(starts, char, side="right")) - 1
+            if t < len(seq) - len(suffix):
+                step_labels[i, t], step_mask[i, t] = label, 1.0
     labels = np.array([s[2] for s in samples], np.float32)
-    return ids, mask, labels
+    return ids, mask, labels, step_labels, step_mask
 
 
 def rm_config(lm_cfg: dict, layers: int) -> dict:
@@ -208,6 +282,38 @@ def main(argv=None):
         help="share of each batch drawn from the LM samples (rest synthetic)",
     )
     ap.add_argument("--eval-every", type=int, default=100)
+    ap.add_argument(
+        "--step-weight",
+        type=float,
+        default=0.0,
+        help="weight of the process loss: BCE of the score head at each step's newline token "
+        "against 'every step so far is right' (0: outcome loss only)",
+    )
+    ap.add_argument(
+        "--lm-weight",
+        type=float,
+        default=0.0,
+        help="weight of an auxiliary next-token loss (tied embedding as the head) on the "
+        "response tokens of correct rows, which keeps the body's arithmetic (0: off)",
+    )
+    ap.add_argument(
+        "--process-labels",
+        choices=("steps", "tokens"),
+        default="steps",
+        help="where the process loss is applied: each step line's newline, or every response token",
+    )
+    ap.add_argument(
+        "--test-problems",
+        type=int,
+        default=0,
+        help="more validation-split problems (another seed) whose samples are only reported, "
+        "never used to pick the checkpoint",
+    )
+    ap.add_argument(
+        "--samples-dir",
+        default=None,
+        help="cache the LM samples here as JSON (reused by later runs with the same settings)",
+    )
     ap.add_argument("--init-rm", default=None, help="continue from this reward-model directory")
     args = ap.parse_args(argv)
 
@@ -219,8 +325,26 @@ def main(argv=None):
     # Problems disjoint from the LM's validation/test evaluation sets (different seed).
     train_p = generate("train", args.train_problems, args.seed + 1000)
     val_p = generate("validation", args.val_problems, args.seed + 1000)
-    train_s = sample_set(lm, tok, train_p, args.k, args.temperature, k_train, args.sample_batch)
-    val_s = sample_set(lm, tok, val_p, args.k, args.temperature, k_val, args.sample_batch)
+    test_p = (
+        generate("validation", args.test_problems, args.seed + 3000) if args.test_problems else []
+    )
+    test_p = [p for p in test_p if p.question not in {v.question for v in val_p}]
+
+    def cache(name):
+        return None if args.samples_dir is None else Path(args.samples_dir) / f"{name}.json"
+
+    common = (args.k, args.temperature)
+    train_s = cached_sample_set(
+        cache("train"), lm, tok, train_p, *common, k_train, args.sample_batch
+    )
+    val_s = cached_sample_set(cache("val"), lm, tok, val_p, *common, k_val, args.sample_batch)
+    test_s = (
+        cached_sample_set(
+            cache("test"), lm, tok, test_p, *common, jax.random.fold_in(k_val, 1), args.sample_batch
+        )
+        if test_p
+        else []
+    )
     sample_s = time.time() - t0
     pos_rate = float(np.mean([s[2] for s in train_s]))
     print(
@@ -239,7 +363,7 @@ def main(argv=None):
         params = dict(nj.load_reward_model(args.init_rm, tokenizer=tok).params)
     cls, cfg = rm.__class__, rm.config
 
-    ids, mask, labels = encode_rm(tok, train_s, args.max_len)
+    ids, mask, labels, slab, smsk = encode_rm(tok, train_s, args.max_len, args.process_labels)
     # LM samples: class-balanced weights (half the inverse class frequency).
     weights = np.where(labels > 0, 0.5 / max(pos_rate, 1e-3), 0.5 / max(1 - pos_rate, 1e-3))
     n_lm = len(ids)
@@ -247,14 +371,19 @@ def main(argv=None):
     if args.synth_problems:
         sp = generate("train", args.synth_problems, args.seed + 2000)
         synth_s = synthetic_set(sp, args.synth_neg, np.random.default_rng(args.seed + 2000))
-        sids, smask, slabels = encode_rm(tok, synth_s, args.max_len)
+        sids, smask, slabels, sslab, ssmsk = encode_rm(
+            tok, synth_s, args.max_len, args.process_labels
+        )
         spos = float(slabels.mean())
         sw = np.where(slabels > 0, 0.5 / spos, 0.5 / (1 - spos))
         ids, mask = np.concatenate([ids, sids]), np.concatenate([mask, smask])
         labels, weights = np.concatenate([labels, slabels]), np.concatenate([weights, sw])
+        slab, smsk = np.concatenate([slab, sslab]), np.concatenate([smsk, ssmsk])
         print(f"synthetic: {len(synth_s)} responses, correct rate {spos:.3f}", flush=True)
     weights = weights.astype(np.float32)
-    vids, vmask, vlabels = encode_rm(tok, val_s, args.max_len)
+    vids, vmask, vlabels, _, _ = encode_rm(tok, val_s, args.max_len)
+    if test_s:
+        tids, tmask, tlabels, _, _ = encode_rm(tok, test_s, args.max_len)
 
     sched = optax.warmup_cosine_decay_schedule(
         0.0, args.lr, min(args.warmup, args.steps // 2), args.steps, end_value=args.lr * 0.05
@@ -264,13 +393,25 @@ def main(argv=None):
     )
     opt_state = opt.init(params)
 
-    def loss_fn(params, x, m, y, w):
-        s = cls(cfg, params, None, "float32").score(x, m)
-        return jnp.mean(w * optax.sigmoid_binary_cross_entropy(s, y))
+    def loss_fn(params, x, m, y, w, sy, sm):
+        model = cls(cfg, params, None, "float32")
+        hidden = model.hidden_states(x, m)  # [B, T, D]
+        per_token = model.score_hidden(hidden)  # [B, T]
+        last = jnp.take_along_axis(per_token, last_valid_index(m)[:, None], axis=1)[:, 0]
+        outcome = jnp.mean(w * optax.sigmoid_binary_cross_entropy(last, y))
+        steps = jnp.sum(sm * optax.sigmoid_binary_cross_entropy(per_token, sy))
+        loss = outcome + args.step_weight * steps / jnp.maximum(jnp.sum(sm), 1.0)
+        if args.lm_weight:
+            # next-token loss on response tokens (process mask) of correct rows only
+            logits = hidden[:, :-1] @ model.embed_matrix().T  # [B, T-1, V]
+            nll = optax.softmax_cross_entropy_with_integer_labels(logits, x[:, 1:])
+            lm_mask = sm[:, 1:] * y[:, None]
+            loss += args.lm_weight * jnp.sum(nll * lm_mask) / jnp.maximum(jnp.sum(lm_mask), 1.0)
+        return loss
 
     @jax.jit
-    def train_step(params, opt_state, x, m, y, w):
-        loss, grads = jax.value_and_grad(loss_fn)(params, x, m, y, w)
+    def train_step(params, opt_state, x, m, y, w, sy, sm):
+        loss, grads = jax.value_and_grad(loss_fn)(params, x, m, y, w, sy, sm)
         updates, opt_state = opt.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
@@ -278,14 +419,14 @@ def main(argv=None):
     def score_fn(params, x, m):
         return cls(cfg, params, None, "float32").score(x, m)
 
-    def val_auroc(params):
+    def val_auroc(params, x=vids, m=vmask, y=vlabels):
         scores = np.concatenate(
             [
-                np.asarray(score_fn(params, vids[i : i + 200], vmask[i : i + 200]))
-                for i in range(0, len(vids), 200)
+                np.asarray(score_fn(params, x[i : i + 200], m[i : i + 200]))
+                for i in range(0, len(x), 200)
             ]
         )
-        return auroc(scores, vlabels), scores
+        return auroc(scores, y), scores
 
     base_auc, _ = val_auroc(params)
     print(f"val AUROC before training (random head): {base_auc:.3f}", flush=True)
@@ -309,7 +450,14 @@ def main(argv=None):
         idx = np.concatenate(parts)
         width = min(args.max_len, -(-int(mask[idx].sum(1).max()) // 8) * 8)
         params, opt_state, loss = train_step(
-            params, opt_state, ids[idx, :width], mask[idx, :width], labels[idx], weights[idx]
+            params,
+            opt_state,
+            ids[idx, :width],
+            mask[idx, :width],
+            labels[idx],
+            weights[idx],
+            slab[idx, :width],
+            smsk[idx, :width],
         )
         losses.append(float(loss))
         last = step == args.steps or (
@@ -331,6 +479,9 @@ def main(argv=None):
     params = best_params  # early stopping: the checkpoint with the best validation AUROC
     auc, scores = val_auroc(params)
     print(f"best val AUROC {auc:.3f} at step {best_step}", flush=True)
+    test_auc = val_auroc(params, tids, tmask, tlabels)[0] if test_s else None
+    if test_s:
+        print(f"held-out test AUROC {test_auc:.3f} ({len(test_s)} samples)", flush=True)
     final = cls(cfg, params, tok, "float32")
     out = Path(args.out)
     if out.exists():
@@ -349,6 +500,9 @@ def main(argv=None):
         "val_correct_rate": float(np.mean(vlabels)),
         "val_auroc": auc,
         "val_auroc_before_training": base_auc,
+        "test_samples": len(test_s),
+        "test_correct_rate": float(np.mean([t[2] for t in test_s])) if test_s else None,
+        "test_auroc": test_auc,
         "sampling_seconds": round(sample_s, 1),
         "train_seconds": round(train_s_elapsed, 1),
         "total_seconds": round(time.time() - t0, 1),
