@@ -97,17 +97,15 @@ def test_rm_loads_in_both_and_agrees(problems):
     np.testing.assert_allclose(ours, theirs.numpy(), atol=TOL, rtol=0)
 
 
-@pytest.mark.xfail(
-    reason="known gap: the bundled RM (val AUROC 0.77 on LM samples) does not yet reliably tell "
-    "a correct solution from one whose last step and answer are both shifted by +7 (4/4 on this "
-    "fixture, only 5-8/16 on 16-problem sets)",
-    strict=False,
-)
-def test_rm_prefers_correct_solution(problems):
+def test_rm_prefers_correct_solution():
+    """Against the "+7 on the last step and the answer" corruption, on 96 test problems (three
+    sets of 32): the shipped RM prefers the correct solution in 80 (83%); the previous one, at
+    held-out AUROC 0.77, in 49 (51%, chance). Asserted: at least 75%."""
     rm = nj.load_reward_model(RM_DIR)
+    problems = [p for seed in (0, 1, 2) for p in generate("test", 32, seed=seed)]
     pairs = [(p.question, p.solution) for p in problems]
     pairs += [(p.question, _corrupt(p.solution)) for p in problems]
     ids, mask = _rm_batch(rm.tokenizer, pairs)
     scores = np.asarray(rm.score(ids, mask))
     n = len(problems)
-    assert np.all(scores[:n] > scores[n:]), (scores[:n], scores[n:])
+    assert np.mean(scores[:n] > scores[n:]) >= 0.75, (scores[:n], scores[n:])
