@@ -161,6 +161,7 @@ def cmd_decode(args) -> int:
 
 def cmd_bench_accuracy(args) -> int:
     from nabla_jax import evaluation
+    from nabla_jax.bundled import bundled_baseline_sampling
     from nabla_jax.tasks import fresh_test_problems
 
     try:
@@ -168,6 +169,11 @@ def cmd_bench_accuracy(args) -> int:
     except ValueError as e:
         raise _err(str(e)) from e
     cfg, run = _decode_config(args)
+    sampling = run.get("baselines") if args.config else bundled_baseline_sampling()
+    try:
+        evaluation.check_baseline_sampling(methods, sampling or cfg.rollout)
+    except ValueError as e:
+        raise _err(str(e)) from e
     _setup_distributed(args, run)
     lm, rm = _load_models(args, run.get("models"))
     problems = fresh_test_problems(args.num_problems, args.seed)
@@ -176,7 +182,7 @@ def cmd_bench_accuracy(args) -> int:
     results_path = out if out.endswith(".jsonl") else out + ".jsonl"
     evaluation.run_benchmark(
         lm, rm, problems, methods, cfg, seed=args.seed, results_path=results_path,
-        batch_size=args.batch_size, progress=not args.no_progress,
+        batch_size=args.batch_size, progress=not args.no_progress, baseline_sampling=sampling,
     )  # fmt: skip
     summary = evaluation.summarize(results_path, methods)
     with open(stem + ".summary.json", "w") as f:

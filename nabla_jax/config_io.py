@@ -10,6 +10,7 @@ Layout of a config file (every key optional; unknown keys are an error)::
       dto: {num_steps: 20, learning_rate: 0.01}
     models: {lm: path, rm: path, dtype: float32}
     mesh: "data=4,model=2"
+    baselines: {temperature: 0.6, top_p: 0.95}   # sampling of CoT / Best-of-N / self-consistency
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from nabla_jax.decoding.nabla import DecodeConfig
 from nabla_jax.decoding.sampling import SamplingConfig
 from nabla_jax.dto_config import DTOConfig
 
-TOP_LEVEL_KEYS = ("decode", "models", "mesh", "task")
+TOP_LEVEL_KEYS = ("decode", "models", "mesh", "task", "baselines")
 
 
 class ConfigError(ValueError):
@@ -89,4 +90,6 @@ def load_run_config(path) -> dict[str, Any]:
     if bad:
         raise ConfigError(f"{path}: unknown key(s) {bad} in models; valid keys: lm, rm, dtype")
     out["models"] = models
+    if raw.get("baselines") is not None:
+        out["baselines"] = _build(SamplingConfig, raw["baselines"], "baselines")
     return out

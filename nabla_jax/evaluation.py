@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 import jax
 
 from nabla_jax.decoding.nabla import DecodeConfig, NablaDecoder
+from nabla_jax.decoding.sampling import SamplingConfig
 from nabla_jax.tasks import extract_answer, format_prompt, grade
 
 ABLATIONS = {
@@ -58,26 +59,43 @@ def _with_overrides(cfg: DecodeConfig, overrides: dict) -> DecodeConfig:
     return dataclasses.replace(cfg, **kw)
 
 
-def method_runner(method: str, lm, rm, cfg: DecodeConfig) -> Callable:
+def check_baseline_sampling(methods: Sequence[str], sampling: SamplingConfig) -> None:
+    """Sampled baselines (``cot``, ``bon:N``, ``sc:N``) need a temperature above 0: greedy
+    "samples" would all be the same answer. Raises ``ValueError`` naming the methods."""
+    sampled = [m for m in methods if m == "cot" or m.partition(":")[0] in ("bon", "sc")]
+    if sampled and sampling.temperature == 0:
+        raise ValueError(
+            f"methods {sampled} sample their answers, but the baseline sampling is greedy "
+            "(temperature 0), so every sample would be the same; set a temperature > 0 (the run "
+            "config's `baselines: {temperature: 0.6, top_p: 0.95}`)"
+        )
+
+
+def method_runner(
+    method: str, lm, rm, cfg: DecodeConfig, sampling: SamplingConfig | None = None
+) -> Callable:
     """``run(prompts: list[str], key) -> list[result]`` for one method, sharing ``cfg``'s settings
-    (max_length, rollout sampling, stop strings) so that comparisons are fair."""
+    (max_length, stop strings) so that comparisons are fair. The sampled baselines draw with
+    ``sampling`` (default: ``cfg.rollout``, the ∇-Reasoner rollout sampling)."""
     from nabla_jax.decoding import baselines
 
+    sampling = cfg.rollout if sampling is None else sampling
+    check_baseline_sampling([method], sampling)
     common = dict(max_length=cfg.max_length, stop_strings=cfg.stop_strings)
     base, _, n = method.partition(":")
     if method == "greedy":
         return lambda prompts, key: baselines.greedy_cot(lm, prompts, **common)
     if method == "cot":
         return lambda prompts, key: baselines.sampled_cot(
-            lm, prompts, key, sampling=cfg.rollout, **common
+            lm, prompts, key, sampling=sampling, **common
         )
     if base == "bon":
         return lambda prompts, key: baselines.best_of_n(
-            lm, rm, prompts, key, n=int(n), sampling=cfg.rollout, **common
+            lm, rm, prompts, key, n=int(n), sampling=sampling, **common
         )
     if base == "sc":
         return lambda prompts, key: baselines.self_consistency(
-            lm, prompts, key, n=int(n), sampling=cfg.rollout, answer_extractor=extract_answer,
+            lm, prompts, key, n=int(n), sampling=sampling, answer_extractor=extract_answer,
             **common,
         )  # fmt: skip
     decoder = NablaDecoder(lm, rm, _with_overrides(cfg, ABLATIONS[method]))
@@ -107,14 +125,20 @@ def run_benchmark(
     results_path: str,
     batch_size: int = 8,
     progress: bool = True,
+    baseline_sampling: SamplingConfig | None = None,
 ) -> list[dict]:
     """Run every method on every problem; append one JSON line per result to ``results_path``.
 
     Problems already recorded for a method are skipped (resume). Each method's key is derived
-    from ``seed`` and the method name, so reruns reproduce the same samples.
+    from ``seed`` and the method name, so reruns reproduce the same samples. The sampled
+    baselines draw with ``baseline_sampling`` (default ``cfg.rollout``); a greedy one is an error
+    raised before anything runs.
     """
     from tqdm.auto import tqdm
 
+    check_baseline_sampling(
+        methods, cfg.rollout if baseline_sampling is None else baseline_sampling
+    )
     done = _done(results_path)
     os.makedirs(os.path.dirname(os.path.abspath(results_path)), exist_ok=True)
     rows = []
@@ -122,7 +146,7 @@ def run_benchmark(
         todo = [p for p in problems if (method, p.id) not in done]
         if not todo:
             continue
-        run = method_runner(method, lm, rm, cfg)
+        run = method_runner(method, lm, rm, cfg, baseline_sampling)
         key = jax.random.fold_in(jax.random.key(seed), sum(map(ord, method)))
         bar = tqdm(total=len(todo), desc=method, disable=not progress, unit="problem")
         for start in range(0, len(todo), batch_size):

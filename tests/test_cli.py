@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 
 from nabla_jax import cli
-from nabla_jax.bundled import BUNDLED_LM, bundled_decode_config
+from nabla_jax.bundled import BUNDLED_LM, bundled_baseline_sampling, bundled_decode_config
 from nabla_jax.config_io import ConfigError, decode_config_from_dict, load_run_config
-from nabla_jax.evaluation import parse_methods, summarize
+from nabla_jax.decoding.sampling import SamplingConfig
+from nabla_jax.evaluation import check_baseline_sampling, parse_methods, summarize
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -57,6 +58,7 @@ def test_incomplete_multihost_flags():
 def test_bundled_config_file_matches_the_builtin_defaults():
     run = load_run_config(ROOT / "configs" / "arithmetic.yaml")
     assert run["decode"] == bundled_decode_config()
+    assert run["baselines"] == bundled_baseline_sampling()
     template = load_run_config(ROOT / "configs" / "qwen2.5-7b-math500.yaml")
     assert template["decode"].max_length == 1024 and template["models"]["dtype"] == "bfloat16"
 
@@ -69,6 +71,22 @@ def test_nested_config_values():
     assert cfg.stop_strings == ("\n\n",)
     with pytest.raises(ConfigError, match="rollout"):
         decode_config_from_dict({"rollout": {"temp": 0.3}})
+
+
+def test_greedy_baseline_sampling_is_refused(tmp_path, capsys):
+    check_baseline_sampling(["greedy", "nabla"], SamplingConfig(temperature=0.0))  # nothing sampled
+    with pytest.raises(ValueError, match=r"\['bon:8', 'sc:4'\].*temperature"):
+        check_baseline_sampling(["greedy", "bon:8", "sc:4"], SamplingConfig(temperature=0.0))
+    # From the command line: a config whose rollouts are greedy and that names no `baselines`
+    # sampling fails before any model is loaded (the model path does not even exist).
+    cfg = tmp_path / "greedy.yaml"
+    cfg.write_text("decode:\n  rollout: {temperature: 0.0}\n")
+    argv = ["bench", "accuracy", "--methods", "greedy,bon:4", "--config", str(cfg),
+            "--lm", str(tmp_path / "missing"), "--output", str(tmp_path / "x.jsonl")]  # fmt: skip
+    _fails(argv, capsys, "baselines: {temperature")
+    with pytest.raises(ConfigError, match="baselines"):
+        cfg.write_text("baselines: {temp: 0.6}\n")
+        load_run_config(cfg)
 
 
 def test_parse_methods():
