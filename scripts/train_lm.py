@@ -260,6 +260,24 @@ def main(argv=None):
     history, order, cursor = [], rng.permutation(len(train)), 0
     t_train = time.time()
     losses = []
+
+    def checkpoint(step, params) -> float:
+        """Validation greedy accuracy of ``params``, saved to ``work/stepNNNNN`` and recorded."""
+        model = cls(cfg, params, tok, "float32")
+        acc = accuracy(model, tok, val)
+        ck = work / f"step{step:05d}"
+        save_pretrained(model, ck, tokenizer=tok)
+        history.append(
+            {
+                "step": step,
+                "val_acc": acc,
+                "loss": float(np.mean(losses[-50:])),
+                "elapsed_s": round(time.time() - t_train, 1),
+                "dir": str(ck),
+            }
+        )
+        return acc
+
     for step in range(1, args.steps + 1):
         if cursor + args.batch > len(order):
             order, cursor = rng.permutation(len(train)), 0
@@ -276,19 +294,7 @@ def main(argv=None):
             el = time.time() - t_train
             print(f"step {step} loss {np.mean(losses[-50:]):.4f} ({el:.0f}s)", flush=True)
         if step % args.eval_every == 0 and step >= args.eval_from or step == args.steps:
-            model = cls(cfg, params, tok, "float32")
-            acc = accuracy(model, tok, val)
-            ck = work / f"step{step:05d}"
-            save_pretrained(model, ck, tokenizer=tok)
-            history.append(
-                {
-                    "step": step,
-                    "val_acc": acc,
-                    "loss": float(np.mean(losses[-50:])),
-                    "elapsed_s": round(time.time() - t_train, 1),
-                    "dir": str(ck),
-                }
-            )
+            acc = checkpoint(step, params)
             print(
                 f"== step {step}: val greedy acc {acc:.3f} ({history[-1]['elapsed_s']}s)",
                 flush=True,
@@ -297,19 +303,7 @@ def main(argv=None):
                 break
         if args.max_minutes and time.time() - t_train > 60 * args.max_minutes:
             if not history or history[-1]["step"] != step:
-                model = cls(cfg, params, tok, "float32")
-                acc = accuracy(model, tok, val)
-                ck = work / f"step{step:05d}"
-                save_pretrained(model, ck, tokenizer=tok)
-                history.append(
-                    {
-                        "step": step,
-                        "val_acc": acc,
-                        "loss": float(np.mean(losses[-50:])),
-                        "elapsed_s": round(time.time() - t_train, 1),
-                        "dir": str(ck),
-                    }
-                )
+                acc = checkpoint(step, params)
                 print(f"== step {step}: val greedy acc {acc:.3f} (time budget)", flush=True)
             break
     train_s = time.time() - t_train

@@ -316,6 +316,9 @@ def main(argv=None):
     )
     ap.add_argument("--init-rm", default=None, help="continue from this reward-model directory")
     args = ap.parse_args(argv)
+    if args.lm_weight and args.process_labels != "tokens":
+        # the auxiliary loss reuses the per-token process mask as its response-token mask
+        ap.error("--lm-weight needs --process-labels tokens")
 
     t0 = time.time()
     tok = load_bundled_tokenizer()
@@ -328,7 +331,8 @@ def main(argv=None):
     test_p = (
         generate("validation", args.test_problems, args.seed + 3000) if args.test_problems else []
     )
-    test_p = [p for p in test_p if p.question not in {v.question for v in val_p}]
+    val_questions = {v.question for v in val_p}
+    test_p = [p for p in test_p if p.question not in val_questions]
 
     def cache(name):
         return None if args.samples_dir is None else Path(args.samples_dir) / f"{name}.json"
