@@ -19,6 +19,7 @@ OPTIMIZERS = ("adam", "adamw")
 SCHEDULES = ("cosine", "linear", "constant")
 KL_DIRECTIONS = ("ref_theta", "theta_ref")
 ON_NONFINITE = ("raise", "flag")
+WINDOW_DTYPES = ("float32", "bfloat16")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +59,9 @@ class DTOConfig:
         article objective triggers a warning.
       on_nonfinite: "raise" — a non-finite loss raises ``FloatingPointError`` naming the step;
         "flag" — the row stops updating and ``trace.nonfinite`` marks it.
+      window_dtype: dtype of the optimized window (and the optimizer's state): "float32"
+        (default) or "bfloat16" — what the public code does when the model runs in bfloat16
+        (there, Adam steps ≤ lr cannot move a logit whose bfloat16 spacing is larger).
     """
 
     objective: str = "paper"
@@ -87,6 +91,7 @@ class DTOConfig:
     kl_warn_threshold: float = 2.0
     ste_warn_steps: int = 8
     on_nonfinite: str = "raise"
+    window_dtype: str = "float32"
 
     def __post_init__(self):
         def choice(name, options):
@@ -108,6 +113,7 @@ class DTOConfig:
         choice("kl_direction", KL_DIRECTIONS)
         choice("reward_form", ("score", "mean_last_logits"))
         choice("on_nonfinite", ON_NONFINITE)
+        choice("window_dtype", WINDOW_DTYPES)
         check("num_steps", lambda v: isinstance(v, int) and v >= 1, "an int ≥ 1")
         finite_pos = lambda v: isinstance(v, (int, float)) and math.isfinite(v) and v > 0
         finite_nonneg = lambda v: isinstance(v, (int, float)) and math.isfinite(v) and v >= 0
