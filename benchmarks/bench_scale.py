@@ -135,8 +135,9 @@ def child(args) -> dict:
 
     import nabla_jax as nj
     from nabla_jax import sharding
-    from nabla_jax.refine import _refine_padded, _rm_table
+    from nabla_jax.refine import rm_embedding_table
     from nabla_jax.refine_batching import pad_problems
+    from nabla_jax.refine_program import refine_padded_jit
 
     n = jax.device_count()
     meshes = [(n // m, m) for m in (1, 2, 4, 8) if n % m == 0 and m <= n]
@@ -170,12 +171,16 @@ def child(args) -> dict:
             times.append(time.perf_counter() - t0)
         # The compiled program that ran: lower it with the same sharded arguments.
         slm, srm, _ = sharding.shard_refine_models(lm, rm, None, mesh)
-        table = _rm_table(slm, srm, None)
+        table = rm_embedding_table(slm, srm, None)
         _, _, table = sharding.shard_refine_models(None, None, table, mesh)
         batch = pad_problems(slm, problems, cfg, args.batch)
         keys = jax.numpy.stack([key] * args.batch)
         batch, keys = sharding.shard_batch((batch, keys), mesh)
-        hlo = _refine_padded.lower(slm, srm, table, batch, keys, cfg).compile().as_text()
+        hlo = (
+            refine_padded_jit.lower(slm, srm, table, batch, keys, cfg.hyper(), cfg=cfg.program())
+            .compile()
+            .as_text()
+        )
         comm = analyse_hlo(hlo)
         med = sorted(times)[len(times) // 2]
         rows.append({

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Any, NamedTuple
 
 import optax
 
@@ -20,6 +21,26 @@ SCHEDULES = ("cosine", "linear", "constant")
 KL_DIRECTIONS = ("ref_theta", "theta_ref")
 ON_NONFINITE = ("raise", "flag")
 WINDOW_DTYPES = ("float32", "bfloat16")
+
+
+class DTOHyper(NamedTuple):
+    """The scalar hyperparameters of a refinement, passed to the compiled program as run-time
+    values (float32 scalars, or arrays with a leading axis under ``vmap``): a sweep over them
+    reuses one program. ``warmup`` is the number of warmup steps."""
+
+    learning_rate: Any
+    weight_decay: Any
+    b1: Any
+    b2: Any
+    eps: Any
+    warmup: Any
+    min_lr_ratio: Any
+    reward_coeff: Any
+    nll_coeff: Any
+    lambda_kl: Any
+    tau: Any
+    gumbel_scale: Any
+    kl_warn_threshold: Any
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,33 +167,89 @@ class DTOConfig:
         lm = 2 if self.objective == "paper" else 0
         return lm + 2
 
-    def lr_multiplier(self, step):
-        """Schedule multiplier at optimizer step ``step`` (0-based), as torch ``LambdaLR``."""
+    def hyper(self) -> DTOHyper:
+        """The scalar hyperparameters as float32 values: the run-time inputs of the program."""
+        import numpy as np
+
+        f = np.float32
+        return DTOHyper(
+            learning_rate=f(self.learning_rate),
+            weight_decay=f(self.weight_decay),
+            b1=f(self.b1),
+            b2=f(self.b2),
+            eps=f(self.eps),
+            warmup=f(self.num_warmup),
+            min_lr_ratio=f(self.min_lr_ratio),
+            reward_coeff=f(self.reward_coeff),
+            nll_coeff=f(self.nll_coeff),
+            lambda_kl=f(self.lambda_kl),
+            tau=f(self.tau),
+            gumbel_scale=f(self.gumbel_scale),
+            kl_warn_threshold=f(self.kl_warn_threshold),
+        )
+
+    def program(self) -> DTOConfig:
+        """This config with every traced number at a fixed value: the compiled program's key.
+
+        Two configs that differ only in :class:`DTOHyper` values (or host-only settings) share
+        one compiled program. What stays is structure: objective, mode, steps, optimizer and
+        schedule kinds, the relaxation's hardness, and whether the reward, the KL term and the
+        Gumbel noise are present at all (zero versus non-zero coefficients).
+        """
+        return dataclasses.replace(
+            self,
+            learning_rate=1.0,
+            weight_decay=0.0,
+            b1=0.9,
+            b2=0.999,
+            eps=1e-8,
+            warmup_ratio=0.0,
+            warmup_steps=None,
+            min_lr_ratio=0.1,
+            reward_coeff=float(self.reward_coeff != 0),
+            nll_coeff=1.0,
+            lambda_kl=float(self.lambda_kl != 0),
+            tau=1.0,
+            gumbel_scale=float(self.gumbel_scale > 0),
+            kl_warn_threshold=2.0,
+            on_nonfinite="raise",
+            ste_warn_steps=8,
+        )
+
+    def lr_multiplier(self, step, hyper: DTOHyper | None = None):
+        """Schedule multiplier at optimizer step ``step`` (0-based), as torch ``LambdaLR``.
+
+        ``hyper`` supplies the (possibly traced) warmup and floor; default: this config's.
+        """
         import jax.numpy as jnp
 
+        h = self.hyper() if hyper is None else hyper
         step = jnp.asarray(step, jnp.float32)
-        warm = self.num_warmup
-        total = self.num_steps
-        warm_mult = step / max(1, warm)
+        warm = jnp.asarray(h.warmup, jnp.float32)
+        total = float(self.num_steps)
+        warm_mult = step / jnp.maximum(1.0, warm)
         if self.schedule == "constant":
             after = jnp.ones_like(step)
         else:
             if self.schedule == "cosine":
-                progress = (step - warm) / max(1, total - warm)
+                progress = (step - warm) / jnp.maximum(1.0, total - warm)
                 after = 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
             else:
-                after = (total - step) / max(1, total - warm)
-            after = jnp.maximum(self.min_lr_ratio, after)
+                after = (total - step) / jnp.maximum(1.0, total - warm)
+            after = jnp.maximum(h.min_lr_ratio, after)
         return jnp.where(step < warm, warm_mult, after)
 
-    def learning_rate_at(self, step):
-        return self.learning_rate * self.lr_multiplier(step)
+    def learning_rate_at(self, step, hyper: DTOHyper | None = None):
+        h = self.hyper() if hyper is None else hyper
+        return h.learning_rate * self.lr_multiplier(step, h)
 
-    def optax_transform(self) -> optax.GradientTransformation:
-        """The optimizer, built from optax parts, with the schedule folded in."""
-        adam = optax.scale_by_adam(b1=self.b1, b2=self.b2, eps=self.eps)
-        lr = optax.scale_by_learning_rate(self.learning_rate_at)
+    def optax_transform(self, hyper: DTOHyper | None = None) -> optax.GradientTransformation:
+        """The optimizer, built from optax parts, with the schedule folded in; its numbers come
+        from ``hyper`` (traced inside a compiled program), default this config's."""
+        h = self.hyper() if hyper is None else hyper
+        adam = optax.scale_by_adam(b1=h.b1, b2=h.b2, eps=h.eps)
+        lr = optax.scale_by_learning_rate(lambda step: self.learning_rate_at(step, h))
         if self.optimizer == "adam":
             # torch Adam: grad += wd·param before the moments (L2 regularisation).
-            return optax.chain(optax.add_decayed_weights(self.weight_decay), adam, lr)
-        return optax.chain(adam, optax.add_decayed_weights(self.weight_decay), lr)
+            return optax.chain(optax.add_decayed_weights(h.weight_decay), adam, lr)
+        return optax.chain(adam, optax.add_decayed_weights(h.weight_decay), lr)

@@ -1,34 +1,38 @@
-"""Differentiable textual optimization (DTO): the whole refinement as one jitted XLA program.
+"""Differentiable textual optimization (DTO), host API: ``refine``, ``refine_batch``, the probe.
 
-``refine`` optimizes one ahead window; ``refine_batch`` many at once. Both run the same compiled
-program: every optimizer step of every prompt is one iteration of a ``lax.scan`` inside one
-``jax.jit``. The committed prefix's keys/values (LM and RM) are computed once per call, before the
-scan; each step runs the models on the window (and the RM suffix) only.
-
-Batched gradient caching: ``lax.cond`` under ``vmap`` would run both branches, so the batch is not
-vmapped over the models. Each row keeps its own cached gradient and validity; one un-vmapped
-``lax.cond`` per step skips the models whenever *no* row needs a full step. A row whose cache is
-valid uses its cached gradient even when another row forces a full step, so every row follows
-exactly the path it would follow alone.
+``refine`` optimizes one ahead window; ``refine_batch`` many at once. Both validate and pad the
+problems on the host (:mod:`nabla_jax.refine_batching`) and run the compiled program of
+:mod:`nabla_jax.refine_program`: every optimizer step of every prompt is one iteration of a
+``lax.scan`` inside one ``jax.jit``, with the hyperparameters as run-time values (a sweep over
+learning rates or coefficients reuses the program).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import warnings
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from nabla_jax import sharding
 from nabla_jax.dto_config import DTOConfig
-from nabla_jax.models.model import CausalLM, RewardModel, default_positions, last_valid_index
-from nabla_jax.refine_batching import PaddedProblems, pad_problems, plan_chunks
-from nabla_jax.ste import st_softmax, ste_argmax, ste_argmax_embed
+from nabla_jax.models.model import CausalLM, RewardModel
+from nabla_jax.refine_batching import pad_problems, plan_chunks
+from nabla_jax.refine_program import RefineTrace, grad_norms_padded_jit, refine_padded_jit
+
+__all__ = [
+    "RefineProblem",
+    "RefineResult",
+    "RefineTrace",
+    "compiled_programs",
+    "refine",
+    "refine_batch",
+    "rm_embedding_table",
+    "window_grad_norms",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,26 +72,6 @@ class RefineProblem:
             raise ValueError("RefineProblem.ref_logits must have one row per window position")
 
 
-class RefineTrace(NamedTuple):
-    """Per-step record; every field is ``[num_steps]`` (``[num_steps, B]`` from refine_batch).
-
-    loss: value back-propagated (full loss, or the cached-gradient surrogate ⟨g, y⟩ + KL term).
-    reward, loglik: of the latest full step. kl: KL term of the window logits vs the reference.
-    lr: learning rate used. full_step: the models ran for this row. tokens_changed: positions
-    whose argmax changed. kl_collapse: kl above the threshold. nonfinite: the loss was not finite.
-    """
-
-    loss: Any
-    reward: Any
-    loglik: Any
-    kl: Any
-    lr: Any
-    full_step: Any
-    tokens_changed: Any
-    kl_collapse: Any
-    nonfinite: Any
-
-
 class RefineResult(NamedTuple):
     """logits ``[K, V]`` (``[B, K, V]``), tokens ``[K]`` = argmax, latents (latents mode) or None,
     trace, model_calls (4 per full step for the paper objective), full_steps, and
@@ -102,303 +86,7 @@ class RefineResult(NamedTuple):
     batch_full_steps: Any = None
 
 
-def _kl_rows(z, ref, mask, direction):
-    """Per-row KL ``[B]``: masked mean over window positions of the per-position KL."""
-    logp = jax.nn.log_softmax(z, axis=-1)
-    logr = jax.nn.log_softmax(jax.lax.stop_gradient(ref), axis=-1)
-    if direction == "ref_theta":
-        per = jnp.sum(jnp.exp(logr) * (logr - logp), axis=-1)
-    else:
-        per = jnp.sum(jnp.exp(logp) * (logp - logr), axis=-1)
-    m = mask.astype(z.dtype)
-    return jnp.sum(per * m, axis=-1) / jnp.maximum(jnp.sum(m, axis=-1), 1.0)
-
-
-class _Context(NamedTuple):
-    """What every step needs, computed once per call (prefix KV caches, constant embeddings)."""
-
-    lm_cache: Any
-    lm_key_mask: Any
-    lm_positions: Any
-    lm_prefix_last: Any  # [B, V] logits predicting window position 0
-    lm_prefix_embeds: Any  # only without prefix caching
-    rm_cache: Any
-    rm_key_mask: Any
-    rm_positions: Any
-    rm_suffix_embeds: Any
-    rm_prefix_embeds: Any
-    rm_score_index: Any
-
-
-def _prepare_context(lm, rm, batch: PaddedProblems, cfg: DTOConfig) -> _Context:
-    b, p = batch.lm_prefix_ids.shape
-    k = batch.window_mask.shape[1]
-    win = batch.window_mask
-    lm_cache = lm_key_mask = lm_positions = lm_last = lm_prefix_embeds = None
-    if cfg.objective == "paper":
-        n_prefix = jnp.sum(batch.lm_prefix_mask, axis=-1, keepdims=True)
-        lm_positions = n_prefix + jnp.maximum(jnp.cumsum(win, axis=-1) - 1, 0)
-        lm_key_mask = jnp.concatenate([batch.lm_prefix_mask, win], axis=1)
-        if cfg.prefix_cache:
-            out = lm.forward(
-                batch.lm_prefix_ids,
-                batch.lm_prefix_mask,
-                position_ids=default_positions(batch.lm_prefix_mask),
-                cache=lm.init_cache(b, p + k),
-                write_index=0,
-                key_mask=jnp.concatenate([batch.lm_prefix_mask, jnp.zeros_like(win)], axis=1),
-            )
-            lm_cache = out.cache
-            lm_last = lm.head_logits(out.hidden[:, -1])
-        else:
-            lm_prefix_embeds = lm.embed(batch.lm_prefix_ids)
-    rm_cache = rm_key_mask = rm_positions = rm_suffix = rm_prefix_embeds = rm_index = None
-    if rm is not None:
-        q = batch.rm_prefix_ids.shape[1]
-        s = batch.rm_suffix_ids.shape[1]
-        new_mask = jnp.concatenate([win, batch.rm_suffix_mask], axis=1)
-        n_prefix = jnp.sum(batch.rm_prefix_mask, axis=-1, keepdims=True)
-        rm_positions = n_prefix + jnp.maximum(jnp.cumsum(new_mask, axis=-1) - 1, 0)
-        rm_key_mask = jnp.concatenate([batch.rm_prefix_mask, new_mask], axis=1)
-        rm_index = last_valid_index(new_mask)
-        rm_suffix = rm.embed(batch.rm_suffix_ids)
-        if cfg.prefix_cache and q > 0:
-            out = rm.forward(
-                batch.rm_prefix_ids,
-                batch.rm_prefix_mask,
-                position_ids=default_positions(batch.rm_prefix_mask),
-                cache=rm.init_cache(b, q + k + s),
-                write_index=0,
-                key_mask=jnp.concatenate([batch.rm_prefix_mask, jnp.zeros_like(new_mask)], axis=1),
-            )
-            rm_cache = out.cache
-        else:
-            rm_prefix_embeds = rm.embed(batch.rm_prefix_ids)
-    return _Context(
-        lm_cache, lm_key_mask, lm_positions, lm_last, lm_prefix_embeds,
-        rm_cache, rm_key_mask, rm_positions, rm_suffix, rm_prefix_embeds, rm_index,
-    )  # fmt: skip
-
-
-def _embed_window(y, table, hard):
-    """``y @ table`` for ``y [B, K, V]``: a gather forward when y is one-hot (hard)."""
-    if hard:
-        return ste_argmax_embed(y, table)
-    return jnp.einsum("bkv,vd->bkd", y, table)
-
-
-def _lm_loglik(lm, ctx: _Context, batch, y, cfg):
-    """Paper's LM term per row ``[B]``: nll_coeff · Σ_k mask_k Σ_v y·log_softmax(pred)."""
-    emb = _embed_window(y, lm.embed_matrix(), cfg.hard)
-    k = y.shape[1]
-    if ctx.lm_cache is not None:
-        p = batch.lm_prefix_ids.shape[1]
-        out = lm.forward(
-            inputs_embeds=emb,
-            attention_mask=batch.window_mask,
-            position_ids=ctx.lm_positions,
-            cache=ctx.lm_cache,
-            write_index=p,
-            key_mask=ctx.lm_key_mask,
-        )
-        win_logits = lm.head_logits(out.hidden[:, : k - 1])
-        pred = jnp.concatenate([ctx.lm_prefix_last[:, None], win_logits], axis=1)
-    else:
-        p = batch.lm_prefix_ids.shape[1]
-        full = jnp.concatenate([ctx.lm_prefix_embeds.astype(emb.dtype), emb], axis=1)
-        positions = jnp.concatenate(
-            [default_positions(batch.lm_prefix_mask), ctx.lm_positions], axis=1
-        )
-        hidden = lm.forward(
-            inputs_embeds=full, attention_mask=ctx.lm_key_mask, position_ids=positions
-        ).hidden
-        pred = lm.head_logits(hidden[:, p - 1 : p + k - 1])
-    per_pos = jnp.sum(y * jax.nn.log_softmax(pred, axis=-1), axis=-1)
-    return cfg.nll_coeff * jnp.sum(per_pos * batch.window_mask, axis=-1)
-
-
-def _rm_reward(rm, ctx: _Context, batch, y, rm_table, cfg):
-    """Reward per row ``[B]`` of RM prefix ++ window ++ suffix, read at the last real token."""
-    emb = _embed_window(y, rm_table, cfg.hard)
-    new = jnp.concatenate([emb, ctx.rm_suffix_embeds.astype(emb.dtype)], axis=1)
-    new_mask = jnp.concatenate([batch.window_mask, batch.rm_suffix_mask], axis=1)
-    q = batch.rm_prefix_ids.shape[1]
-    if ctx.rm_cache is not None:
-        hidden = rm.forward(
-            inputs_embeds=new,
-            attention_mask=new_mask,
-            position_ids=ctx.rm_positions,
-            cache=ctx.rm_cache,
-            write_index=q,
-            key_mask=ctx.rm_key_mask,
-        ).hidden
-    else:
-        full = jnp.concatenate([ctx.rm_prefix_embeds.astype(new.dtype), new], axis=1)
-        positions = jnp.concatenate(
-            [default_positions(batch.rm_prefix_mask), ctx.rm_positions], axis=1
-        )
-        hidden = rm.forward(
-            inputs_embeds=full, attention_mask=ctx.rm_key_mask, position_ids=positions
-        ).hidden[:, q:]
-    pooled = jnp.take_along_axis(hidden, ctx.rm_score_index[:, None, None], axis=1)[:, 0]
-    if isinstance(rm, RewardModel):
-        score = rm.score_hidden(pooled)
-        return score if score.ndim == 1 else jnp.mean(score, axis=-1)
-    return jnp.mean(rm.head_logits(pooled), axis=-1)  # the sketch's causal-LM reward network
-
-
-def _to_logits(lm, params, cfg):
-    return params if cfg.mode == "logits" else lm.head_logits(params)
-
-
-def _st(z, keys, step, cfg):
-    """Straight-through relaxation of ``z [B, K, V]``; Gumbel keys folded with the step."""
-    if cfg.objective == "article":
-        return ste_argmax(z)
-    if cfg.gumbel_scale > 0:
-        step_keys = jax.vmap(lambda k: jax.random.fold_in(k, step))(keys)
-        return jax.vmap(lambda zz, kk: st_softmax(zz, cfg.tau, cfg.hard, kk, cfg.gumbel_scale))(
-            z, step_keys
-        )
-    return st_softmax(z, cfg.tau, cfg.hard)
-
-
-def _uses_rm(rm, cfg: DTOConfig) -> bool:
-    return rm is not None and (cfg.objective == "article" or cfg.reward_coeff != 0)
-
-
-def _model_loss_rows(lm, rm, ctx: _Context, batch, y, rm_table, cfg: DTOConfig, use_rm: bool):
-    """The models' part of the loss per row: ``(loss [B], loglik [B], reward [B])``."""
-    b = y.shape[0]
-    reward = _rm_reward(rm, ctx, batch, y, rm_table, cfg) if use_rm else jnp.zeros(b)
-    if cfg.objective == "paper":
-        loglik = _lm_loglik(lm, ctx, batch, y, cfg)
-        loss = -(loglik + cfg.reward_coeff * reward)
-    else:
-        loglik = jnp.zeros(b)
-        loss = -reward
-    return loss, loglik, reward
-
-
-class _Carry(NamedTuple):
-    params: Any
-    opt_state: Any
-    g_cache: Any  # [B, K, V] ∂loss/∂y of the last full step
-    cache_valid: Any  # [B]
-    tokens: Any  # [B, K]
-    reward: Any  # [B] of the last full step
-    loglik: Any
-    halted: Any  # [B] stopped on a non-finite loss
-    full_steps: Any  # [B]
-    batch_full_steps: Any  # scalar
-
-
-@functools.partial(jax.jit, static_argnames=("cfg",))
-def _refine_padded(lm, rm, rm_table, batch: PaddedProblems, keys, cfg: DTOConfig):
-    """Refine a padded batch; returns (final params, RefineTrace [S, B], carry)."""
-    ctx = _prepare_context(lm, rm, batch, cfg)
-    tx = cfg.optax_transform()
-    params0 = batch.init
-    win = batch.window_mask
-    pos_mask = win if cfg.update_postfix else win * (jnp.arange(win.shape[1]) == 0)
-    grad_mask = pos_mask[..., None].astype(params0.dtype)
-    use_rm = _uses_rm(rm, cfg)
-    valid_rows = batch.row_valid
-
-    def model_terms(y):
-        """(Σ_b loss_b, (loglik [B], reward [B])) of the models' part of the loss."""
-        loss, loglik, reward = _model_loss_rows(lm, rm, ctx, batch, y, rm_table, cfg, use_rm)
-        return jnp.sum(loss * valid_rows), (loglik, reward, loss)
-
-    def kl_term(params):
-        if cfg.objective != "article" and cfg.lambda_kl == 0:
-            return jnp.zeros(params.shape[0])
-        return _kl_rows(_to_logits(lm, params, cfg), batch.ref_logits, win, cfg.kl_direction)
-
-    def step(carry: _Carry, step_index):
-        z = _to_logits(lm, carry.params, cfg)
-        y = _st(z, keys, step_index, cfg)
-        need_full = ~(cfg.grad_caching & carry.cache_valid)
-        run_models = jnp.any(need_full & (valid_rows > 0))
-
-        def full(_):
-            (_, (loglik, reward, loss)), gy = jax.value_and_grad(model_terms, has_aux=True)(y)
-            return gy, loglik, reward, loss
-
-        def cached(_):
-            b = y.shape[0]
-            return carry.g_cache, jnp.zeros(b), jnp.zeros(b), jnp.zeros(b)
-
-        gy_full, loglik_f, reward_f, loss_f = jax.lax.cond(run_models, full, cached, None)
-        rowsel = need_full[:, None, None]
-        gy = jnp.where(rowsel, gy_full, carry.g_cache)
-        loglik = jnp.where(need_full, loglik_f, carry.loglik)
-        reward = jnp.where(need_full, reward_f, carry.reward)
-        surrogate_loss = jnp.sum(gy * y, axis=(1, 2))
-        kl_apply = cfg.objective == "article"
-
-        def param_objective(params):
-            zz = _to_logits(lm, params, cfg)
-            yy = _st(zz, keys, step_index, cfg)
-            lin = jnp.sum(jax.lax.stop_gradient(gy) * yy)
-            kl = kl_term(params)
-            total = lin + (cfg.lambda_kl * jnp.sum(kl * valid_rows) if kl_apply else 0.0)
-            return total, kl
-
-        (_, kl), grads = jax.value_and_grad(param_objective, has_aux=True)(carry.params)
-        kl_loss = cfg.lambda_kl * kl if kl_apply else jnp.zeros_like(kl)
-        loss = jnp.where(need_full, loss_f, surrogate_loss) + kl_loss
-        grads = grads * grad_mask
-        updates, opt_state = tx.update(grads, carry.opt_state, carry.params)
-        new_params = optax.apply_updates(carry.params, updates)
-        nonfinite = ~jnp.isfinite(loss) | carry.halted
-        freeze = nonfinite[:, None, None]
-        new_params = jnp.where(freeze, carry.params, new_params)
-        tokens = jnp.argmax(_to_logits(lm, new_params, cfg), axis=-1)
-        changed = jnp.sum((tokens != carry.tokens) & (win > 0), axis=-1)
-        if cfg.grad_caching:
-            g_cache = jnp.where(rowsel, gy_full, carry.g_cache)
-            cache_valid = (carry.cache_valid | need_full) & (changed == 0)
-        else:
-            g_cache, cache_valid = carry.g_cache, carry.cache_valid
-        new_carry = _Carry(
-            new_params, opt_state, g_cache, cache_valid, tokens, reward, loglik, nonfinite,
-            carry.full_steps + need_full.astype(jnp.int32),
-            carry.batch_full_steps + run_models.astype(jnp.int32),
-        )  # fmt: skip
-        record = RefineTrace(
-            loss=loss,
-            reward=reward,
-            loglik=loglik,
-            kl=kl,
-            lr=cfg.learning_rate_at(step_index),
-            full_step=need_full,
-            tokens_changed=changed,
-            kl_collapse=kl > cfg.kl_warn_threshold,
-            nonfinite=~jnp.isfinite(loss),
-        )
-        return new_carry, record
-
-    b = params0.shape[0]
-    zeros_b = jnp.zeros(b, jnp.float32)
-    v = batch.ref_logits.shape[-1]
-    carry0 = _Carry(
-        params=params0,
-        opt_state=tx.init(params0),
-        g_cache=jnp.zeros(params0.shape[:2] + (v,), jnp.float32),
-        cache_valid=jnp.zeros(b, bool),
-        tokens=jnp.argmax(_to_logits(lm, params0, cfg), axis=-1),
-        reward=zeros_b,
-        loglik=zeros_b,
-        halted=jnp.zeros(b, bool),
-        full_steps=jnp.zeros(b, jnp.int32),
-        batch_full_steps=jnp.zeros((), jnp.int32),
-    )
-    final, trace = jax.lax.scan(step, carry0, jnp.arange(cfg.num_steps))
-    return _to_logits(lm, final.params, cfg), final, trace
-
-
-def _rm_table(lm, rm, rm_embed):
+def rm_embedding_table(lm, rm, rm_embed=None):
     """The RM embedding rows indexed by LM token id ``[V_lm, D_rm]``."""
     if rm is None:
         return None
@@ -502,7 +190,7 @@ def refine_batch(
     if mesh is not None:
         sharding.check_batch_divisible(batch_size, mesh)
         lm, rm, _ = sharding.shard_refine_models(lm, rm, None, mesh)
-    table = _rm_table(lm, rm, rm_embed)
+    table = rm_embedding_table(lm, rm, rm_embed)
     if mesh is not None:
         _, _, table = sharding.shard_refine_models(None, None, table, mesh)
     results: list[RefineResult | None] = [None] * len(problems)
@@ -511,7 +199,9 @@ def refine_batch(
         keys = _chunk_keys(key, problem_keys, rows, batch_size, len(problems))
         if mesh is not None:
             batch, keys = sharding.shard_batch((batch, keys), mesh)
-        logits, final, trace = _refine_padded(lm, rm, table, batch, keys, _program_key(cfg))
+        logits, final, trace = refine_padded_jit(
+            lm, rm, table, batch, keys, cfg.hyper(), cfg=cfg.program()
+        )
         host = jax.tree.map(np.asarray, trace)
         n = len(rows)
         _check_result(jax.tree.map(lambda a, n=n: a[:, :n] if a.ndim == 2 else a, host), cfg, rows)
@@ -530,11 +220,6 @@ def refine_batch(
     return results
 
 
-def _program_key(cfg: DTOConfig) -> DTOConfig:
-    """``cfg`` with its host-only fields at their defaults, so they never cause a recompile."""
-    return dataclasses.replace(cfg, on_nonfinite="raise", ste_warn_steps=8)
-
-
 def _chunk_keys(key, problem_keys, rows, batch_size, n_problems):
     """Keys ``[batch_size]`` of one chunk: ``key`` for every row, or each problem's own key."""
     if problem_keys is None:
@@ -545,21 +230,6 @@ def _chunk_keys(key, problem_keys, rows, batch_size, n_problems):
         )
     chosen = [problem_keys[i] for i in rows]
     return jnp.stack(chosen + [chosen[0]] * (batch_size - len(rows)))
-
-
-@functools.partial(jax.jit, static_argnames=("cfg",))
-def _grad_norms_padded(lm, rm, rm_table, batch: PaddedProblems, keys, cfg: DTOConfig):
-    """``‖∂loss/∂y_k‖₂`` per window position ``[B, K]`` (0 on padding) at the initial window."""
-    ctx = _prepare_context(lm, rm, batch, cfg)
-    y = _st(_to_logits(lm, batch.init, cfg), keys, 0, cfg)
-    use_rm = _uses_rm(rm, cfg)
-
-    def total(yy):
-        loss, _, _ = _model_loss_rows(lm, rm, ctx, batch, yy, rm_table, cfg, use_rm)
-        return jnp.sum(loss * batch.row_valid)
-
-    gy = jax.grad(total)(y)
-    return jnp.linalg.norm(gy, axis=-1) * batch.window_mask
 
 
 def window_grad_norms(
@@ -594,13 +264,15 @@ def window_grad_norms(
     if batch_size < 1:
         raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
     _check_models(lm, rm, cfg)
-    table = _rm_table(lm, rm, rm_embed)
+    table = rm_embedding_table(lm, rm, rm_embed)
     key = jax.random.key(0) if key is None else key
     out: list[np.ndarray | None] = [None] * len(problems)
     for rows in plan_chunks(problems, batch_size):
         batch = pad_problems(lm, [problems[i] for i in rows], cfg, batch_size)
         keys = _chunk_keys(key, problem_keys, rows, batch_size, len(problems))
-        norms = np.asarray(_grad_norms_padded(lm, rm, table, batch, keys, cfg))
+        norms = np.asarray(
+            grad_norms_padded_jit(lm, rm, table, batch, keys, cfg.hyper(), cfg=cfg.program())
+        )
         for j, i in enumerate(rows):
             out[i] = norms[j, : np.asarray(problems[i].init).shape[0]]
     return out
@@ -613,4 +285,4 @@ def refine(lm: CausalLM, rm, problem: RefineProblem, cfg: DTOConfig, key, *, rm_
 
 def compiled_programs() -> int:
     """How many refinement programs have been compiled in this process (for tests)."""
-    return _refine_padded._cache_size()
+    return refine_padded_jit._cache_size()

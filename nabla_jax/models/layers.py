@@ -24,7 +24,8 @@ class KVCache(NamedTuple):
     Attributes:
       k: ``[L, B, S, Hkv, Dh]`` keys (rotary already applied).
       v: ``[L, B, S, Hkv, Dh]`` values.
-    A step that processes ``T`` new tokens writes slots ``write_index … write_index+T-1``.
+    A step that processes ``T`` new tokens writes slots ``write_index … write_index+T-1``
+    (``write_index`` a scalar, or ``[B]``: one start slot per row).
     """
 
     k: jax.Array
@@ -93,17 +94,19 @@ def attention_allowed(key_mask, write_index, num_new: int, window=None):
 
     Args:
       key_mask: ``[B, S]`` 1 where the slot holds a real token (padding and empty slots are 0).
-      write_index: slot of the first new token (int or scalar array).
+      write_index: slot of the first new token: an int or scalar array (every row), or ``[B]``
+        (one slot per row).
       num_new: ``T``, the number of new tokens.
       window: sliding-window size (scalar; None or ≤0: no window). Matches HF: slot ``s`` is
         visible from slot ``q`` when ``0 <= q - s < window``.
     """
-    s = jnp.arange(key_mask.shape[1])[None, :]
-    q = write_index + jnp.arange(num_new)[:, None]
+    s = jnp.arange(key_mask.shape[1])[None, None, :]
+    start = jnp.reshape(jnp.asarray(write_index), (-1, 1, 1))  # [1 | B, 1, 1]
+    q = start + jnp.arange(num_new)[None, :, None]
     allowed = s <= q
     if window is not None:
         allowed = allowed & ((window <= 0) | (q - s < window))
-    return allowed[None, :, :] & (key_mask[:, None, :] > 0)
+    return allowed & (key_mask[:, None, :] > 0)
 
 
 def dot_product_attention(q, k, v, allowed, scale: float):
@@ -127,8 +130,14 @@ def dot_product_attention(q, k, v, allowed, scale: float):
 
 
 def write_cache(buffer, new, write_index):
-    """Write ``new [B, T, Hkv, Dh]`` into ``buffer [B, S, Hkv, Dh]`` at slot ``write_index``."""
-    return jax.lax.dynamic_update_slice(buffer, new.astype(buffer.dtype), (0, write_index, 0, 0))
+    """Write ``new [B, T, Hkv, Dh]`` into ``buffer [B, S, Hkv, Dh]`` at slot ``write_index``
+    (scalar: the same slot for every row; ``[B]``: row ``b`` at its own slot)."""
+    new = new.astype(buffer.dtype)
+    write_index = jnp.asarray(write_index)
+    if write_index.ndim == 0:
+        return jax.lax.dynamic_update_slice(buffer, new, (0, write_index, 0, 0))
+    row = lambda buf, x, i: jax.lax.dynamic_update_slice(buf, x, (i, 0, 0))
+    return jax.vmap(row)(buffer, new, write_index)
 
 
 def activation(name: str):
