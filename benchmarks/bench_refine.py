@@ -220,7 +220,7 @@ def _batch_problems(args, n, seed0):
     """``n`` problems whose LM / RM prefix lengths differ but share one bucket."""
     import numpy as np
 
-    from nabla_jax.refine_batching import bucket_length
+    from nabla_jax.buckets import bucket_length
 
     top = bucket_length(args.prefix)
     low = max(bucket_length(args.prefix) // 2 + 1, 1) if top <= 128 else top - 127

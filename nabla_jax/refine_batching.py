@@ -8,13 +8,7 @@ from typing import Any, NamedTuple
 import jax.numpy as jnp
 import numpy as np
 
-
-def bucket_length(n: int, minimum: int = 8) -> int:
-    """Round ``n`` up to a bucket: powers of two up to 128, then multiples of 128."""
-    n = max(int(n), minimum)
-    if n <= 128:
-        return 1 << (n - 1).bit_length()
-    return -(-n // 128) * 128
+from nabla_jax.buckets import bucket_length, pad_ids
 
 
 class PaddedProblems(NamedTuple):
@@ -38,7 +32,7 @@ class PaddedProblems(NamedTuple):
     row_valid: Any
 
 
-def _shape_key(problem) -> tuple[int, int, int, int]:
+def shape_key(problem) -> tuple[int, int, int, int]:
     return (
         bucket_length(len(problem.lm_prefix_ids)),
         bucket_length(len(problem.rm_prefix_ids)) if len(problem.rm_prefix_ids) else 0,
@@ -51,30 +45,16 @@ def plan_chunks(problems, batch_size: int) -> list[list[int]]:
     """Indices of problems grouped by bucketed shape, in chunks of at most ``batch_size``."""
     groups: dict[tuple, list[int]] = defaultdict(list)
     for i, p in enumerate(problems):
-        groups[_shape_key(p)].append(i)
+        groups[shape_key(p)].append(i)
     chunks = []
     for _, idx in sorted(groups.items()):
         chunks += [idx[j : j + batch_size] for j in range(0, len(idx), batch_size)]
     return chunks
 
 
-def _pad_ids(rows, length, left, pad_id=0):
-    ids = np.full((len(rows), length), pad_id, np.int32)
-    mask = np.zeros((len(rows), length), np.int32)
-    for i, r in enumerate(rows):
-        r = np.asarray(r, np.int32)
-        n = len(r)
-        if n == 0:
-            continue
-        sl = slice(length - n, length) if left else slice(0, n)
-        ids[i, sl] = r
-        mask[i, sl] = 1
-    return ids, mask
-
-
 def pad_problems(lm, problems, cfg, batch_size: int) -> PaddedProblems:
     """Pad one chunk of same-bucket problems to ``batch_size`` rows of its bucketed shape."""
-    p, q, s, k = (max(x) for x in zip(*[_shape_key(pr) for pr in problems]))
+    p, q, s, k = (max(x) for x in zip(*[shape_key(pr) for pr in problems]))
     c = lm.config
     width = c.vocab_size if cfg.mode == "logits" else c.hidden_size
     for i, pr in enumerate(problems):
@@ -99,9 +79,9 @@ def pad_problems(lm, problems, cfg, batch_size: int) -> PaddedProblems:
             )
     fill = batch_size - len(problems)
     rows = list(problems) + [problems[0]] * fill
-    lm_ids, lm_mask = _pad_ids([r.lm_prefix_ids for r in rows], p, left=True)
-    rm_ids, rm_mask = _pad_ids([r.rm_prefix_ids for r in rows], q, left=True)
-    sf_ids, sf_mask = _pad_ids([r.rm_suffix_ids for r in rows], s, left=False)
+    lm_ids, lm_mask = pad_ids([r.lm_prefix_ids for r in rows], p, left=True)
+    rm_ids, rm_mask = pad_ids([r.rm_prefix_ids for r in rows], q, left=True)
+    sf_ids, sf_mask = pad_ids([r.rm_suffix_ids for r in rows], s, left=False)
     init = np.zeros((batch_size, k, width), np.float32)
     ref = np.zeros((batch_size, k, c.vocab_size), np.float32)
     win = np.zeros((batch_size, k), np.int32)

@@ -169,9 +169,9 @@ def test_mixed_lengths_compile_one_program_per_bucket(pair):
                  s=int(rng.randint(1, 5)), k=int(rng.randint(1, 9)))
         for i in range(40)
     ]  # fmt: skip
-    from nabla_jax.refine_batching import _shape_key
+    from nabla_jax.refine_batching import shape_key
 
-    buckets = {_shape_key(p) for p in probs}
+    buckets = {shape_key(p) for p in probs}
     before = compiled_programs()
     refine_batch(lm, rm, probs, cfg, jax.random.key(0), batch_size=8)
     assert compiled_programs() - before <= len(buckets)

@@ -20,11 +20,11 @@ __all__ = [
     "top_p_filter",
 ]
 
+from nabla_jax.buckets import bucket_length  # noqa: E402
 from nabla_jax.decoding import rollout as rollout_module  # noqa: E402
-from nabla_jax.decoding.rollout import (  # noqa: E402
+from nabla_jax.decoding.generate import (  # noqa: E402
     PaddedRollout,
     RolloutResult,
-    bucket_length,
     generate_padded,
     pad_prompts,
     rollout,

@@ -43,7 +43,9 @@ from nabla_jax.decoding.nabla import (
     _prompt_id,
     _score_padded,
 )
-from nabla_jax.decoding.rollout import _default_eos, bucket_length, pad_prompts, rollout
+from nabla_jax.buckets import bucket_length
+from nabla_jax.decoding.generate import pad_prompts, rollout
+from nabla_jax.decoding.stopping import default_eos_ids as _default_eos
 from nabla_jax.decoding.sampling import SamplingConfig
 from nabla_jax.models.model import CausalLM, RewardModel
 from nabla_jax.tasks.arithmetic import extract_answer

@@ -62,7 +62,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nabla_jax.decoding.rollout import _default_eos, bucket_length, pad_prompts, rollout
+from nabla_jax.buckets import bucket_length
+from nabla_jax.decoding.generate import pad_prompts, rollout
+from nabla_jax.decoding.stopping import default_eos_ids as _default_eos
 from nabla_jax.decoding.sampling import SamplingConfig
 from nabla_jax.dto_config import DTOConfig
 from nabla_jax.models.model import CausalLM, RewardModel
