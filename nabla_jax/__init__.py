@@ -1,6 +1,6 @@
 """nabla-jax: ∇-Reasoner in JAX — test-time reasoning by gradient descent on text."""
 
-from nabla_jax import models, sharding
+from nabla_jax import compilation_cache, models, profiling, sharding
 from nabla_jax.decoding.sampling import SamplingConfig, filter_logits, sample_token
 from nabla_jax.models import (
     CausalLM,
@@ -37,6 +37,7 @@ from nabla_jax.vocab import (
 
 __version__ = "0.1.0"
 from nabla_jax.article import optimize_reasoning_sequence
+from nabla_jax.decoding import DecodeConfig, DecodeResult, NablaDecoder
 from nabla_jax.decoding.baselines import (
     best_of_n,
     greedy_cot,
@@ -44,7 +45,6 @@ from nabla_jax.decoding.baselines import (
     sampled_cot,
     self_consistency,
 )
-from nabla_jax.decoding.nabla import DecodeConfig, DecodeResult, NablaDecoder
 from nabla_jax.dto_config import DTOConfig
 from nabla_jax.refine import (
     RefineProblem,
@@ -55,3 +55,6 @@ from nabla_jax.refine import (
     window_grad_norms,
 )
 from nabla_jax.sharding import make_mesh
+
+# The persistent compilation cache is on by default (see nabla_jax.compilation_cache).
+compilation_cache.enable()

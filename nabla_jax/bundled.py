@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from nabla_jax.decoding.nabla import DecodeConfig
+from nabla_jax.decoding.config import DecodeConfig
 from nabla_jax.decoding.sampling import SamplingConfig
 from nabla_jax.dto_config import DTOConfig
 

@@ -19,7 +19,7 @@ import dataclasses
 import os
 from typing import Any
 
-from nabla_jax.decoding.nabla import DecodeConfig
+from nabla_jax.decoding.config import DecodeConfig
 from nabla_jax.decoding.sampling import SamplingConfig
 from nabla_jax.dto_config import DTOConfig
 

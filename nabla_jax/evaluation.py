@@ -15,7 +15,8 @@ from collections.abc import Callable, Sequence
 
 import jax
 
-from nabla_jax.decoding.nabla import DecodeConfig, NablaDecoder
+from nabla_jax.decoding.config import DecodeConfig
+from nabla_jax.decoding.nabla import NablaDecoder
 from nabla_jax.decoding.sampling import SamplingConfig
 from nabla_jax.tasks import extract_answer, format_prompt, grade
 

@@ -33,6 +33,7 @@ from nabla_jax.refine_batching import PaddedProblems
 from nabla_jax.ste import st_softmax, ste_argmax, ste_argmax_embed
 
 __all__ = [
+    "PrefixCaches",
     "RefineTrace",
     "grad_norms_padded",
     "grad_norms_padded_jit",
@@ -94,15 +95,35 @@ def _kl_rows(z, ref, mask, direction):
     return jnp.sum(per * m, axis=-1) / jnp.maximum(jnp.sum(m, axis=-1), 1.0)
 
 
+class PrefixCaches(NamedTuple):
+    """Keys/values of the committed prefixes, computed elsewhere (the decoder keeps them).
+
+    ``lm_cache`` holds valid keys/values in the slots of ``lm_key_mask [B, S]``; the window is
+    written from slot ``lm_write [B]`` on; ``lm_last [B, V]`` are the logits predicting window
+    position 0. Likewise ``rm_cache`` / ``rm_key_mask`` / ``rm_write`` for the RM prefix, its
+    window, tail and suffix written from ``rm_write``. The caches need room for the writes.
+    """
+
+    lm_cache: Any
+    lm_key_mask: Any
+    lm_write: Any
+    lm_last: Any
+    rm_cache: Any
+    rm_key_mask: Any
+    rm_write: Any
+
+
 class _Context(NamedTuple):
     """What every step needs, computed once per call (prefix KV caches, constant embeddings)."""
 
     lm_cache: Any
+    lm_write: Any  # slot of window position 0 (scalar or [B])
     lm_key_mask: Any
     lm_positions: Any
     lm_prefix_last: Any  # [B, V] logits predicting window position 0
     lm_prefix_embeds: Any  # only without prefix caching
     rm_cache: Any
+    rm_write: Any
     rm_key_mask: Any
     rm_positions: Any
     rm_suffix_embeds: Any
@@ -110,21 +131,34 @@ class _Context(NamedTuple):
     rm_score_index: Any
 
 
+def _open_slots(key_mask, write, new_mask):
+    """``key_mask [B, S]`` with slots ``write[b] + t`` set to ``new_mask[b, t]`` (``[B, T]``)."""
+    b, t = new_mask.shape
+    slots = jnp.reshape(write, (-1, 1)) + jnp.arange(t)[None, :]
+    rows = jnp.arange(b)[:, None]
+    return key_mask.at[rows, slots].set(new_mask.astype(key_mask.dtype), mode="drop")
+
+
 def _take_rows(x, index):
     """``x [B, T, ...]`` at ``index [B]`` → ``[B, ...]``."""
     return jnp.take_along_axis(x, index[:, None, None], axis=1)[:, 0]
 
 
-def _prepare_context(lm, rm, batch: PaddedProblems, cfg: DTOConfig) -> _Context:
+def _prepare_context(lm, rm, batch: PaddedProblems, cfg: DTOConfig, given=None) -> _Context:
+    """Prefix keys/values once per call: computed here, or taken from ``given`` (PrefixCaches)."""
     b, p = batch.lm_prefix_ids.shape
     k = batch.window_mask.shape[1]
     win = batch.window_mask
     lm_cache = lm_key_mask = lm_positions = lm_last = lm_prefix_embeds = None
+    lm_write = p
     if cfg.objective == "paper":
         n_prefix = jnp.sum(batch.lm_prefix_mask, axis=-1, keepdims=True)
         lm_positions = n_prefix + jnp.maximum(jnp.cumsum(win, axis=-1) - 1, 0)
-        lm_key_mask = jnp.concatenate([batch.lm_prefix_mask, win], axis=1)
-        if cfg.prefix_cache:
+        if given is not None:
+            lm_cache, lm_write, lm_last = given.lm_cache, given.lm_write, given.lm_last
+            lm_key_mask = _open_slots(given.lm_key_mask, lm_write, win)
+        elif cfg.prefix_cache:
+            lm_key_mask = jnp.concatenate([batch.lm_prefix_mask, win], axis=1)
             out = lm.forward(
                 batch.lm_prefix_ids,
                 batch.lm_prefix_mask,
@@ -137,18 +171,23 @@ def _prepare_context(lm, rm, batch: PaddedProblems, cfg: DTOConfig) -> _Context:
             last = last_valid_index(batch.lm_prefix_mask)
             lm_last = lm.head_logits(_take_rows(out.hidden, last))
         else:
+            lm_key_mask = jnp.concatenate([batch.lm_prefix_mask, win], axis=1)
             lm_prefix_embeds = lm.embed(batch.lm_prefix_ids)
     rm_cache = rm_key_mask = rm_positions = rm_suffix = rm_prefix_embeds = rm_index = None
+    rm_write = batch.rm_prefix_ids.shape[1]
     if rm is not None:
         q = batch.rm_prefix_ids.shape[1]
         s = batch.rm_suffix_ids.shape[1]
         new_mask = jnp.concatenate([win, batch.rm_suffix_mask], axis=1)
         n_prefix = jnp.sum(batch.rm_prefix_mask, axis=-1, keepdims=True)
         rm_positions = n_prefix + jnp.maximum(jnp.cumsum(new_mask, axis=-1) - 1, 0)
-        rm_key_mask = jnp.concatenate([batch.rm_prefix_mask, new_mask], axis=1)
         rm_index = last_valid_index(new_mask)
         rm_suffix = rm.embed(batch.rm_suffix_ids)
-        if cfg.prefix_cache and q > 0:
+        if given is not None:
+            rm_cache, rm_write = given.rm_cache, given.rm_write
+            rm_key_mask = _open_slots(given.rm_key_mask, rm_write, new_mask)
+        elif cfg.prefix_cache and q > 0:
+            rm_key_mask = jnp.concatenate([batch.rm_prefix_mask, new_mask], axis=1)
             out = rm.forward(
                 batch.rm_prefix_ids,
                 batch.rm_prefix_mask,
@@ -159,10 +198,11 @@ def _prepare_context(lm, rm, batch: PaddedProblems, cfg: DTOConfig) -> _Context:
             )
             rm_cache = out.cache
         else:
+            rm_key_mask = jnp.concatenate([batch.rm_prefix_mask, new_mask], axis=1)
             rm_prefix_embeds = rm.embed(batch.rm_prefix_ids)
     return _Context(
-        lm_cache, lm_key_mask, lm_positions, lm_last, lm_prefix_embeds,
-        rm_cache, rm_key_mask, rm_positions, rm_suffix, rm_prefix_embeds, rm_index,
+        lm_cache, lm_write, lm_key_mask, lm_positions, lm_last, lm_prefix_embeds,
+        rm_cache, rm_write, rm_key_mask, rm_positions, rm_suffix, rm_prefix_embeds, rm_index,
     )  # fmt: skip
 
 
@@ -184,7 +224,7 @@ def _lm_loglik(lm, ctx: _Context, batch, y, cfg, nll_coeff):
             attention_mask=batch.window_mask,
             position_ids=ctx.lm_positions,
             cache=ctx.lm_cache,
-            write_index=p,
+            write_index=ctx.lm_write,
             key_mask=ctx.lm_key_mask,
         )
         win_logits = lm.head_logits(out.hidden[:, : k - 1])
@@ -215,7 +255,7 @@ def _rm_reward(rm, ctx: _Context, batch, y, rm_table, cfg):
             attention_mask=new_mask,
             position_ids=ctx.rm_positions,
             cache=ctx.rm_cache,
-            write_index=q,
+            write_index=ctx.rm_write,
             key_mask=ctx.rm_key_mask,
         ).hidden
     else:
@@ -265,7 +305,8 @@ def _model_loss_rows(lm, rm, ctx, batch, y, rm_table, cfg: DTOConfig, h: DTOHype
     return loss, loglik, reward
 
 
-def refine_padded(lm, rm, rm_table, batch: PaddedProblems, keys, h: DTOHyper, cfg: DTOConfig):
+def refine_padded(lm, rm, rm_table, batch: PaddedProblems, keys, h: DTOHyper, cfg: DTOConfig,
+                  prefixes: PrefixCaches | None = None):  # fmt: skip
     """Refine a padded batch (traceable; no host work).
 
     Args:
@@ -275,11 +316,13 @@ def refine_padded(lm, rm, rm_table, batch: PaddedProblems, keys, h: DTOHyper, cf
       keys: ``[B]`` PRNG keys (Gumbel noise only).
       h: run-time hyperparameters (``cfg.hyper()``).
       cfg: the static structure (``cfg.program()``; the numbers are read from ``h``).
+      prefixes: the prefixes' keys/values when the caller has them (the decoder does); else
+        they are computed here (``batch``'s prefix ids).
 
     Returns:
       ``(logits [B, K, V] float32, final RefineCarry, RefineTrace [S, B])``.
     """
-    ctx = _prepare_context(lm, rm, batch, cfg)
+    ctx = _prepare_context(lm, rm, batch, cfg, prefixes)
     tx = cfg.optax_transform(h)
     params0 = batch.init.astype(cfg.window_dtype)
     win = batch.window_mask
@@ -377,13 +420,14 @@ def refine_padded(lm, rm, rm_table, batch: PaddedProblems, keys, h: DTOHyper, cf
     return _to_logits(lm, final.params, cfg), final, trace
 
 
-def grad_norms_padded(lm, rm, rm_table, batch: PaddedProblems, keys, h: DTOHyper, cfg: DTOConfig):
+def grad_norms_padded(lm, rm, rm_table, batch: PaddedProblems, keys, h: DTOHyper, cfg: DTOConfig,
+                      prefixes: PrefixCaches | None = None):  # fmt: skip
     """``‖∂loss/∂y_k‖₂`` per window position ``[B, K]`` (0 on padding) at the initial window.
 
     The probe of the gradient-selection rule: one forward and backward of the models' loss at
     ``y = relax(init)``, differentiated with respect to ``y`` itself (traceable).
     """
-    ctx = _prepare_context(lm, rm, batch, cfg)
+    ctx = _prepare_context(lm, rm, batch, cfg, prefixes)
     y = _st(_to_logits(lm, batch.init.astype(cfg.window_dtype), cfg), keys, 0, cfg, h)
 
     def total(yy):

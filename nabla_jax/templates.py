@@ -21,6 +21,7 @@ __all__ = [
     "ChatTemplateError",
     "build_messages",
     "lm_prompt_ids",
+    "require_chat_template",
     "rm_prefix_suffix_ids",
 ]
 
@@ -72,7 +73,7 @@ def build_messages(prompt: str | Sequence[Mapping[str, str]], *, system: str | N
     return messages
 
 
-def _require_chat_template(tokenizer: Any, name: str) -> None:
+def require_chat_template(tokenizer: Any, name: str) -> None:
     if tokenizer is None:
         raise ValueError(f"{name} tokenizer is None: pass a Hugging Face tokenizer.")
     if not hasattr(tokenizer, "apply_chat_template"):
@@ -128,7 +129,7 @@ def lm_prompt_ids(
       ``list[int]`` of length ``P``; the LM's response starts right after it.
     """
     messages = build_messages(prompt, system=system)
-    _require_chat_template(tokenizer, "LM")
+    require_chat_template(tokenizer, "LM")
     out = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)
     ids = _as_id_list(out)
     if not ids:
@@ -172,7 +173,7 @@ def rm_prefix_suffix_ids(
             f"The placeholder {placeholder!r} occurs in the prompt: pass a different "
             "placeholder= that does not appear in the conversation."
         )
-    _require_chat_template(tokenizer, "RM")
+    require_chat_template(tokenizer, "RM")
     messages.append({"role": "assistant", "content": placeholder})
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
     if not isinstance(text, str):

@@ -304,10 +304,10 @@ def shared_rm_tokenizer(lm, rm, user: str = "the decoder"):
     or the LM's when the RM has none (then the vocabulary sizes must agree). It must carry a chat
     template. ``user`` names the caller in the error message.
     """
-    from nabla_jax.templates import _require_chat_template
+    from nabla_jax.templates import require_chat_template
 
     tok = rm.tokenizer if rm.tokenizer is not None else lm.tokenizer
-    _require_chat_template(tok, "RM")
+    require_chat_template(tok, "RM")
     lm_v, rm_v = lm.config.vocab_size, rm.config.vocab_size
     if rm.tokenizer is not None:
         check_vocab_compatibility(lm.tokenizer, rm.tokenizer, lm_v, rm_v)

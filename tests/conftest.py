@@ -10,3 +10,5 @@ import os
 
 os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# Tests are hermetic: no persistent compilation cache unless a test turns one on itself.
+os.environ.setdefault("NABLA_JAX_CACHE_DIR", "off")

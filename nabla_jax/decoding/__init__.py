@@ -40,22 +40,21 @@ __all__ += [
     "rollout_module",
 ]
 
-from nabla_jax.decoding.nabla import DecodeConfig, DecodeResult, NablaDecoder  # noqa: E402
+from nabla_jax.decoding.config import DecodeConfig  # noqa: E402
+from nabla_jax.decoding.nabla import NablaDecoder  # noqa: E402
+from nabla_jax.decoding.results import DecodeResult  # noqa: E402
 
 __all__ += ["DecodeConfig", "DecodeResult", "NablaDecoder"]
 
 from nabla_jax.decoding import baselines  # noqa: E402
 from nabla_jax.decoding.baselines import (  # noqa: E402
-    BASELINES,
-    Baseline,
     best_of_n,
     greedy_cot,
     majority_vote,
-    parse_method,
-    run_baseline,
     sampled_cot,
     self_consistency,
 )
+from nabla_jax.decoding.registry import BASELINES, Baseline, parse_method, run_baseline  # noqa: E402
 
 __all__ += [
     "BASELINES",

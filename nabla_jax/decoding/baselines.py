@@ -28,45 +28,36 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nabla_jax.decoding.nabla import (
-    _COUNTERS,
-    _ROLLOUT,
-    DecodeResult,
-    _pow2,
-    _prompt_id,
-    _score_padded,
-)
-from nabla_jax.buckets import bucket_length
-from nabla_jax.decoding.generate import pad_prompts, rollout
-from nabla_jax.decoding.stopping import default_eos_ids as _default_eos
+from nabla_jax.buckets import bucket_length, pad_ids
+from nabla_jax.decoding.generate import generate_padded
+from nabla_jax.decoding.keys import ROLLOUT, prompt_id
+from nabla_jax.decoding.results import DecodeResult, empty_stats
 from nabla_jax.decoding.sampling import SamplingConfig
+from nabla_jax.decoding.scoring import rm_scores
+from nabla_jax.decoding.stopping import STOP_EOS, STOP_REASONS, default_eos_ids, trim_text
 from nabla_jax.models.model import CausalLM, RewardModel
+from nabla_jax.profiling import device_get
 from nabla_jax.tasks.arithmetic import extract_answer
 from nabla_jax.templates import (
-    _require_chat_template,
     build_messages,
     lm_prompt_ids,
+    require_chat_template,
     rm_prefix_suffix_ids,
 )
 from nabla_jax.vocab import shared_rm_tokenizer
 
 __all__ = [
-    "BASELINES",
-    "Baseline",
     "best_of_n",
     "greedy_cot",
     "majority_vote",
-    "parse_method",
     "prompt_keys",
-    "rm_scores",
-    "run_baseline",
     "sampled_cot",
     "self_consistency",
 ]
@@ -113,7 +104,7 @@ def _check_common(lm, prompts, max_length: int, batch_size: int, n: int = 1) -> 
             "the LM has no tokenizer: load it with its tokenizer (nj.load_causal_lm(path)) — "
             "baselines render chat prompts and decode responses"
         )
-    _require_chat_template(lm.tokenizer, "LM")
+    require_chat_template(lm.tokenizer, "LM")
     if isinstance(prompts, str) or not isinstance(prompts, Sequence):
         raise TypeError("prompts must be a list of prompts (wrap one prompt in a list)")
     for name, v in (("max_length", max_length), ("batch_size", batch_size), ("n", n)):
@@ -128,8 +119,8 @@ def prompt_keys(key, prompt: Any, n: int, *, system: str | None = None) -> jax.A
     ``fold_in(fold_in(fold_in(key, prompt_id), ROLLOUT), i)`` for ``i < n``, where ``prompt_id``
     is the ∇-Reasoner decoder's crc32 of the prompt's chat messages.
     """
-    base = jax.random.fold_in(key, _prompt_id(build_messages(prompt, system=system)))
-    stream = jax.random.fold_in(base, _ROLLOUT)
+    base = jax.random.fold_in(key, prompt_id(build_messages(prompt, system=system)))
+    stream = jax.random.fold_in(base, ROLLOUT)
     return jnp.stack([jax.random.fold_in(stream, i) for i in range(n)])
 
 
@@ -151,7 +142,7 @@ def _generate(
         raise TypeError(f"sampling must be a SamplingConfig, got {type(sampling).__name__}")
     stop_strings = tuple(stop_strings)
     if eos_ids is None:
-        eos_ids = _default_eos(lm, lm.tokenizer)
+        eos_ids = default_eos_ids(lm)
     greedy = sampling.greedy
     if not greedy and key is None:
         raise ValueError("sampling with temperature > 0 needs a key")
@@ -160,40 +151,42 @@ def _generate(
         ids = lm_prompt_ids(lm.tokenizer, p, system=system)
         keys = None if greedy else prompt_keys(key, p, n, system=system)
         rows += [(ids, None if keys is None else keys[i]) for i in range(n)]
+    # One program for every chunk: batch_size rows (short chunks padded with idle rows of budget
+    # 0), the prompt width bucketed once over all rows, max_length response slots.
+    pad = lm.config.pad_token_id if lm.config.pad_token_id is not None else 0
+    width = bucket_length(max(len(r[0]) for r in rows))
+    stop_ids = [lm.tokenizer.encode(s, add_special_tokens=False) for s in stop_strings]
     samples: list[_Sample] = []
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
         m = len(chunk)
-        # Pad the row count to a power of two (fewer compiled shapes); padding rows get budget 1.
-        padded = chunk + [chunk[0]] * (_pow2(m) - m)
-        budgets = [max_length] * m + [1] * (len(padded) - m)
-        res = rollout(
+        padded = chunk + [chunk[0]] * (batch_size - m)
+        ids, mask = pad_ids([r[0] for r in padded], width, left=True, pad_id=pad)
+        out = generate_padded(
             lm,
-            [r[0] for r in padded],
+            ids,
+            mask,
             None if greedy else jnp.stack([r[1] for r in padded]),
-            max_new_tokens=budgets,
+            max_new_tokens=np.asarray([max_length] * m + [0] * (batch_size - m), np.int32),
             sampling=sampling,
             eos_ids=eos_ids,
-            stop_strings=stop_strings,
-            tokenizer=lm.tokenizer,
+            stop_ids=stop_ids,
+            buffer_len=max_length,
             return_logits=False,
+            pad_id=pad,
         )
-        tokens, lengths = np.asarray(res.tokens), np.asarray(res.lengths)
-        calls = np.asarray(res.model_calls)
+        tokens, lengths, codes = device_get((out.tokens, out.lengths, out.stop))
         for j in range(m):
-            samples.append(
-                _Sample(
-                    tokens=tokens[j, : int(lengths[j])].tolist(),
-                    text=res.texts[j],
-                    stop_reason=res.stop_reason[j],
-                    calls=int(calls[j]),
-                )
-            )
+            toks = tokens[j, : int(lengths[j])].tolist()
+            body = toks[:-1] if codes[j] == STOP_EOS else toks
+            text, cut = trim_text(lm.tokenizer.decode(body), stop_strings)
+            reason = "stop_string" if cut else STOP_REASONS[int(codes[j])]
+            samples.append(_Sample(tokens=toks, text=text, stop_reason=reason, calls=len(toks)))
     return [samples[i * n : (i + 1) * n] for i in range(len(prompts))]
 
 
 def _result(prompt, method: str, samples: list[_Sample], chosen: int, extra=None) -> DecodeResult:
-    stats = dict.fromkeys(_COUNTERS, 0)
+    stats = empty_stats()
     stats["generations"] = len(samples)
     for s in samples:
         stats["generated_tokens"] += len(s.tokens)
@@ -318,19 +311,6 @@ def _rm_tokenizer(lm: CausalLM, rm: RewardModel):
     return shared_rm_tokenizer(lm, rm, "Best-of-N")
 
 
-def rm_scores(rm: RewardModel, seqs: Sequence[Sequence[int]], *, batch_size: int = 16):
-    """Reward-model scores ``[len(seqs)]`` (float64) of full RM input id lists, batched."""
-    pad = rm.config.pad_token_id if rm.config.pad_token_id is not None else 0
-    out = []
-    for start in range(0, len(seqs), batch_size):
-        chunk = [list(s) for s in seqs[start : start + batch_size]]
-        rows = chunk + [chunk[0]] * (_pow2(len(chunk)) - len(chunk))
-        ids, mask = pad_prompts(rows, bucket_length(max(len(r) for r in rows)), pad)
-        scores = np.asarray(_score_padded(rm, jnp.asarray(ids), jnp.asarray(mask)))
-        out.append(scores[: len(chunk)].astype(np.float64))
-    return np.concatenate(out) if out else np.zeros((0,), np.float64)
-
-
 @_accepts_mesh
 def best_of_n(
     lm: CausalLM,
@@ -384,7 +364,7 @@ def best_of_n(
         system=system,
         batch_size=batch_size,
     )
-    eos = set(eos_ids) if eos_ids is not None else set(_default_eos(lm, lm.tokenizer))
+    eos = set(eos_ids) if eos_ids is not None else set(default_eos_ids(lm))
     seqs = []
     for p, group in zip(prompts, groups, strict=True):
         prefix, suffix = rm_prefix_suffix_ids(rm_tok, p, system=system)
@@ -509,117 +489,3 @@ def self_consistency(
         res.stats["votes"] = 0 if winner is None else sum(a == winner for a in answers)
         out.append(res)
     return out
-
-
-# --------------------------------------------------------------------------------------------
-# Registry
-# --------------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class Baseline:
-    """A registered baseline.
-
-    Attributes:
-      name: the method name (``greedy``, ``cot``, ``bon``, ``sc``).
-      fn: the function.
-      takes_n: the method takes a sample count (``bon:8``); required then.
-      needs_key: the function takes a PRNG key.
-      needs_rm: the function takes a reward model.
-      description: one line.
-    """
-
-    name: str
-    fn: Callable[..., list[DecodeResult]]
-    takes_n: bool
-    needs_key: bool
-    needs_rm: bool
-    description: str
-
-
-BASELINES: Mapping[str, Baseline] = {
-    b.name: b
-    for b in (
-        Baseline("greedy", greedy_cot, False, False, False, "greedy chain of thought"),
-        Baseline("cot", sampled_cot, False, True, False, "one sampled chain of thought"),
-        Baseline("bon", best_of_n, True, True, True, "Best-of-N ranked by the reward model"),
-        Baseline("sc", self_consistency, True, True, False, "self-consistency majority vote"),
-    )
-}
-
-
-def parse_method(spec: str, *, extra: Sequence[str] = ()) -> tuple[str, int | None]:
-    """``"bon:8"`` -> ``("bon", 8)``; ``"greedy"`` -> ``("greedy", None)``.
-
-    Args:
-      spec: a method name, with ``:N`` (N >= 1) for the methods that take a sample count.
-      extra: further accepted names without a count (e.g. ``("nabla",)`` for the CLI).
-
-    Returns:
-      ``(name, n)``; ``n`` is None for methods without a sample count.
-
-    Raises:
-      ValueError: unknown method, a missing / malformed count, or a count given to a method that
-        takes none — the message lists the known methods.
-    """
-    if not isinstance(spec, str):
-        raise TypeError(f"method must be a string like 'bon:8', got {type(spec).__name__}")
-    known = ", ".join(
-        [f"{b.name}:N" if b.takes_n else b.name for b in BASELINES.values()] + list(extra)
-    )
-    name, colon, count = spec.strip().partition(":")
-    name = name.strip()
-    if name in extra and name not in BASELINES:
-        if colon:
-            raise ValueError(f"method {spec!r}: {name} takes no sample count (known: {known})")
-        return name, None
-    if name not in BASELINES:
-        raise ValueError(f"unknown method {spec!r}; known methods: {known}")
-    base = BASELINES[name]
-    if not base.takes_n:
-        if colon:
-            raise ValueError(f"method {spec!r}: {name} takes no sample count (known: {known})")
-        return name, None
-    count = count.strip()
-    if not colon or not count.isdigit() or int(count) < 1:
-        raise ValueError(
-            f"method {spec!r}: {name} needs a sample count >= 1, e.g. {name}:8 (known: {known})"
-        )
-    return name, int(count)
-
-
-def run_baseline(
-    method: str | tuple[str, int | None],
-    lm: CausalLM,
-    prompts: Sequence[Any],
-    key=None,
-    *,
-    rm: RewardModel | None = None,
-    **kwargs,
-) -> list[DecodeResult]:
-    """Run a baseline given as ``"bon:8"`` (or ``("bon", 8)``) with shared keyword settings.
-
-    ``kwargs`` are passed on (``max_length``, ``sampling``, ``stop_strings``, ``eos_ids``,
-    ``system``, ``batch_size``, ``answer_extractor``...); ``sampling`` is dropped for greedy,
-    ``answer_extractor`` for methods other than ``sc``.
-    """
-    name, n = parse_method(method) if isinstance(method, str) else method
-    base = BASELINES[name]
-    args: list = [lm]
-    if base.needs_rm:
-        if rm is None:
-            raise ValueError(f"method {name!r} needs a reward model: pass rm=")
-        args.append(rm)
-    args.append(prompts)
-    if base.needs_key:
-        if key is None:
-            raise ValueError(f"method {name!r} samples: pass a jax.random key")
-        args.append(key)
-    kw = dict(kwargs)
-    if name == "greedy":
-        kw.pop("sampling", None)
-    if name != "sc":
-        kw.pop("answer_extractor", None)
-    if base.takes_n:
-        kw["n"] = n
-    return base.fn(*args, **kw)

@@ -25,6 +25,7 @@ from nabla_jax.decoding.rollout import (
     SamplingProgram,
     continue_responses,
     empty_responses,
+    prefill_prompts,
 )
 from nabla_jax.decoding.sampling import SamplingConfig
 from nabla_jax.decoding.stopping import (
@@ -77,10 +78,13 @@ def _generate(lm, ids, mask, keys, budget, params, tables, *, num_new, prog, kee
         hidden=c.hidden_size if "hidden" in keep else None,
         dtype=jnp.dtype(lm.dtype),
     )
+    p = ids.shape[1]
+    kv, logits, hidden = prefill_prompts(lm, ids, mask, p + num_new + 1)
     start = jnp.zeros((b,), jnp.int32)
-    out, calls = continue_responses(
-        lm, ids, mask, resp, start, budget, budget > 0, keys, params, tables, prog, pad_id
-    )
+    out, _, calls = continue_responses(
+        lm, kv, p, jnp.sum(mask, axis=-1), (logits, hidden), resp, start, budget, budget > 0,
+        keys, params, tables, prog, pad_id,
+    )  # fmt: skip
     return PaddedRollout(out.tokens, out.length, out.logits, out.hidden, out.stop, calls)
 
 

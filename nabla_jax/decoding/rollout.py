@@ -1,19 +1,20 @@
-"""Rollouts in fixed shapes: continue responses from any position with one KV-cached program.
+"""Rollouts in fixed shapes: continue responses from any position on a kept KV cache.
 
 The core, :func:`continue_responses`, works in *response coordinates*: each row has a prompt
-``[P]`` (any 0/1 mask) and a response buffer ``[L]``; the row keeps its first ``start[b]``
-response tokens and samples the rest, token ``j`` landing in slot ``P + j`` of a ``P + L`` slot
-KV cache (per-row write slots), until EOS, a stop sequence or its length limit. One prefill over
-all ``P + L`` slots (the kept tokens are real, the rest masked) and one ``lax.while_loop`` that
-forwards one token per step; every shape depends on ``B``, ``P`` and ``L`` only. The same core
-makes the ∇-Reasoner decoder's first rollouts (``start = 0``) and its proposals (``start`` =
-after the resampled token) inside its compiled loop, and the baselines' samples.
+(``P`` slots) and a response buffer ``[L]``; the row keeps its first ``start[b]`` response tokens
+and samples the rest, token ``j``'s keys/values landing in slot ``P + j`` of the row's cache
+(per-row write slots), until EOS, a stop sequence or its length limit. The cache comes in
+holding the prompt (:func:`prefill_prompts`) and the kept tokens, so a rollout is only a
+``lax.while_loop`` that forwards one token per row per step — no prefill; every shape depends on
+``B``, ``P`` and ``L`` only. The same core makes the ∇-Reasoner decoder's first rollouts
+(``start = 0``) and its proposals (``start`` = after the resampled token, on a copy of the
+current response's cache) inside its compiled loop, and the baselines' samples.
 
 Per-row randomness: generated token ``t`` of row ``b`` (counting from ``start``) is drawn with
 ``fold_in(keys[b], t)``, so a row's tokens do not depend on its neighbours. Temperature, top-k
 and top-p are run-time values; whether sampling is greedy or filtered is static.
 
-Model calls: one per generated token (the prefill produces the first).
+Model calls: one per generated token.
 
 Host API: :func:`generate_padded` (already padded prompts) and :func:`rollout` (id lists).
 """
@@ -41,9 +42,12 @@ __all__ = [
     "SamplingParams",
     "SamplingProgram",
     "TRACE_COUNTS",
+    "KVState",
     "continue_responses",
     "empty_responses",
     "position_stats",
+    "prefill_prompts",
+    "select_rows",
 ]
 
 # Incremented each time a rollout program is traced (= compiled); tests count compiles with it.
@@ -146,27 +150,86 @@ def _set_rows(buffer, index, value, rows):
     return buffer.at[b, index].set(jnp.where(cond, value.astype(buffer.dtype), old))
 
 
+class KVState(NamedTuple):
+    """An LM key/value cache of ``B`` rows with its valid-slot mask.
+
+    Slots: ``[0, P)`` the prompt, ``P + j`` response token ``j``, and at least one spare slot
+    at the end (the last one is scratch: idle rows write there). ``mask [B, S]`` marks the slots
+    that hold real keys/values; a response's last token has none until it is forwarded.
+    """
+
+    cache: object
+    mask: jax.Array
+
+
+def select_rows(rows, new, old):
+    """Per leaf of two like pytrees: ``new`` in the rows of ``rows [B]``, else ``old``; a
+    ``KVCache`` leaf ``[layers, B, ...]`` is selected along its batch axis."""
+    from nabla_jax.models.layers import KVCache
+
+    def pick(n, o, axis):
+        shape = [1] * o.ndim
+        shape[axis] = rows.shape[0]
+        return jnp.where(rows.reshape(shape), n, o)
+
+    def walk(n, o):
+        if isinstance(o, KVCache):
+            return KVCache(pick(n.k, o.k, 1), pick(n.v, o.v, 1))
+        return jax.tree.map(lambda a, c: pick(a, c, 0), n, o)
+
+    is_cache = lambda x: isinstance(x, KVCache)
+    return jax.tree.map(walk, new, old, is_leaf=is_cache)
+
+
+def prefill_prompts(lm, prompt_ids, prompt_mask, slots: int):
+    """Forward the prompts ``[B, P]`` into a fresh cache of ``slots`` slots (traceable).
+
+    Returns ``(KVState, logits [B, V] float32, hidden [B, D])`` — the logits and hidden state
+    at each prompt's last real token, which predict response token 0.
+    """
+    b, p = prompt_ids.shape
+    mask = prompt_mask.astype(jnp.int32)
+    key_mask = jnp.concatenate([mask, jnp.zeros((b, slots - p), jnp.int32)], axis=1)
+    out = lm.forward(
+        prompt_ids,
+        mask,
+        position_ids=default_positions(mask),
+        cache=lm.init_cache(b, slots),
+        write_index=0,
+        key_mask=key_mask,
+    )
+    hidden = jnp.take_along_axis(out.hidden, last_valid_index(mask)[:, None, None], 1)[:, 0]
+    return KVState(out.cache, key_mask), lm.head_logits(hidden).astype(jnp.float32), hidden
+
+
 class _Loop(NamedTuple):
-    t: jax.Array  # generated tokens so far (scalar): the next one is t
+    t: jax.Array  # step: forwards response token start+t-1, draws token start+t
     resp: Responses
     done: jax.Array  # [B]
     window: jax.Array  # [B, M] last generated tokens (-1 = none), for stop-sequence matching
-    cache: object
-    key_mask: jax.Array  # [B, P + L]
+    kv: KVState
 
 
 def continue_responses(
-    lm, prompt_ids, prompt_mask, resp: Responses, start, limit, active, keys, params, tables,
-    prog: SamplingProgram, pad_id: int = 0,
-) -> tuple[Responses, jax.Array]:  # fmt: skip
+    lm, kv: KVState, prompt_width: int, prompt_len, first, resp: Responses, start, limit, active,
+    keys, params, tables, prog: SamplingProgram, pad_id: int = 0,
+) -> tuple[Responses, KVState, jax.Array]:  # fmt: skip
     """Keep each active row's first ``start[b]`` response tokens and sample the rest (traceable).
+
+    The cache must hold the keys/values of the prompt and of response tokens ``[0, start-1)``;
+    each step forwards one token per row (first token ``start-1``, whose logits predict token
+    ``start``), so there is no prefill. A row with ``start == 0`` draws its first token from
+    ``first`` (the prompt's last logits and hidden state, from :func:`prefill_prompts`).
 
     Args:
       lm: a ``CausalLM``.
-      prompt_ids, prompt_mask: ``[B, P]`` prompts (at least one real token per active row).
+      kv: the rows' :class:`KVState` (``S >= P + L + 1`` slots).
+      prompt_width: ``P``, the prompt slots (response token ``j`` lives in slot ``P + j``).
+      prompt_len: ``[B]`` real prompt tokens (positions continue from there).
+      first: ``(logits [B, V], hidden [B, D])`` predicting response token 0.
       resp: :class:`Responses` with ``L`` slots; an active row's tokens ``[0, start)`` are kept.
       start: ``[B]`` int32 first response index to generate.
-      limit: ``[B]`` int32 response length limit (``<= L``): a row stops at ``limit`` tokens.
+      limit: ``[B]`` int32 response length limit (``<= L``).
       active: ``[B]`` bool rows to roll out; the others are returned unchanged.
       keys: ``[B]`` PRNG keys (ignored when greedy).
       params, prog: sampling values (run-time) and structure (static).
@@ -174,32 +237,42 @@ def continue_responses(
       pad_id: id written past a row's new length.
 
     Returns:
-      ``(responses, calls [B])``: updated buffers (``length`` = ``start`` + generated tokens for
-      active rows) and the model calls of each row (its generated tokens).
+      ``(responses, kv, calls [B])``: updated buffers (``length`` = ``start`` + generated tokens
+      for active rows), the cache with every token but each response's last forwarded, and the
+      model calls of each row (its generated tokens).
     """
-    b, p_len = prompt_ids.shape
-    n = resp.tokens.shape[1]
+    b, n = resp.tokens.shape
     slots = jnp.arange(n)[None, :]
-    prompt_len = jnp.sum(prompt_mask.astype(jnp.int32), axis=-1)
-    kept = (slots < start[:, None]).astype(jnp.int32)
-    key_mask = jnp.concatenate([prompt_mask.astype(jnp.int32), kept], axis=1)
-    ids = jnp.concatenate([prompt_ids, jnp.where(kept > 0, resp.tokens, pad_id)], axis=1)
-    out = lm.forward(
-        ids,
-        key_mask,
-        position_ids=default_positions(key_mask),
-        cache=lm.init_cache(b, p_len + n),
-        write_index=0,
-        key_mask=key_mask,
-    )
-    hidden0 = jnp.take_along_axis(out.hidden, last_valid_index(key_mask)[:, None, None], 1)[:, 0]
-    logits0 = lm.head_logits(hidden0).astype(jnp.float32)
+    scratch = kv.mask.shape[1] - 1
+    p_len = prompt_width
+    first_logits, first_hidden = first
     fresh_tokens = jnp.where(active[:, None] & (slots >= start[:, None]), pad_id, resp.tokens)
     resp = resp._replace(tokens=fresh_tokens)
 
-    def record(state: _Loop, logits, hidden) -> _Loop:
+    def step(state: _Loop) -> _Loop:
         t, r = state.t, state.resp
-        j = jnp.minimum(start + t, n - 1)  # response index of this token (clamped when done)
+        idx = start + t - 1  # the token forwarded this step
+        forward = ~state.done & (idx >= 0)
+        slot = jnp.where(forward, p_len + idx, scratch)
+        tok_in = jnp.take_along_axis(r.tokens, jnp.clip(idx, 0, n - 1)[:, None], axis=1)
+        mask = _set_rows(state.kv.mask, slot, jnp.ones((b,), jnp.int32), forward)
+        out = lm.forward(
+            tok_in,
+            jnp.ones((b, 1), jnp.int32),
+            position_ids=(prompt_len + jnp.maximum(idx, 0))[:, None],
+            cache=state.kv.cache,
+            write_index=slot,
+            key_mask=mask,
+        )
+        before = (idx < 0)[:, None]  # a fresh row: token 0 comes from the prompt's logits
+        hidden = jnp.where(before, first_hidden.astype(out.hidden.dtype), out.hidden[:, 0])
+        logits = jnp.where(before, first_logits, lm.head_logits(out.hidden[:, 0]))
+        state = state._replace(kv=KVState(out.cache, mask))
+        return _record(state, logits.astype(jnp.float32), hidden)
+
+    def _record(state: _Loop, logits, hidden) -> _Loop:
+        t, r = state.t, state.resp
+        j = jnp.minimum(start + t, n - 1)  # response index of the drawn token (clamped)
         writing = ~state.done
         tok = _draw(keys, t, logits, params, prog)
         r = r._replace(
@@ -235,32 +308,12 @@ def continue_responses(
         resp=resp,
         done=~active | (start >= limit),
         window=jnp.full((b, tables.window), -1, jnp.int32),
-        cache=out.cache,
-        key_mask=key_mask,
+        kv=kv,
     )
-    state = record(init, logits0, hidden0)
 
     def cond(state: _Loop):
         return (state.t < n) & ~jnp.all(state.done)
 
-    def body(state: _Loop) -> _Loop:
-        # Forward the token drawn last (response index start+t-1) to get the logits of the next.
-        prev = jnp.minimum(start + state.t - 1, n - 1)
-        slot = p_len + prev
-        tok = jnp.take_along_axis(state.resp.tokens, prev[:, None], axis=1)  # [B, 1]
-        key_mask = _set_rows(state.key_mask, slot, jnp.ones((b,), jnp.int32), ~state.done)
-        step = lm.forward(
-            tok,
-            jnp.ones((b, 1), jnp.int32),
-            position_ids=(prompt_len + prev)[:, None],
-            cache=state.cache,
-            write_index=slot,
-            key_mask=key_mask,
-        )
-        hidden = step.hidden[:, 0]
-        logits = lm.head_logits(hidden).astype(jnp.float32)
-        return record(state._replace(cache=step.cache, key_mask=key_mask), logits, hidden)
-
-    state = jax.lax.while_loop(cond, body, state)
+    state = jax.lax.while_loop(cond, step, init)
     calls = jnp.where(active, jnp.maximum(state.resp.length - start, 0), 0)
-    return state.resp, calls
+    return state.resp, state.kv, calls

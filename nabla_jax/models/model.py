@@ -196,21 +196,17 @@ class _Model:
           attention_mask: ``[B, T]`` 1 for real tokens (left or right padding).
           position_ids: ``[B, T]``; default ``max(cumsum(mask)-1, 0)``, as HF ``generate``.
           cache: KV buffers from ``init_cache`` / an earlier call, or None.
-          write_index: cache slot of the first new token.
+          write_index: cache slot of the first new token: a scalar, or ``[B]`` (per row).
           key_mask: ``[B, S]`` valid slots of the cache after this call's writes (required with
             a cache; without one it is ``attention_mask``).
         """
-        c = self.config
         ids, embeds, mask, positions = self._prepare(
             input_ids, inputs_embeds, attention_mask, position_ids
         )
         b, t = mask.shape
+        # Slots are storage: padding may make a sequence longer than the model's positions;
+        # what must fit are the positions themselves (checked in _prepare when concrete).
         if cache is None:
-            if t > c.max_position_embeddings:
-                raise ValueError(
-                    f"sequence of {t} tokens exceeds the model's {c.max_position_embeddings} "
-                    "positions; shorten the prompt or max_length"
-                )
             key_mask = mask
         elif key_mask is None:
             raise ValueError("forward with a cache needs key_mask [B, S] over the cache slots")

@@ -1,0 +1,176 @@
+"""``DecodeConfig``: the settings of the ∇-Reasoner loop, split into structure and numbers.
+
+``DecodeConfig.program()`` keeps what shapes the compiled loop (sizes, switches, which criteria
+exist); ``DecodeConfig.hyper()`` carries every number (thresholds, sampling temperatures,
+top-k/top-p, DTO hyperparameters, the generation budget) as run-time values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from nabla_jax.decoding.rollout import SamplingParams, SamplingProgram
+from nabla_jax.decoding.sampling import SamplingConfig
+from nabla_jax.dto_config import DTOConfig, DTOHyper
+
+__all__ = ["DecodeConfig", "DecodeHyper"]
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _is_real(v) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeConfig:
+    """Settings of the ∇-Reasoner loop, validated on construction.
+
+    Defaults follow the public ∇-Reasoner MATH-500 script (see the docs' algorithm page).
+
+    Attributes:
+      max_length: most generated tokens per response.
+      max_n_generations: most rollouts per prompt, the initial one included.
+      rollout: sampling of rollouts (τ 0.6, top-p 0.95).
+      resample: sampling of the refined position (τ 0.5, top-p 0.95).
+      confidence_threshold: a position is uncertain when its top-1 probability is ≤ this
+        (None = criterion off).
+      entropy_threshold: ... and its entropy (nats) is ≥ this (None or 0 = off).
+      grad_threshold: ... and ``‖∂loss/∂y_k‖₂`` from a probe is ≥ this (None = off; the probe
+        costs 4 model calls).
+      dto: the refinement's ``DTOConfig`` (defaults: the paper's 20 steps, lr 0.01,
+        reward_coeff 1, gradient caching, only position 0 updated).
+      dto_window: most ahead tokens in a DTO (and probe) window, from the selected position;
+        None = the whole rest of the rollout. The RM always sees the whole response.
+      rejection_sampling: accept a proposal only if the RM scores it above the current one.
+      use_dto: False resamples from the unrefined rollout logits (an ablation).
+      stop_strings: strings that end a response (the text is trimmed before them).
+      eos_ids: ids that end a response; None = the LM config's EOS ids plus the tokenizer's.
+      system: optional system message for the LM and RM chat templates.
+      batch_size: rows decoded at once (the compiled loop's batch; a finished row takes the
+        next waiting prompt).
+    """
+
+    max_length: int = 1024
+    max_n_generations: int = 8
+    rollout: SamplingConfig = SamplingConfig(temperature=0.6, top_p=0.95)
+    resample: SamplingConfig = SamplingConfig(temperature=0.5, top_p=0.95)
+    confidence_threshold: float | None = 0.97
+    entropy_threshold: float | None = None
+    grad_threshold: float | None = 4.0
+    dto: DTOConfig = DTOConfig()
+    dto_window: int | None = 32
+    rejection_sampling: bool = True
+    use_dto: bool = True
+    stop_strings: tuple[str, ...] = ()
+    eos_ids: tuple[int, ...] | None = None
+    system: str | None = None
+    batch_size: int = 8
+
+    def __post_init__(self):
+        def bad(name, want):
+            raise ValueError(f"DecodeConfig.{name}={getattr(self, name)!r}: must be {want}")
+
+        for name in ("max_length", "max_n_generations", "batch_size"):
+            if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
+                bad(name, "an int ≥ 1")
+        for name in ("rollout", "resample"):
+            if not isinstance(getattr(self, name), SamplingConfig):
+                bad(name, "a SamplingConfig")
+        c = self.confidence_threshold
+        if c is not None and not (_is_real(c) and 0 <= c <= 1):
+            bad("confidence_threshold", "None or a number in [0, 1]")
+        for name in ("entropy_threshold", "grad_threshold"):
+            v = getattr(self, name)
+            if v is not None and not (_is_real(v) and v >= 0):
+                bad(name, "None or a finite number ≥ 0")
+        if not isinstance(self.dto, DTOConfig):
+            bad("dto", "a DTOConfig")
+        if self.dto_window is not None and (not _is_int(self.dto_window) or self.dto_window < 1):
+            bad("dto_window", "None or an int ≥ 1")
+        for name in ("rejection_sampling", "use_dto"):
+            if not isinstance(getattr(self, name), bool):
+                bad(name, "a bool")
+        stops = self.stop_strings
+        if isinstance(stops, str):
+            bad("stop_strings", "a tuple of strings (not one string)")
+        stops = tuple(stops)
+        if any(not isinstance(s, str) or not s for s in stops):
+            bad("stop_strings", "a tuple of non-empty strings")
+        object.__setattr__(self, "stop_strings", stops)
+        if self.eos_ids is not None:
+            eos = tuple(self.eos_ids)
+            if not eos or any(not _is_int(e) or e < 0 for e in eos):
+                bad("eos_ids", "None or a non-empty tuple of token ids ≥ 0")
+            object.__setattr__(self, "eos_ids", tuple(int(e) for e in eos))
+        if self.system is not None and not isinstance(self.system, str):
+            bad("system", "None or a string")
+
+    @property
+    def uses_probe(self) -> bool:
+        return self.grad_threshold is not None
+
+    @property
+    def window(self) -> int:
+        """``K``: slots of a DTO / probe window (``dto_window`` capped at ``max_length``)."""
+        return self.max_length if self.dto_window is None else min(self.dto_window, self.max_length)
+
+    def hyper(self) -> DecodeHyper:
+        """The numbers of this config as run-time values of the compiled loop."""
+        f = np.float32
+        return DecodeHyper(
+            max_n_generations=np.int32(self.max_n_generations),
+            confidence_threshold=f(self.confidence_threshold or 0.0),
+            entropy_threshold=f(self.entropy_threshold or 0.0),
+            grad_threshold=f(self.grad_threshold or 0.0),
+            rollout=SamplingParams.of(self.rollout),
+            resample=SamplingParams.of(self.resample),
+            dto=self.dto.hyper(),
+        )
+
+    def program(self) -> DecodeConfig:
+        """This config with every run-time number and host-only setting at a fixed value: the
+        compiled loop's key. What stays: sizes (``max_length``, ``dto_window``, ``batch_size``),
+        which selection criteria are on, greedy versus filtered sampling, the DTO structure,
+        and the ablation switches."""
+
+        def canon(s: SamplingConfig) -> SamplingConfig:
+            p = SamplingProgram.of(s)
+            return SamplingConfig(
+                temperature=0.0 if p.greedy else 1.0,
+                top_k=int(p.use_top_k),
+                top_p=0.5 if p.use_top_p else 1.0,
+            )
+
+        return dataclasses.replace(
+            self,
+            max_n_generations=1,
+            rollout=canon(self.rollout),
+            resample=canon(self.resample),
+            confidence_threshold=None if self.confidence_threshold is None else 0.5,
+            entropy_threshold=1.0 if self.entropy_threshold else None,
+            grad_threshold=None if self.grad_threshold is None else 1.0,
+            dto=self.dto.program(),
+            stop_strings=(),
+            eos_ids=None,
+            system=None,
+        )
+
+
+class DecodeHyper(NamedTuple):
+    """Run-time numbers of the ∇-Reasoner loop (a sweep over them reuses one program)."""
+
+    max_n_generations: Any
+    confidence_threshold: Any
+    entropy_threshold: Any
+    grad_threshold: Any
+    rollout: SamplingParams
+    resample: SamplingParams
+    dto: DTOHyper

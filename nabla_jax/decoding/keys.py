@@ -1,0 +1,44 @@
+"""Where every random number of a decode comes from: the user's key, the prompt, a stream, a count.
+
+A prompt's base key is ``fold_in(key, prompt_id)`` with ``prompt_id`` the crc32 of its chat
+messages — never its position in a batch — so a prompt decodes the same alone or in company.
+Each use then folds in a stream id and the prompt's own counter:
+
+* ``ROLLOUT`` and the generation number (0 for the first rollout; Best-of-N sample ``i`` uses
+  ``i``, so sample 0 is the ∇-Reasoner decoder's first rollout under the same key);
+* ``RESAMPLE`` and the iteration number; ``DTO`` and the refinement number (Gumbel noise);
+  ``PROBE`` and the probe number.
+
+Two identical prompts in one call therefore decode identically; fold a sample index into ``key``
+(one call per sample) for distinct samples.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+__all__ = ["DTO", "PROBE", "RESAMPLE", "ROLLOUT", "prompt_id", "stream_keys"]
+
+ROLLOUT, RESAMPLE, DTO, PROBE = 0, 1, 2, 3
+
+
+def prompt_id(messages: Any) -> int:
+    """A stable 31-bit id of a prompt's content (crc32 of its chat messages as JSON)."""
+    blob = json.dumps(messages, sort_keys=True, ensure_ascii=False).encode("utf-8")
+    return zlib.crc32(blob) & 0x7FFFFFFF
+
+
+def stream_keys(base_data, stream: int, counter):
+    """Keys ``[B]`` ``fold_in(fold_in(base_b, stream), counter_b)`` from base key data ``[B, 2]``
+    (uint32) and ``counter [B]`` (traceable)."""
+    base = jax.random.wrap_key_data(base_data)
+
+    def one(k, n):
+        return jax.random.fold_in(jax.random.fold_in(k, stream), n)
+
+    return jax.vmap(one)(base, jnp.asarray(counter, jnp.uint32))

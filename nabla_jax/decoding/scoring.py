@@ -1,0 +1,144 @@
+"""Reward-model scores of whole responses: one function for acceptance tests and Best-of-N.
+
+A response is scored as ``RM template prefix ++ response ++ RM template suffix`` with a trailing
+EOS dropped, so every candidate of a prompt is framed identically. On device the three parts stay
+in fixed-shape buffers (``[B, Q]``, ``[B, L]``, ``[B, S]``) and the gaps between them are masked:
+positions follow the mask and the score is read at the last real token, which equals scoring the
+concatenated ids (:func:`score_responses`). :func:`rm_scores` scores id lists from the host.
+A user-supplied scorer (a Python function of id lists) can stand in for the reward model inside
+compiled programs through :func:`callback_scores`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from nabla_jax.buckets import bucket_length, pad_ids
+from nabla_jax.decoding.stopping import hits_eos
+from nabla_jax.models.model import default_positions, last_valid_index
+
+__all__ = [
+    "Scorer",
+    "callback_scores",
+    "response_inputs",
+    "rm_input_length",
+    "rm_scores",
+    "score_inputs",
+    "score_responses",
+]
+
+Scorer = Callable[[list[list[int]]], Sequence[float]]
+
+
+def response_inputs(prefix_ids, prefix_mask, tokens, length, suffix_ids, suffix_mask, tables):
+    """RM input ids and mask ``[B, Q + L + S]`` of responses ``tokens [B, L]`` of ``length [B]``.
+
+    A last token that is an EOS id (``tables``) is masked out, like the acceptance test's text.
+    """
+    slots = jnp.arange(tokens.shape[1])[None, :]
+    last = jnp.take_along_axis(tokens, jnp.maximum(length - 1, 0)[:, None], axis=1)[:, 0]
+    body = length - ((length > 0) & hits_eos(last, tables)).astype(jnp.int32)
+    resp_mask = (slots < body[:, None]).astype(jnp.int32)
+    ids = jnp.concatenate([prefix_ids, jnp.where(resp_mask > 0, tokens, 0), suffix_ids], axis=1)
+    mask = jnp.concatenate([prefix_mask, resp_mask, suffix_mask], axis=1).astype(jnp.int32)
+    return ids, mask
+
+
+def rm_input_length(prefix_mask, tokens, length, suffix_mask, tables):
+    """RM input tokens ``[B]`` of responses framed as :func:`response_inputs` frames them."""
+    last = jnp.take_along_axis(tokens, jnp.maximum(length - 1, 0)[:, None], axis=1)[:, 0]
+    body = length - ((length > 0) & hits_eos(last, tables)).astype(jnp.int32)
+    return jnp.sum(prefix_mask, axis=-1) + body + jnp.sum(suffix_mask, axis=-1)
+
+
+def score_inputs(rm, ids, mask):
+    """Reward-model score ``[B]`` float32 of RM inputs (the mean over labels when several)."""
+    score = rm.score(ids, mask)
+    return (score if score.ndim == 1 else jnp.mean(score, axis=-1)).astype(jnp.float32)
+
+
+def callback_scores(scorer: Scorer, ids, mask, wanted):
+    """``scorer`` on the host, from inside a compiled program: float32 ``[B]`` (0 where not
+    ``wanted``). Each wanted row is passed as the list of its masked-in ids."""
+
+    def host(ids, mask, wanted):
+        rows = [
+            np.asarray(i)[np.asarray(m) > 0].tolist()
+            for i, m, w in zip(ids, mask, wanted, strict=True)
+            if w
+        ]
+        out = np.zeros(len(wanted), np.float32)
+        if rows:
+            got = np.asarray(scorer(rows), np.float64).reshape(-1)
+            if got.shape != (len(rows),):
+                raise ValueError(f"scorer returned {got.shape[0]} scores for {len(rows)} inputs")
+            out[np.asarray(wanted, bool)] = got
+        return out
+
+    shape = jax.ShapeDtypeStruct((ids.shape[0],), jnp.float32)
+    return jax.pure_callback(host, shape, ids, mask, wanted, vmap_method="sequential")
+
+
+def score_responses(
+    rm, prefix_ids, prefix_mask, tokens, length, suffix_ids, suffix_mask, tables,
+    scorer: Scorer | None = None, wanted=None, cache_slots: int | None = None,
+):  # fmt: skip
+    """Scores ``[B]`` of responses framed by the RM template (traceable).
+
+    Returns ``(scores, rm_tokens, cache)``: the reward model's (or ``scorer``'s) score, the
+    number of RM input tokens of each row, and — with ``cache_slots`` — the reward model's
+    keys/values of the input (a ``KVCache`` of that many slots; the template prefix in slots
+    ``[0, Q)``, response token ``j`` in slot ``Q + j``), else None.
+    """
+    ids, mask = response_inputs(
+        prefix_ids, prefix_mask, tokens, length, suffix_ids, suffix_mask, tables
+    )
+    n_tokens = jnp.sum(mask, axis=-1)
+    cache = None
+    if cache_slots is not None:
+        b, t = ids.shape
+        out = rm.forward(
+            ids,
+            mask,
+            position_ids=default_positions(mask),
+            cache=rm.init_cache(b, cache_slots),
+            write_index=0,
+            key_mask=jnp.pad(mask, ((0, 0), (0, cache_slots - t))),
+        )
+        cache = out.cache
+        if scorer is None:
+            pooled = jnp.take_along_axis(out.hidden, last_valid_index(mask)[:, None, None], 1)
+            score = rm.score_hidden(pooled[:, 0])
+            score = score if score.ndim == 1 else jnp.mean(score, axis=-1)
+            return score.astype(jnp.float32), n_tokens, cache
+    if scorer is not None:
+        wanted = jnp.ones(ids.shape[0], bool) if wanted is None else wanted
+        return callback_scores(scorer, ids, mask, wanted), n_tokens, cache
+    return score_inputs(rm, ids, mask), n_tokens, cache
+
+
+_score_inputs_jit = jax.jit(score_inputs)
+
+
+def rm_scores(rm, seqs: Sequence[Sequence[int]], *, batch_size: int = 16) -> np.ndarray:
+    """Reward-model scores ``[len(seqs)]`` (float64) of full RM input id lists.
+
+    ``batch_size`` rows per call; the width is bucketed once over all sequences, so one program
+    serves every chunk.
+    """
+    if not len(seqs):
+        return np.zeros((0,), np.float64)
+    pad = rm.config.pad_token_id if rm.config.pad_token_id is not None else 0
+    width = bucket_length(max(max(len(s) for s in seqs), 1))
+    out = []
+    for start in range(0, len(seqs), batch_size):
+        chunk = [list(s) for s in seqs[start : start + batch_size]]
+        rows = chunk + [chunk[0]] * (batch_size - len(chunk))
+        ids, mask = pad_ids(rows, width, left=True, pad_id=pad)
+        scores = np.asarray(_score_inputs_jit(rm, ids, mask))
+        out.append(scores[: len(chunk)].astype(np.float64))
+    return np.concatenate(out)

@@ -1,0 +1,94 @@
+"""DTO and probe windows cut from the loop's state on device, in fixed shapes.
+
+A window of row ``b`` starts at response index ``at[b]`` and spans ``K`` slots (the configured
+window, capped at the response end). Its problem, as :func:`nabla_jax.refine_program.refine_padded`
+expects it:
+
+* LM prefix ``[B, P + L]``: the chat prompt ++ the response buffer, masked to the response's
+  first ``at`` tokens (the committed ones and, for a probe further ahead, the ahead tokens before
+  the window);
+* RM prefix ``[B, Q + L]``: the RM template prefix ++ the same response tokens;
+* window ``[B, K, V | D]``: the stored logits (or hidden states) of positions ``at … at+K-1``;
+* RM suffix ``[B, (L - K) + S]``: the argmax tokens of the rest of the rollout after the window,
+  then the RM template suffix — so the reward model always sees the whole response, while the
+  LM log-likelihood term stops at the window's end.
+
+Gaps between the parts are masked; positions follow the masks.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+from nabla_jax.decoding.state import RowState
+from nabla_jax.refine_batching import PaddedProblems
+from nabla_jax.refine_program import PrefixCaches
+
+__all__ = ["prefix_caches", "window_problems"]
+
+
+def _gather(x, index):
+    """``x [B, L, ...]`` at ``index [B, K]`` (clipped into range) → ``[B, K, ...]``."""
+    index = jnp.clip(index, 0, x.shape[1] - 1)
+    return jnp.take_along_axis(x, index.reshape(index.shape + (1,) * (x.ndim - 2)), axis=1)
+
+
+def window_problems(lm, state: RowState, at, rows, k: int, latents: bool):
+    """The windows of the rows in ``rows [B]`` starting at ``at [B]`` (traceable).
+
+    Returns ``(problems, window_mask [B, K])``; rows outside ``rows`` are masked filler
+    (``row_valid`` 0, empty window).
+    """
+    resp = state.resp
+    n = resp.tokens.shape[1]
+    slots = jnp.arange(n)[None, :]
+    before = (slots < at[:, None]).astype(jnp.int32)
+    offsets = at[:, None] + jnp.arange(k)[None, :]
+    window_mask = ((offsets < resp.length[:, None]) & rows[:, None]).astype(jnp.int32)
+    store = resp.hidden if latents else resp.logits
+    init = _gather(store, offsets).astype(jnp.float32) * window_mask[..., None]
+    ref = lm.head_logits(init) if latents else init
+    tail_at = at[:, None] + k + jnp.arange(n - k)[None, :]
+    tail_mask = (tail_at < resp.length[:, None]).astype(jnp.int32)
+    tail_ids = _gather(resp.argmax, tail_at) * tail_mask
+    problems = PaddedProblems(
+        lm_prefix_ids=jnp.concatenate([state.prompt_ids, resp.tokens * before], axis=1),
+        lm_prefix_mask=jnp.concatenate([state.prompt_mask, before], axis=1),
+        rm_prefix_ids=jnp.concatenate([state.rm_prefix_ids, resp.tokens * before], axis=1),
+        rm_prefix_mask=jnp.concatenate([state.rm_prefix_mask, before], axis=1),
+        rm_suffix_ids=jnp.concatenate([tail_ids, state.rm_suffix_ids], axis=1),
+        rm_suffix_mask=jnp.concatenate([tail_mask, state.rm_suffix_mask], axis=1),
+        init=init,
+        window_mask=window_mask,
+        ref_logits=ref.astype(jnp.float32),
+        row_valid=rows.astype(jnp.float32),
+    )
+    return problems, window_mask
+
+
+def prefix_caches(lm, state: RowState, at, latents: bool) -> PrefixCaches:
+    """The keys/values of the prefixes of windows starting at ``at [B]``, from the caches the
+    loop keeps for the current responses (nothing is recomputed): LM slots of the prompt and
+    response tokens ``[0, at)``, the window written from slot ``P + at``; RM slots of the
+    template prefix and the same tokens, the window written from ``Q + at``."""
+    resp = state.resp
+    n = resp.tokens.shape[1]
+    before = (jnp.arange(n)[None, :] < at[:, None]).astype(jnp.int32)
+    p, q = state.prompt_ids.shape[1], state.rm_prefix_ids.shape[1]
+    lm_slots = state.lm_kv.mask.shape[1]
+    rm_slots = state.rm_cache.k.shape[2]
+    lm_mask = jnp.concatenate([state.prompt_mask, before], axis=1)
+    rm_mask = jnp.concatenate([state.rm_prefix_mask, before], axis=1)
+    if latents:
+        last = lm.head_logits(_gather(resp.hidden, at[:, None])[:, 0])
+    else:
+        last = _gather(resp.logits, at[:, None])[:, 0]
+    return PrefixCaches(
+        lm_cache=state.lm_kv.cache,
+        lm_key_mask=jnp.pad(lm_mask, ((0, 0), (0, lm_slots - p - n))),
+        lm_write=p + at,
+        lm_last=last.astype(jnp.float32),
+        rm_cache=state.rm_cache,
+        rm_key_mask=jnp.pad(rm_mask, ((0, 0), (0, rm_slots - q - n))),
+        rm_write=q + at,
+    )
