@@ -138,7 +138,7 @@ def _ensure_cache() -> str:
     have = jax.config.jax_compilation_cache_dir
     if have:
         return f"nabla_jax ({have})"
-    if want:
+    if want and want.lower() not in ("off", "none", "0"):
         jax.config.update("jax_compilation_cache_dir", want)
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
         jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
