@@ -410,6 +410,10 @@ def main(argv=None) -> dict:
     env["load_average_end"] = os.getloadavg()
     same = len({r[w]["tokens_sha256"] for r in nabla for w in ("cold", "warm", "cached")}) == 1
 
+    best = {
+        way: max(nabla, key=lambda r, way=way: r[way]["problems_per_s"])["batch_size"]
+        for way in ("cold", "cached", "warm")
+    }
     n = args.num_problems
     print(f"\n1-2. ∇-Reasoner, {n} test problems (seed {args.seed}), bundled pair and settings")
     head = f"{'batch':>5} {'run':<7}{'s':>8}{'prob/s':>8}{'twin/JAX':>9}{'compiles':>9}"
@@ -435,6 +439,7 @@ def main(argv=None) -> dict:
             f"   (PyTorch eager, {twin['torch_threads']} threads)"
         )
     print(f"identical responses across batch sizes and cold/cached/warm: {same}")
+    print("fastest batch size: " + ", ".join(f"{w} {b}" for w, b in best.items()))
     if baselines:
         print(f"\n3. Baselines, {n} problems, batch_size {baselines['batch_size']}")
         print(f"{'method':<14}{'pass 1 s':>9}{'pass 2 s':>9}{'prob/s (2)':>11}{'compiles':>9}"
@@ -459,6 +464,7 @@ def main(argv=None) -> dict:
         twin=twin,
         nabla=nabla,
         identical_responses=same,
+        fastest_batch_size=best,
         baselines=baselines,
         generate=generate,
     )
