@@ -41,6 +41,8 @@ def test_bench_gpu_tiny(tmp_path):
     )
     saved = json.loads(out.read_text())
     assert saved["models"]["shape"] == "tiny" and saved["models"]["dtype"] == "float32"
+    check = result["flops_check"]
+    assert 0.8 < check["forward_ratio"] < 1.25 and 0.8 < check["forward_backward_ratio"] < 1.25
     (dto,) = result["dto"]
     assert dto["step_s"] > 0 and 0 < dto["mfu"] < 1
     assert dto["model_calls_per_row"] == 4 * dto["steps"]  # caching off: every step is full
