@@ -129,7 +129,8 @@ class TorchNablaDecoder:
         """HF ``generate`` (KV cache) of up to ``budget`` tokens, with the raw logits."""
         s = self.cfg.rollout
         greedy = s.temperature == 0
-        kw = {} if greedy else dict(temperature=s.temperature, top_k=s.top_k or None, top_p=s.top_p)
+        # top_k=0 switches HF's top-k off (None would mean its default of 50)
+        kw = {} if greedy else dict(temperature=s.temperature, top_k=s.top_k, top_p=s.top_p)
         ctx = contextlib.nullcontext() if greedy else torch.random.fork_rng()
         with ctx:
             if not greedy:  # HF samples from the global RNG: seed it from this prompt's stream
