@@ -26,28 +26,20 @@ random numbers across methods). Identical prompts in one call get identical samp
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
-from nabla_jax.buckets import bucket_length, pad_ids
-from nabla_jax.decoding.generate import generate_padded
-from nabla_jax.decoding.keys import ROLLOUT, prompt_id
-from nabla_jax.decoding.results import DecodeResult, empty_stats
+from nabla_jax.decoding.results import DecodeResult
+from nabla_jax.decoding.samples import generate_samples, prompt_keys, sample_result
 from nabla_jax.decoding.sampling import SamplingConfig
 from nabla_jax.decoding.scoring import rm_scores
-from nabla_jax.decoding.stopping import STOP_EOS, STOP_REASONS, default_eos_ids, trim_text
+from nabla_jax.decoding.stopping import default_eos_ids
 from nabla_jax.models.model import CausalLM, RewardModel
-from nabla_jax.profiling import device_get
 from nabla_jax.tasks.arithmetic import extract_answer
 from nabla_jax.templates import (
-    build_messages,
-    lm_prompt_ids,
     require_chat_template,
     rm_prefix_suffix_ids,
 )
@@ -68,14 +60,6 @@ GREEDY = SamplingConfig(temperature=0.0)
 # --------------------------------------------------------------------------------------------
 # Shared machinery
 # --------------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class _Sample:
-    tokens: list[int]
-    text: str
-    stop_reason: str
-    calls: int
 
 
 def _accepts_mesh(fn):
@@ -113,105 +97,6 @@ def _check_common(lm, prompts, max_length: int, batch_size: int, n: int = 1) -> 
     return list(prompts)
 
 
-def prompt_keys(key, prompt: Any, n: int, *, system: str | None = None) -> jax.Array:
-    """The ``[n]`` rollout keys of a prompt's samples (independent of the batch it is in).
-
-    ``fold_in(fold_in(fold_in(key, prompt_id), ROLLOUT), i)`` for ``i < n``, where ``prompt_id``
-    is the ∇-Reasoner decoder's crc32 of the prompt's chat messages.
-    """
-    base = jax.random.fold_in(key, prompt_id(build_messages(prompt, system=system)))
-    stream = jax.random.fold_in(base, ROLLOUT)
-    return jnp.stack([jax.random.fold_in(stream, i) for i in range(n)])
-
-
-def _generate(
-    lm,
-    prompts: list,
-    key,
-    n: int,
-    *,
-    sampling: SamplingConfig,
-    max_length: int,
-    stop_strings: Sequence[str],
-    eos_ids: Sequence[int] | None,
-    system: str | None,
-    batch_size: int,
-) -> list[list[_Sample]]:
-    """``n`` samples of every prompt, batched over (prompt, sample) rows in input order."""
-    if not isinstance(sampling, SamplingConfig):
-        raise TypeError(f"sampling must be a SamplingConfig, got {type(sampling).__name__}")
-    stop_strings = tuple(stop_strings)
-    if eos_ids is None:
-        eos_ids = default_eos_ids(lm)
-    greedy = sampling.greedy
-    if not greedy and key is None:
-        raise ValueError("sampling with temperature > 0 needs a key")
-    rows = []  # (prompt ids, key or None)
-    for p in prompts:
-        ids = lm_prompt_ids(lm.tokenizer, p, system=system)
-        keys = None if greedy else prompt_keys(key, p, n, system=system)
-        rows += [(ids, None if keys is None else keys[i]) for i in range(n)]
-    # One program for every chunk: batch_size rows (short chunks padded with idle rows of budget
-    # 0), the prompt width bucketed once over all rows, max_length response slots.
-    pad = lm.config.pad_token_id if lm.config.pad_token_id is not None else 0
-    width = bucket_length(max(len(r[0]) for r in rows))
-    stop_ids = [lm.tokenizer.encode(s, add_special_tokens=False) for s in stop_strings]
-    samples: list[_Sample] = []
-    for start in range(0, len(rows), batch_size):
-        chunk = rows[start : start + batch_size]
-        m = len(chunk)
-        padded = chunk + [chunk[0]] * (batch_size - m)
-        ids, mask = pad_ids([r[0] for r in padded], width, left=True, pad_id=pad)
-        out = generate_padded(
-            lm,
-            ids,
-            mask,
-            None if greedy else jnp.stack([r[1] for r in padded]),
-            max_new_tokens=np.asarray([max_length] * m + [0] * (batch_size - m), np.int32),
-            sampling=sampling,
-            eos_ids=eos_ids,
-            stop_ids=stop_ids,
-            buffer_len=max_length,
-            return_logits=False,
-            pad_id=pad,
-        )
-        tokens, lengths, codes = device_get((out.tokens, out.lengths, out.stop))
-        for j in range(m):
-            toks = tokens[j, : int(lengths[j])].tolist()
-            body = toks[:-1] if codes[j] == STOP_EOS else toks
-            text, cut = trim_text(lm.tokenizer.decode(body), stop_strings)
-            reason = "stop_string" if cut else STOP_REASONS[int(codes[j])]
-            samples.append(_Sample(tokens=toks, text=text, stop_reason=reason, calls=len(toks)))
-    return [samples[i * n : (i + 1) * n] for i in range(len(prompts))]
-
-
-def _result(prompt, method: str, samples: list[_Sample], chosen: int, extra=None) -> DecodeResult:
-    stats = empty_stats()
-    stats["generations"] = len(samples)
-    for s in samples:
-        stats["generated_tokens"] += len(s.tokens)
-        stats["rollout_calls"] += s.calls
-    trace = []
-    for i, s in enumerate(samples):
-        event = {
-            "sample": i,
-            "text": s.text,
-            "token_ids": list(s.tokens),
-            "generated_tokens": len(s.tokens),
-            "stop_reason": s.stop_reason,
-        }
-        if extra is not None:
-            event.update(extra[i])
-        trace.append(event)
-    best = samples[chosen]
-    stats["stop_reason"] = best.stop_reason
-    stats["method"] = method
-    stats["samples"] = len(samples)
-    stats["chosen"] = chosen
-    stats["model_calls"] = stats["rollout_calls"]
-    return DecodeResult(prompt, best.text, list(best.tokens), stats, trace)
-
-
 # --------------------------------------------------------------------------------------------
 # Greedy and sampled chain of thought
 # --------------------------------------------------------------------------------------------
@@ -245,7 +130,7 @@ def greedy_cot(
     prompts = _check_common(lm, prompts, max_length, batch_size)
     if not prompts:
         return []
-    groups = _generate(
+    groups = generate_samples(
         lm,
         prompts,
         None,
@@ -257,7 +142,7 @@ def greedy_cot(
         system=system,
         batch_size=batch_size,
     )
-    return [_result(p, "greedy", g, 0) for p, g in zip(prompts, groups, strict=True)]
+    return [sample_result(p, "greedy", g, 0) for p, g in zip(prompts, groups, strict=True)]
 
 
 @_accepts_mesh
@@ -282,7 +167,7 @@ def sampled_cot(
     prompts = _check_common(lm, prompts, max_length, batch_size)
     if not prompts:
         return []
-    groups = _generate(
+    groups = generate_samples(
         lm,
         prompts,
         key,
@@ -294,7 +179,7 @@ def sampled_cot(
         system=system,
         batch_size=batch_size,
     )
-    return [_result(p, "cot", g, 0) for p, g in zip(prompts, groups, strict=True)]
+    return [sample_result(p, "cot", g, 0) for p, g in zip(prompts, groups, strict=True)]
 
 
 # --------------------------------------------------------------------------------------------
@@ -352,7 +237,7 @@ def best_of_n(
         raise TypeError("scorer must be callable: list of RM input id lists -> scores")
     if not prompts:
         return []
-    groups = _generate(
+    groups = generate_samples(
         lm,
         prompts,
         key,
@@ -382,7 +267,7 @@ def best_of_n(
         sc = scores[i * n : (i + 1) * n]
         chosen = int(np.argmax(sc))  # first index among ties
         extra = [{"score": float(v)} for v in sc]
-        res = _result(p, f"bon:{n}", group, chosen, extra)
+        res = sample_result(p, f"bon:{n}", group, chosen, extra)
         res.stats["score_calls"] = n
         res.stats["rewarded_tokens"] = sum(len(s) for s in seqs[i * n : (i + 1) * n])
         res.stats["model_calls"] = res.stats["rollout_calls"] + n
@@ -467,7 +352,7 @@ def self_consistency(
     prompts = _check_common(lm, prompts, max_length, batch_size, n)
     if not prompts:
         return []
-    groups = _generate(
+    groups = generate_samples(
         lm,
         prompts,
         key,
@@ -483,7 +368,7 @@ def self_consistency(
     for p, group in zip(prompts, groups, strict=True):
         answers = [answer_extractor(s.text) for s in group]
         chosen = majority_vote(answers)
-        res = _result(p, f"sc:{n}", group, chosen, [{"answer": a} for a in answers])
+        res = sample_result(p, f"sc:{n}", group, chosen, [{"answer": a} for a in answers])
         winner = answers[chosen]
         res.stats["answer"] = winner
         res.stats["votes"] = 0 if winner is None else sum(a == winner for a in answers)

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 
 from nabla_jax.decoding.state import RowState
 from nabla_jax.refine_batching import PaddedProblems
-from nabla_jax.refine_program import PrefixCaches
+from nabla_jax.refine_context import PrefixCaches
 
 __all__ = ["prefix_caches", "window_problems"]
 

@@ -1,0 +1,211 @@
+"""What the DTO's models see: the prefixes' keys/values and the loss terms of the models.
+
+:func:`prepare_context` computes, once per refinement call, the committed prefixes' keys/values
+(LM and RM) — or takes them from :class:`PrefixCaches` when the caller keeps them (the decoder
+does) — and the constant embeddings of the RM suffix. :func:`lm_loglik` and :func:`rm_reward`
+then run the models on the window only, every full step.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from nabla_jax.dto_config import DTOConfig
+from nabla_jax.models.model import RewardModel, default_positions, last_valid_index
+from nabla_jax.refine_batching import PaddedProblems
+from nabla_jax.ste import ste_argmax_embed
+
+__all__ = ["Context", "PrefixCaches", "kl_rows", "lm_loglik", "prepare_context", "rm_reward"]
+
+
+def kl_rows(z, ref, mask, direction):
+    """Per-row KL ``[B]``: masked mean over window positions of the per-position KL."""
+    logp = jax.nn.log_softmax(z, axis=-1)
+    logr = jax.nn.log_softmax(jax.lax.stop_gradient(ref), axis=-1)
+    if direction == "ref_theta":
+        per = jnp.sum(jnp.exp(logr) * (logr - logp), axis=-1)
+    else:
+        per = jnp.sum(jnp.exp(logp) * (logp - logr), axis=-1)
+    m = mask.astype(z.dtype)
+    return jnp.sum(per * m, axis=-1) / jnp.maximum(jnp.sum(m, axis=-1), 1.0)
+
+
+class PrefixCaches(NamedTuple):
+    """Keys/values of the committed prefixes, computed elsewhere (the decoder keeps them).
+
+    ``lm_cache`` holds valid keys/values in the slots of ``lm_key_mask [B, S]``; the window is
+    written from slot ``lm_write [B]`` on; ``lm_last [B, V]`` are the logits predicting window
+    position 0. Likewise ``rm_cache`` / ``rm_key_mask`` / ``rm_write`` for the RM prefix, its
+    window, tail and suffix written from ``rm_write``. The caches need room for the writes.
+    """
+
+    lm_cache: Any
+    lm_key_mask: Any
+    lm_write: Any
+    lm_last: Any
+    rm_cache: Any
+    rm_key_mask: Any
+    rm_write: Any
+
+
+class Context(NamedTuple):
+    """What every step needs, computed once per call (prefix KV caches, constant embeddings)."""
+
+    lm_cache: Any
+    lm_write: Any  # slot of window position 0 (scalar or [B])
+    lm_key_mask: Any
+    lm_positions: Any
+    lm_prefix_last: Any  # [B, V] logits predicting window position 0
+    lm_prefix_embeds: Any  # only without prefix caching
+    rm_cache: Any
+    rm_write: Any
+    rm_key_mask: Any
+    rm_positions: Any
+    rm_suffix_embeds: Any
+    rm_prefix_embeds: Any
+    rm_score_index: Any
+
+
+def _open_slots(key_mask, write, new_mask):
+    """``key_mask [B, S]`` with slots ``write[b] + t`` set to ``new_mask[b, t]`` (``[B, T]``)."""
+    b, t = new_mask.shape
+    slots = jnp.reshape(write, (-1, 1)) + jnp.arange(t)[None, :]
+    rows = jnp.arange(b)[:, None]
+    return key_mask.at[rows, slots].set(new_mask.astype(key_mask.dtype), mode="drop")
+
+
+def _take_rows(x, index):
+    """``x [B, T, ...]`` at ``index [B]`` → ``[B, ...]``."""
+    return jnp.take_along_axis(x, index[:, None, None], axis=1)[:, 0]
+
+
+def prepare_context(lm, rm, batch: PaddedProblems, cfg: DTOConfig, given=None) -> Context:
+    """Prefix keys/values once per call: computed here, or taken from ``given`` (PrefixCaches)."""
+    b, p = batch.lm_prefix_ids.shape
+    k = batch.window_mask.shape[1]
+    win = batch.window_mask
+    lm_cache = lm_key_mask = lm_positions = lm_last = lm_prefix_embeds = None
+    lm_write = p
+    if cfg.objective == "paper":
+        n_prefix = jnp.sum(batch.lm_prefix_mask, axis=-1, keepdims=True)
+        lm_positions = n_prefix + jnp.maximum(jnp.cumsum(win, axis=-1) - 1, 0)
+        if given is not None:
+            lm_cache, lm_write, lm_last = given.lm_cache, given.lm_write, given.lm_last
+            lm_key_mask = _open_slots(given.lm_key_mask, lm_write, win)
+        elif cfg.prefix_cache:
+            lm_key_mask = jnp.concatenate([batch.lm_prefix_mask, win], axis=1)
+            out = lm.forward(
+                batch.lm_prefix_ids,
+                batch.lm_prefix_mask,
+                position_ids=default_positions(batch.lm_prefix_mask),
+                cache=lm.init_cache(b, p + k),
+                write_index=0,
+                key_mask=jnp.concatenate([batch.lm_prefix_mask, jnp.zeros_like(win)], axis=1),
+            )
+            lm_cache = out.cache
+            last = last_valid_index(batch.lm_prefix_mask)
+            lm_last = lm.head_logits(_take_rows(out.hidden, last))
+        else:
+            lm_key_mask = jnp.concatenate([batch.lm_prefix_mask, win], axis=1)
+            lm_prefix_embeds = lm.embed(batch.lm_prefix_ids)
+    rm_cache = rm_key_mask = rm_positions = rm_suffix = rm_prefix_embeds = rm_index = None
+    rm_write = batch.rm_prefix_ids.shape[1]
+    if rm is not None:
+        q = batch.rm_prefix_ids.shape[1]
+        s = batch.rm_suffix_ids.shape[1]
+        new_mask = jnp.concatenate([win, batch.rm_suffix_mask], axis=1)
+        n_prefix = jnp.sum(batch.rm_prefix_mask, axis=-1, keepdims=True)
+        rm_positions = n_prefix + jnp.maximum(jnp.cumsum(new_mask, axis=-1) - 1, 0)
+        rm_index = last_valid_index(new_mask)
+        rm_suffix = rm.embed(batch.rm_suffix_ids)
+        if given is not None:
+            rm_cache, rm_write = given.rm_cache, given.rm_write
+            rm_key_mask = _open_slots(given.rm_key_mask, rm_write, new_mask)
+        elif cfg.prefix_cache and q > 0:
+            rm_key_mask = jnp.concatenate([batch.rm_prefix_mask, new_mask], axis=1)
+            out = rm.forward(
+                batch.rm_prefix_ids,
+                batch.rm_prefix_mask,
+                position_ids=default_positions(batch.rm_prefix_mask),
+                cache=rm.init_cache(b, q + k + s),
+                write_index=0,
+                key_mask=jnp.concatenate([batch.rm_prefix_mask, jnp.zeros_like(new_mask)], axis=1),
+            )
+            rm_cache = out.cache
+        else:
+            rm_key_mask = jnp.concatenate([batch.rm_prefix_mask, new_mask], axis=1)
+            rm_prefix_embeds = rm.embed(batch.rm_prefix_ids)
+    return Context(
+        lm_cache, lm_write, lm_key_mask, lm_positions, lm_last, lm_prefix_embeds,
+        rm_cache, rm_write, rm_key_mask, rm_positions, rm_suffix, rm_prefix_embeds, rm_index,
+    )  # fmt: skip
+
+
+def _embed_window(y, table, hard):
+    """``y @ table`` for ``y [B, K, V]``: a gather forward when y is one-hot (hard)."""
+    if hard:
+        return ste_argmax_embed(y, table)
+    return jnp.einsum("bkv,vd->bkd", y, table)
+
+
+def lm_loglik(lm, ctx: Context, batch, y, cfg, nll_coeff):
+    """Paper's LM term per row ``[B]``: nll_coeff · Σ_k mask_k Σ_v y·log_softmax(pred)."""
+    emb = _embed_window(y, lm.embed_matrix(), cfg.hard)
+    k = y.shape[1]
+    p = batch.lm_prefix_ids.shape[1]
+    if ctx.lm_cache is not None:
+        out = lm.forward(
+            inputs_embeds=emb,
+            attention_mask=batch.window_mask,
+            position_ids=ctx.lm_positions,
+            cache=ctx.lm_cache,
+            write_index=ctx.lm_write,
+            key_mask=ctx.lm_key_mask,
+        )
+        win_logits = lm.head_logits(out.hidden[:, : k - 1])
+        pred = jnp.concatenate([ctx.lm_prefix_last[:, None], win_logits], axis=1)
+    else:
+        full = jnp.concatenate([ctx.lm_prefix_embeds.astype(emb.dtype), emb], axis=1)
+        positions = jnp.concatenate(
+            [default_positions(batch.lm_prefix_mask), ctx.lm_positions], axis=1
+        )
+        hidden = lm.forward(
+            inputs_embeds=full, attention_mask=ctx.lm_key_mask, position_ids=positions
+        ).hidden
+        first = _take_rows(hidden, last_valid_index(batch.lm_prefix_mask))[:, None]
+        pred = lm.head_logits(jnp.concatenate([first, hidden[:, p : p + k - 1]], axis=1))
+    per_pos = jnp.sum(y * jax.nn.log_softmax(pred, axis=-1), axis=-1)
+    return nll_coeff * jnp.sum(per_pos * batch.window_mask, axis=-1)
+
+
+def rm_reward(rm, ctx: Context, batch, y, rm_table, cfg):
+    """Reward per row ``[B]`` of RM prefix ++ window ++ suffix, read at the last real token."""
+    emb = _embed_window(y, rm_table, cfg.hard)
+    new = jnp.concatenate([emb, ctx.rm_suffix_embeds.astype(emb.dtype)], axis=1)
+    new_mask = jnp.concatenate([batch.window_mask, batch.rm_suffix_mask], axis=1)
+    q = batch.rm_prefix_ids.shape[1]
+    if ctx.rm_cache is not None:
+        hidden = rm.forward(
+            inputs_embeds=new,
+            attention_mask=new_mask,
+            position_ids=ctx.rm_positions,
+            cache=ctx.rm_cache,
+            write_index=ctx.rm_write,
+            key_mask=ctx.rm_key_mask,
+        ).hidden
+    else:
+        full = jnp.concatenate([ctx.rm_prefix_embeds.astype(new.dtype), new], axis=1)
+        positions = jnp.concatenate(
+            [default_positions(batch.rm_prefix_mask), ctx.rm_positions], axis=1
+        )
+        hidden = rm.forward(
+            inputs_embeds=full, attention_mask=ctx.rm_key_mask, position_ids=positions
+        ).hidden[:, q:]
+    pooled = _take_rows(hidden, ctx.rm_score_index)
+    if isinstance(rm, RewardModel):
+        score = rm.score_hidden(pooled)
+        return score if score.ndim == 1 else jnp.mean(score, axis=-1)
+    return jnp.mean(rm.head_logits(pooled), axis=-1)  # the sketch's causal-LM reward network
