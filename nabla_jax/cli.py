@@ -47,6 +47,10 @@ def _decode_config(args):
             run = load_run_config(args.config)
         except (ConfigError, FileNotFoundError) as e:
             raise _err(str(e)) from e
+        if run.get("compilation_cache") is False:
+            from nabla_jax import compilation_cache
+
+            compilation_cache.disable()
         return run["decode"], run
     return bundled_decode_config(), {}
 
@@ -195,7 +199,17 @@ def cmd_bench_accuracy(args) -> int:
     return 0
 
 
+def _add_cache_arg(p):
+    p.add_argument(
+        "--no-compilation-cache",
+        action="store_true",
+        help="do not read or write the persistent XLA compilation cache "
+        "(default: on, in $NABLA_JAX_CACHE_DIR or ~/.cache/nabla-jax/xla)",
+    )
+
+
 def _add_model_args(p):
+    _add_cache_arg(p)
     p.add_argument("--lm", help="causal-LM directory (default: the bundled LM)")
     p.add_argument("--rm", help="reward-model directory (default: the bundled RM)")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], help="default float32")
@@ -216,6 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--num-problems", type=int, default=4)
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--show-text", action="store_true", help="print one full response")
+    _add_cache_arg(demo)
     demo.set_defaults(func=cmd_demo)
 
     dec = sub.add_parser("decode", help="decode prompts with ∇-Reasoner")
@@ -245,6 +260,10 @@ def main(argv=None) -> int:
     # transformers is used here for tokenizers only; its "PyTorch was not found" notice is noise.
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     args = build_parser().parse_args(argv)
+    if getattr(args, "no_compilation_cache", False):
+        from nabla_jax import compilation_cache
+
+        compilation_cache.disable()
     for name in ("num_problems", "batch_size"):
         if getattr(args, name, 1) is not None and getattr(args, name, 1) < 1:
             raise _err(f"--{name.replace('_', '-')} must be ≥ 1")

@@ -11,6 +11,7 @@ Layout of a config file (every key optional; unknown keys are an error)::
     models: {lm: path, rm: path, dtype: float32}
     mesh: "data=4,model=2"
     baselines: {temperature: 0.6, top_p: 0.95}   # sampling of CoT / Best-of-N / self-consistency
+    compilation_cache: false   # do not use the persistent XLA compilation cache (default: on)
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from nabla_jax.decoding.config import DecodeConfig
 from nabla_jax.decoding.sampling import SamplingConfig
 from nabla_jax.dto_config import DTOConfig
 
-TOP_LEVEL_KEYS = ("decode", "models", "mesh", "task", "baselines")
+TOP_LEVEL_KEYS = ("decode", "models", "mesh", "task", "baselines", "compilation_cache")
 
 
 class ConfigError(ValueError):
@@ -90,6 +91,10 @@ def load_run_config(path) -> dict[str, Any]:
     if bad:
         raise ConfigError(f"{path}: unknown key(s) {bad} in models; valid keys: lm, rm, dtype")
     out["models"] = models
+    if not isinstance(raw.get("compilation_cache", True), bool):
+        raise ConfigError(
+            f"{path}: compilation_cache must be true or false, got {raw['compilation_cache']!r}"
+        )
     if raw.get("baselines") is not None:
         out["baselines"] = _build(SamplingConfig, raw["baselines"], "baselines")
     return out
