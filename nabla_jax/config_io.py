@@ -11,6 +11,7 @@ Layout of a config file (every key optional; unknown keys are an error)::
     models: {lm: path, rm: path, dtype: float32}
     mesh: "data=4,model=2"
     baselines: {temperature: 0.6, top_p: 0.95}   # sampling of CoT / Best-of-N / self-consistency
+    task: {name: math, instruction: "..."}        # the task's problems, prompts and grader
 """
 
 from __future__ import annotations
@@ -90,6 +91,13 @@ def load_run_config(path) -> dict[str, Any]:
     if bad:
         raise ConfigError(f"{path}: unknown key(s) {bad} in models; valid keys: lm, rm, dtype")
     out["models"] = models
+    if raw.get("task") is not None:
+        from nabla_jax.tasks.registry import task_from_config
+
+        try:
+            task_from_config(raw)
+        except ValueError as e:
+            raise ConfigError(f"{path}: {e}") from e
     if raw.get("baselines") is not None:
         out["baselines"] = _build(SamplingConfig, raw["baselines"], "baselines")
     return out
