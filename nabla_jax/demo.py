@@ -1,0 +1,159 @@
+"""``nabla-jax demo``: greedy vs ∇-Reasoner on a few bundled problems, what ∇ changed in each
+response, then the committed 200-problem benchmark (so the few demo problems are not the whole
+story).
+
+The benchmark summary ships with the package (``assets/benchmark/accuracy_seed0.summary.json``,
+a copy of ``benchmarks/results/accuracy_seed0.summary.json``), so an installed package can show it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from nabla_jax.bundled import ASSETS
+
+BENCHMARK_SUMMARY = ASSETS / "benchmark" / "accuracy_seed0.summary.json"
+
+#: Display names of the benchmark's methods.
+METHOD_LABELS = {
+    "greedy": "greedy CoT",
+    "cot": "sampled CoT",
+    "nabla": "∇-Reasoner",
+    "nabla-norej": "∇-Reasoner, no rejection sampling",
+    "nabla-nodto": "∇-Reasoner, resampling without DTO",
+    "nabla-nocache": "∇-Reasoner, no gradient caching",
+}
+
+
+def method_label(method: str) -> str:
+    """``bon:8`` → ``Best-of-8``, ``sc:4`` → ``self-consistency-4``, else :data:`METHOD_LABELS`."""
+    base, _, n = method.partition(":")
+    if base == "bon":
+        return f"Best-of-{n}"
+    if base == "sc":
+        return f"self-consistency-{n}"
+    return METHOD_LABELS.get(method, method)
+
+
+def load_benchmark_summary(path: str | Path = BENCHMARK_SUMMARY) -> dict:
+    """The committed ``{method: {accuracy, mean_model_calls, wall_seconds, n}}`` summary."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"benchmark summary {path} is missing; reinstall nabla-jax")
+    return json.loads(path.read_text())
+
+
+def benchmark_table(summary: dict, title: str | None = None):
+    """A ``rich.table.Table`` of accuracy against mean model calls, ∇-Reasoner in bold."""
+    from rich.table import Table
+
+    table = Table(title=title, header_style="bold")
+    for col in ("method", "accuracy", "mean model calls", "n"):
+        table.add_column(col, justify="left" if col == "method" else "right")
+    for m, s in summary.items():
+        table.add_row(
+            method_label(m),
+            f"{100 * s['accuracy']:.1f}%",
+            f"{s['mean_model_calls']:.1f}",
+            str(s["n"]),
+            style="bold" if m == "nabla" else None,
+        )
+    return table
+
+
+def run_demo(num_problems: int = 4, seed: int = 0, show_text: bool = False, console=None) -> int:
+    """Run the demo on the bundled pair and print it to ``console`` (a ``rich`` Console)."""
+    import jax
+    from rich.console import Console
+
+    from nabla_jax.bundled import bundled_decode_config, load_bundled
+    from nabla_jax.decoding.baselines import greedy_cot
+    from nabla_jax.decoding.nabla import NablaDecoder
+    from nabla_jax.revisions import (
+        STYLE_ACCEPTED,
+        STYLE_REJECTED,
+        STYLE_REPLACED,
+        print_revisions,
+        revision_events,
+    )
+    from nabla_jax.tasks import extract_answer, format_prompt, fresh_test_problems, grade
+
+    console = Console(highlight=False, soft_wrap=True) if console is None else console
+    summary = load_benchmark_summary()  # before any compute: a broken install fails fast
+    t0 = time.perf_counter()
+    console.print("Loading the bundled LM and reward model …")
+    lm, rm = load_bundled()
+    problems = fresh_test_problems(num_problems, seed)
+    prompts = [format_prompt(p) for p in problems]
+    cfg = bundled_decode_config()
+    console.print(f"Greedy chain of thought on {len(problems)} test problems …")
+    greedy = greedy_cot(lm, prompts, max_length=cfg.max_length)
+    console.print("∇-Reasoner (DTO + resampling + rejection) on the same problems …")
+    nabla = NablaDecoder(lm, rm, cfg).generate(prompts, jax.random.key(seed), progress=True)
+
+    console.print()
+    header = f"{'problem':<28} {'answer':>6} | {'greedy':>7} {'ok':<3} {'calls':>5} | "
+    header += f"{'∇-Reasoner':>10} {'ok':<3} {'calls':>5} {'gens':>4}"
+    console.print(header)
+    console.print("-" * len(header))
+    tally = [0, 0, 0, 0]
+    for p, g, n in zip(problems, greedy, nabla):
+        g_ok, n_ok = grade(g.text, p.answer), grade(n.text, p.answer)
+        g_calls, n_calls = int(g.stats["model_calls"]), int(n.stats["model_calls"])
+        tally = [tally[0] + g_ok, tally[1] + n_ok, tally[2] + g_calls, tally[3] + n_calls]
+        console.print(
+            f"{p.question:<28} {p.answer:>6} | {str(extract_answer(g.text)):>7} "
+            f"{'✓' if g_ok else '✗':<3} {g_calls:>5} | {str(extract_answer(n.text)):>10} "
+            f"{'✓' if n_ok else '✗':<3} {n_calls:>5} {int(n.stats['generations']):>4}"
+        )
+    k = len(problems)
+    console.print("-" * len(header))
+    console.print(
+        f"greedy {tally[0]}/{k} correct, {tally[2] / k:.0f} calls/problem; "
+        f"∇-Reasoner {tally[1]}/{k} correct, {tally[3] / k:.0f} calls/problem "
+        f"({time.perf_counter() - t0:.0f} s, compilation included)"
+    )
+
+    console.print("\n[bold]What ∇-Reasoner changed[/bold] — ", end="")
+    console.print("replaced", style=STYLE_REPLACED, end=" → ")
+    console.print("accepted revision", style=STYLE_ACCEPTED, end=", ")
+    console.print("rejected proposal (token kept)", style=STYLE_REJECTED, end=", ")
+    console.print("refined, same token", style="underline")
+    console.print(
+        "At each uncertain position ∇-Reasoner optimizes the logits ahead by gradient descent on "
+        "the reward, resamples the token, and keeps a change only if the reward model prefers "
+        "the whole new response.",
+        style="dim",
+    )
+    for p, g, n in zip(problems, greedy, nabla):
+        events = revision_events(n, lm.tokenizer)
+        accepted = sum(e.verdict == "accepted" for e in events)
+        verdict = "✓" if grade(n.text, p.answer) else "✗"
+        changed = "same as greedy" if n.text == g.text else "differs from greedy"
+        title = (
+            f"{p.question} = {p.answer}: ∇ {verdict}, {len(events)} refinements, "
+            f"{accepted} accepted ({changed})"
+        )
+        print_revisions(n, lm.tokenizer, console=console, title=title)
+    if show_text and nabla:
+        console.print("\nFirst ∇-Reasoner response:\n" + nabla[0].text, markup=False)
+
+    n_bench = max(s["n"] for s in summary.values())
+    console.print()
+    console.print(
+        benchmark_table(
+            summary,
+            title=f"The committed benchmark: {n_bench} test problems, seed 0 (README, "
+            "'Accuracy versus model calls')",
+        )
+    )
+    console.print(
+        "Reproduce: nabla-jax bench accuracy --methods "
+        + ",".join(summary)
+        + " --num-problems 200 --seed 0",
+        markup=False,
+        soft_wrap=True,
+    )
+    return 0
