@@ -58,6 +58,9 @@ def test_revision_events_carry_token_text(tok):
     row = events[1].to_dict()
     assert row["verdict"] == "rejected" and row["old_token"] == ids[3]
     json.dumps([e.to_dict() for e in events])  # JSON-ready
+    import nabla_jax as nj
+
+    assert nj.revisions.revision_events is revision_events  # the README's spelling
     with pytest.raises(ValueError, match="lacks \\['accepted'"):
         bad = dict(result.trace[0])
         del bad["accepted"]
