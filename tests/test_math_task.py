@@ -93,6 +93,16 @@ def test_no_boxed_answer_is_wrong():
         grade(boxed("5"), None)
 
 
+def test_grade_works_off_the_main_thread():
+    import threading
+
+    out = []
+    worker = threading.Thread(target=lambda: out.append(grade(boxed("0.5"), "\\frac12")))
+    worker.start()
+    worker.join()
+    assert out == [True]
+
+
 def test_extract_answer_takes_the_last_box_with_nested_braces():
     text = "First \\boxed{1}, then \\boxed{\\frac{\\sqrt{2}}{\\{x\\}}} and done."
     assert extract_answer(text) == "\\frac{\\sqrt{2}}{\\{x\\}}"

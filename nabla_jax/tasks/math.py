@@ -192,10 +192,18 @@ def canonical_answer(text: str) -> str | None:
     return ans or None
 
 
+def _timeout(seconds: int) -> int | None:
+    """math-verify's time limit relies on ``signal.alarm``, which only the main thread may use:
+    elsewhere (a thread pool, a server) parsing runs without a limit instead of failing."""
+    import threading
+
+    return seconds if threading.current_thread() is threading.main_thread() else None
+
+
 def _parse(latex: str):
     from math_verify import parse
 
-    return parse("\\boxed{" + latex + "}")
+    return parse("\\boxed{" + latex + "}", parsing_timeout=_timeout(5))
 
 
 def grade(response: str, answer: str) -> bool:
@@ -204,6 +212,7 @@ def grade(response: str, answer: str) -> bool:
     Both are parsed by ``math_verify`` (fractions, decimals, radicals, intervals, sets, units and
     degrees, ``\\text{}``, percentages, symbolic expressions) and compared with
     ``math_verify.verify(gold, prediction)``. A response without a boxed answer is wrong.
+    Safe to call from any thread (off the main thread without math-verify's 5 s time limit).
     """
     if answer is None:
         raise ValueError("cannot grade a problem without an answer")
@@ -212,4 +221,4 @@ def grade(response: str, answer: str) -> bool:
     predicted = extract_answer(response)
     if predicted is None:
         return False
-    return bool(verify(_parse(str(answer)), _parse(predicted)))
+    return bool(verify(_parse(str(answer)), _parse(predicted), timeout_seconds=_timeout(5)))
