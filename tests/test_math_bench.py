@@ -101,3 +101,18 @@ def test_decode_trace_writes_revisions(pair, files, tmp_path):
             assert e["verdict"] in ("accepted", "rejected", "unchanged")
             assert isinstance(e["old_text"], str) and isinstance(e["new_text"], str)
             assert (e["verdict"] == "unchanged") == (e["old_token"] == e["new_token"])
+
+
+def test_bench_without_matplotlib_skips_only_the_plot(pair, files, tmp_path, capsys, monkeypatch):
+    from nabla_jax import evaluation
+
+    monkeypatch.setattr(evaluation, "plotting_available", lambda: False)
+    problems, cfg = files
+    out = tmp_path / "acc.jsonl"
+    argv = ["bench", "accuracy", "--task", "math", "--problems", str(problems), "--lm", pair[0],
+            "--rm", pair[1], "--config", str(cfg), "--methods", "greedy",
+            "--output", str(out), "--no-progress"]  # fmt: skip
+    assert cli.main(argv) == 0
+    captured = capsys.readouterr()
+    assert evaluation.NO_PLOT_MESSAGE in captured.err and evaluation.NO_PLOT_MESSAGE in captured.out
+    assert (tmp_path / "acc.summary.json").exists() and not (tmp_path / "acc.png").exists()
