@@ -88,10 +88,10 @@ def _task(args, run: dict):
 
 
 def _read_prompts(args, task) -> list[str]:
-    """``--prompt`` as given, or the prompts of a ``--prompts`` file read by ``task`` (the math
-    task appends the config's instruction)."""
+    """``--prompt`` or the prompts of a ``--prompts`` file read by ``task``, formatted by the
+    task (the math task appends the config's instruction; arithmetic keeps them as given)."""
     if args.prompt is not None:
-        return [args.prompt]
+        return [task.format_prompt(args.prompt)]
     if not os.path.exists(args.prompts):
         raise _err(f"--prompts file {args.prompts!r} does not exist")
     try:

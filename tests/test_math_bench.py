@@ -116,3 +116,14 @@ def test_bench_without_matplotlib_skips_only_the_plot(pair, files, tmp_path, cap
     captured = capsys.readouterr()
     assert evaluation.NO_PLOT_MESSAGE in captured.err and evaluation.NO_PLOT_MESSAGE in captured.out
     assert (tmp_path / "acc.summary.json").exists() and not (tmp_path / "acc.png").exists()
+
+
+def test_decode_trace_in_the_terminal(pair, files, capsys):
+    _, cfg = files
+    argv = ["decode", "--prompt", "What is $1+1$?", "--lm", pair[0], "--rm", pair[1],
+            "--config", str(cfg), "--trace"]  # fmt: skip
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "What is $1+1$?" in out and "'refinements'" in out
+    assert "within \\boxed{}" in out  # --prompt gets the task's instruction too
+    assert "resampled the token already there" in out or "verdict" in out
