@@ -74,7 +74,9 @@ def _setup_distributed(args, run: dict):
 def cmd_demo(args) -> int:
     from nabla_jax.demo import run_demo
 
-    return run_demo(args.num_problems, args.seed, show_text=args.show_text)
+    if args.changed < 0:
+        raise _err("--changed must be ≥ 0")
+    return run_demo(args.num_problems, args.seed, show_text=args.show_text, changed=args.changed)
 
 
 def _task(args, run: dict):
@@ -237,6 +239,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--num-problems", type=int, default=4)
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--show-text", action="store_true", help="print one full response")
+    demo.add_argument(
+        "--changed",
+        type=int,
+        default=2,
+        help="also decode this many problems of the committed benchmark where ∇ changed "
+        "greedy's grade (marked *, alternately fixed and broken; default 2)",
+    )
     demo.set_defaults(func=cmd_demo)
 
     dec = sub.add_parser("decode", help="decode prompts with ∇-Reasoner")

@@ -110,6 +110,12 @@ def method_runner(
     return lambda prompts, key: decoder.generate(prompts, key)
 
 
+def method_key(seed: int, method: str):
+    """The ``jax.random`` key a benchmark run with ``seed`` gives ``method`` (so a problem's
+    result can be decoded again exactly, e.g. by the demo)."""
+    return jax.random.fold_in(jax.random.key(seed), sum(map(ord, method)))
+
+
 def _done(path) -> set[tuple[str, str]]:
     done = set()
     if path and os.path.exists(path):
@@ -159,7 +165,7 @@ def run_benchmark(
         if not todo:
             continue
         run = method_runner(method, lm, rm, cfg, baseline_sampling, task)
-        key = jax.random.fold_in(jax.random.key(seed), sum(map(ord, method)))
+        key = method_key(seed, method)
         bar = tqdm(total=len(todo), desc=method, disable=not progress, unit="problem")
         for start in range(0, len(todo), batch_size):
             chunk = todo[start : start + batch_size]

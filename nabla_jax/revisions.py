@@ -184,7 +184,7 @@ def print_revisions(result, tokenizer, console: Any = None, title: str | None = 
     console = Console() if console is None else console
     events = revision_events(result, tokenizer)
     if title:
-        console.rule(title)
+        console.print(f"── {title}", style="bold", markup=False)
     console.print(render_response(result, tokenizer, events))
     proposals = [e for e in events if e.proposed]
     if proposals:

@@ -11,7 +11,14 @@ from rich.console import Console
 
 from nabla_jax import cli
 from nabla_jax.bundled import BUNDLED_LM
-from nabla_jax.demo import BENCHMARK_SUMMARY, benchmark_table, load_benchmark_summary, method_label
+from nabla_jax.demo import (
+    BENCHMARK_SUMMARY,
+    CHANGED,
+    benchmark_table,
+    changed_problems,
+    load_benchmark_summary,
+    method_label,
+)
 from nabla_jax.revisions import (
     STYLE_ACCEPTED,
     STYLE_REJECTED,
@@ -93,8 +100,12 @@ def test_render_highlights_revisions(tok):
 def test_packaged_benchmark_summary_is_the_committed_one():
     summary = load_benchmark_summary()
     committed = ROOT / "benchmarks" / "results" / "accuracy_seed0.summary.json"
-    if committed.exists():  # a source checkout: the shipped copy must not drift
+    if committed.exists():  # a source checkout: the shipped copies must not drift
         assert summary == json.loads(committed.read_text())
+        changed = changed_problems(committed.with_name("accuracy_seed0.jsonl"))
+        shipped = json.loads(CHANGED.read_text())
+        assert (shipped["fixed"], shipped["broken"]) == (changed["fixed"], changed["broken"])
+        assert len(changed["fixed"]) == 9 and len(changed["broken"]) == 3  # the README's 9 and 3
     assert BENCHMARK_SUMMARY.is_file() and {"greedy", "nabla", "bon:8"} <= set(summary)
     console = Console(record=True, width=120, color_system=None)
     console.print(benchmark_table(summary))
@@ -106,8 +117,9 @@ def test_packaged_benchmark_summary_is_the_committed_one():
 @pytest.mark.slow
 @pytest.mark.skipif(not (BUNDLED_LM / "config.json").exists(), reason="bundled models missing")
 def test_demo_shows_revisions_and_the_benchmark(capsys):
-    assert cli.main(["demo", "--num-problems", "2"]) == 0
+    assert cli.main(["demo", "--num-problems", "1", "--changed", "2"]) == 0
     out = capsys.readouterr().out
     assert "What ∇-Reasoner changed" in out and "refinements" in out
+    assert "committed run: fixed" in out and "committed run: broken" in out
     assert "The committed benchmark" in out and "Best-of-8" in out
     assert "Reproduce: nabla-jax bench accuracy --methods greedy,cot" in out
