@@ -36,6 +36,7 @@ from nabla_jax.vocab import (
 )
 
 __version__ = "0.1.0"
+from nabla_jax import revisions  # revision_events, print_revisions (rich imported on use)
 from nabla_jax.article import optimize_reasoning_sequence
 from nabla_jax.decoding import DecodeConfig, DecodeResult, NablaDecoder
 from nabla_jax.decoding.baselines import (

@@ -6,7 +6,6 @@ import argparse
 import json
 import os
 import sys
-import time
 
 
 def _err(msg: str) -> SystemExit:
@@ -77,59 +76,32 @@ def _setup_distributed(args, run: dict):
 
 
 def cmd_demo(args) -> int:
-    import jax
+    from nabla_jax.demo import run_demo
 
-    from nabla_jax.bundled import bundled_decode_config, load_bundled
-    from nabla_jax.decoding.baselines import greedy_cot
-    from nabla_jax.decoding.nabla import NablaDecoder
-    from nabla_jax.tasks import extract_answer, format_prompt, fresh_test_problems, grade
-
-    t0 = time.perf_counter()
-    print("Loading the bundled LM and reward model …")
-    lm, rm = load_bundled()
-    problems = fresh_test_problems(args.num_problems, args.seed)
-    prompts = [format_prompt(p) for p in problems]
-    cfg = bundled_decode_config()
-    print(f"Greedy chain of thought on {len(problems)} test problems …")
-    greedy = greedy_cot(lm, prompts, max_length=cfg.max_length)
-    print("∇-Reasoner (DTO + resampling + rejection) on the same problems …")
-    nabla = NablaDecoder(lm, rm, cfg).generate(prompts, jax.random.key(args.seed), progress=True)
-    print()
-    header = f"{'problem':<28} {'answer':>6} | {'greedy':>7} {'ok':<3} {'calls':>5} | "
-    header += f"{'∇-Reasoner':>10} {'ok':<3} {'calls':>5} {'gens':>4}"
-    print(header)
-    print("-" * len(header))
-    tally = [0, 0, 0, 0]
-    for p, g, n in zip(problems, greedy, nabla):
-        g_ok, n_ok = grade(g.text, p.answer), grade(n.text, p.answer)
-        g_calls, n_calls = int(g.stats["model_calls"]), int(n.stats["model_calls"])
-        tally = [tally[0] + g_ok, tally[1] + n_ok, tally[2] + g_calls, tally[3] + n_calls]
-        print(
-            f"{p.question:<28} {p.answer:>6} | {str(extract_answer(g.text)):>7} "
-            f"{'✓' if g_ok else '✗':<3} {g_calls:>5} | {str(extract_answer(n.text)):>10} "
-            f"{'✓' if n_ok else '✗':<3} {n_calls:>5} {int(n.stats['generations']):>4}"
-        )
-    k = len(problems)
-    print("-" * len(header))
-    print(
-        f"greedy {tally[0]}/{k} correct, {tally[2] / k:.0f} calls/problem; "
-        f"∇-Reasoner {tally[1]}/{k} correct, {tally[3] / k:.0f} calls/problem "
-        f"({time.perf_counter() - t0:.0f} s, compilation included)"
-    )
-    if args.show_text and nabla:
-        print("\nFirst ∇-Reasoner response:\n" + nabla[0].text)
-    return 0
+    if args.changed < 0:
+        raise _err("--changed must be ≥ 0")
+    return run_demo(args.num_problems, args.seed, show_text=args.show_text, changed=args.changed)
 
 
-def _read_prompts(args) -> list[str]:
+def _task(args, run: dict):
+    """The task of ``--task`` / the run config's ``task:`` (default: arithmetic)."""
+    from nabla_jax.tasks import task_from_config
+
+    try:
+        return task_from_config(run, getattr(args, "task", None))
+    except ValueError as e:
+        raise _err(str(e)) from e
+
+
+def _read_prompts(args, task) -> list[str]:
+    """``--prompt`` or the prompts of a ``--prompts`` file read by ``task``, formatted by the
+    task (the math task appends the config's instruction; arithmetic keeps them as given)."""
     if args.prompt is not None:
-        return [args.prompt]
-    from nabla_jax.tasks import load_problems
-
+        return [task.format_prompt(args.prompt)]
     if not os.path.exists(args.prompts):
         raise _err(f"--prompts file {args.prompts!r} does not exist")
     try:
-        return [p.question for p in load_problems(args.prompts)]
+        return [task.format_prompt(p) for p in task.load_problems(args.prompts)]
     except ValueError as e:
         raise _err(str(e)) from e
 
@@ -141,8 +113,9 @@ def cmd_decode(args) -> int:
     from nabla_jax.decoding.nabla import NablaDecoder
 
     cfg, run = _decode_config(args)
+    task = _task(args, run)
     _setup_distributed(args, run)
-    prompts = _read_prompts(args)
+    prompts = _read_prompts(args, task)
     lm, rm = _load_models(args, run.get("models"))
     decoder = NablaDecoder(lm, rm, cfg)
     results = distributed.generate_across_hosts(
@@ -151,12 +124,23 @@ def cmd_decode(args) -> int:
     rows = [
         {"prompt": p, "response": r.text, "stats": dict(r.stats)} for p, r in zip(prompts, results)
     ]
+    if args.trace:
+        from nabla_jax.revisions import revision_events
+
+        for row, r in zip(rows, results):
+            row["revisions"] = [e.to_dict() for e in revision_events(r, lm.tokenizer)]
     if distributed.is_main_process():
         if args.output:
             with open(args.output, "w") as f:
                 for row in rows:
                     f.write(json.dumps(row) + "\n")
             print(f"wrote {len(rows)} responses to {args.output}")
+        elif args.trace:
+            from nabla_jax.revisions import print_revisions
+
+            for p, r in zip(prompts, results):
+                print_revisions(r, lm.tokenizer, title=p)
+                print(f"{dict(r.stats)}\n")
         else:
             for row in rows:
                 print(f"### {row['prompt']}\n{row['response']}\n{row['stats']}\n")
@@ -166,36 +150,47 @@ def cmd_decode(args) -> int:
 def cmd_bench_accuracy(args) -> int:
     from nabla_jax import evaluation
     from nabla_jax.bundled import bundled_baseline_sampling
-    from nabla_jax.tasks import fresh_test_problems
 
     try:
         methods = evaluation.parse_methods(args.methods)
     except ValueError as e:
         raise _err(str(e)) from e
     cfg, run = _decode_config(args)
+    task = _task(args, run)
     sampling = run.get("baselines") if args.config else bundled_baseline_sampling()
     try:
         evaluation.check_baseline_sampling(methods, sampling or cfg.rollout)
     except ValueError as e:
         raise _err(str(e)) from e
+    problems = _bench_problems(args, task)
+    can_plot = evaluation.plotting_available()
+    if not can_plot:
+        print(evaluation.NO_PLOT_MESSAGE, file=sys.stderr)
     _setup_distributed(args, run)
     lm, rm = _load_models(args, run.get("models"))
-    problems = fresh_test_problems(args.num_problems, args.seed)
     out = args.output
     stem = out[: -len(".jsonl")] if out.endswith(".jsonl") else out
     results_path = out if out.endswith(".jsonl") else out + ".jsonl"
     evaluation.run_benchmark(
         lm, rm, problems, methods, cfg, seed=args.seed, results_path=results_path,
         batch_size=args.batch_size, progress=not args.no_progress, baseline_sampling=sampling,
+        task=task,
     )  # fmt: skip
     summary = evaluation.summarize(results_path, methods)
     with open(stem + ".summary.json", "w") as f:
         json.dump(summary, f, indent=2)
-    evaluation.plot_summary(
-        summary, stem + ".png", f"{args.num_problems} arithmetic test problems (seed {args.seed})"
+    what = (
+        f"{len(problems)} arithmetic test problems (seed {args.seed})"
+        if args.problems is None
+        else f"{len(problems)} {task.name} problems from {os.path.basename(args.problems)}"
     )
     print(evaluation.format_table(summary))
-    print(f"results: {results_path}\nsummary: {stem}.summary.json\nplot: {stem}.png")
+    print(f"results: {results_path}\nsummary: {stem}.summary.json")
+    if can_plot:
+        evaluation.plot_summary(summary, stem + ".png", what)
+        print(f"plot: {stem}.png")
+    else:
+        print(evaluation.NO_PLOT_MESSAGE)
     return 0
 
 
@@ -206,6 +201,26 @@ def _add_cache_arg(p):
         help="do not read or write the persistent XLA compilation cache "
         "(default: on, in $NABLA_JAX_CACHE_DIR or ~/.cache/nabla-jax/xla)",
     )
+def _bench_problems(args, task) -> list:
+    """``--problems FILE`` read by the task (the first ``--num-problems`` if given), or fresh
+    test problems of a task that can draw them (arithmetic: ``--num-problems``, default 200)."""
+    if args.problems is not None:
+        if not os.path.exists(args.problems):
+            raise _err(f"--problems file {args.problems!r} does not exist")
+        try:
+            problems = task.load_problems(args.problems)
+        except ValueError as e:
+            raise _err(str(e)) from e
+        missing = [p.id for p in problems if p.answer is None]
+        if missing:
+            raise _err(
+                f"--problems file {args.problems!r}: {len(missing)} problem(s) have no 'answer' "
+                f"(first: {missing[0]!r}); grading needs one for every problem"
+            )
+        return problems[: args.num_problems] if args.num_problems else problems
+    if task.fresh_problems is None:
+        raise _err(f"--task {task.name} needs --problems FILE (JSON/JSONL with answers)")
+    return task.fresh_problems(args.num_problems or 200, args.seed)
 
 
 def _add_model_args(p):
@@ -214,6 +229,12 @@ def _add_model_args(p):
     p.add_argument("--rm", help="reward-model directory (default: the bundled RM)")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], help="default float32")
     p.add_argument("--config", help="YAML run config (see configs/)")
+    p.add_argument(
+        "--task",
+        choices=["arithmetic", "math"],
+        help="problem kind: prompts, answer extraction, grading (default: the config's task: "
+        "or arithmetic)",
+    )
     p.add_argument("--mesh", help="device mesh, e.g. data=4,model=2")
     p.add_argument("--coordinator-address", help="jax.distributed coordinator host:port")
     p.add_argument("--num-processes", type=int, help="number of processes (hosts)")
@@ -231,15 +252,32 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--show-text", action="store_true", help="print one full response")
     _add_cache_arg(demo)
+    demo.add_argument(
+        "--changed",
+        type=int,
+        default=2,
+        help="also decode this many problems of the committed benchmark where ∇ changed "
+        "greedy's grade (marked *, alternately fixed and broken; default 2)",
+    )
     demo.set_defaults(func=cmd_demo)
 
     dec = sub.add_parser("decode", help="decode prompts with ∇-Reasoner")
     _add_model_args(dec)
     src = dec.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", help="one prompt text")
-    src.add_argument("--prompts", help="JSON / JSONL file of objects with a 'question'")
+    src.add_argument(
+        "--prompts",
+        help="JSON / JSONL problem file (arithmetic: objects with 'question'; math: "
+        "'prompt' / 'problem' / 'question')",
+    )
     dec.add_argument("--seed", type=int, default=0)
     dec.add_argument("--output", help="write responses as JSONL here")
+    dec.add_argument(
+        "--trace",
+        action="store_true",
+        help="record what ∇ changed: 'revisions' in the JSONL (old → new token text, RM "
+        "scores, verdict), or a highlighted view in the terminal",
+    )
     dec.set_defaults(func=cmd_decode)
 
     bench = sub.add_parser("bench", help="benchmarks")
@@ -247,7 +285,12 @@ def build_parser() -> argparse.ArgumentParser:
     acc = bsub.add_parser("accuracy", help="accuracy vs model calls of several methods")
     _add_model_args(acc)
     acc.add_argument("--methods", default="greedy,cot,bon:4,bon:8,sc:4,sc:8,nabla")
-    acc.add_argument("--num-problems", type=int, default=200)
+    acc.add_argument(
+        "--num-problems",
+        type=int,
+        help="arithmetic: fresh test problems to draw (default 200); with --problems: the first N",
+    )
+    acc.add_argument("--problems", help="problem file with answers (JSON / JSONL), e.g. MATH-500")
     acc.add_argument("--seed", type=int, default=0)
     acc.add_argument("--batch-size", type=int, default=8)
     acc.add_argument("--output", default="results/accuracy.jsonl")

@@ -12,6 +12,7 @@ Layout of a config file (every key optional; unknown keys are an error)::
     mesh: "data=4,model=2"
     baselines: {temperature: 0.6, top_p: 0.95}   # sampling of CoT / Best-of-N / self-consistency
     compilation_cache: false   # do not use the persistent XLA compilation cache (default: on)
+    task: {name: math, instruction: "..."}        # the task's problems, prompts and grader
 """
 
 from __future__ import annotations
@@ -95,6 +96,13 @@ def load_run_config(path) -> dict[str, Any]:
         raise ConfigError(
             f"{path}: compilation_cache must be true or false, got {raw['compilation_cache']!r}"
         )
+    if raw.get("task") is not None:
+        from nabla_jax.tasks.registry import task_from_config
+
+        try:
+            task_from_config(raw)
+        except ValueError as e:
+            raise ConfigError(f"{path}: {e}") from e
     if raw.get("baselines") is not None:
         out["baselines"] = _build(SamplingConfig, raw["baselines"], "baselines")
     return out

@@ -18,7 +18,7 @@ import jax
 from nabla_jax.decoding.config import DecodeConfig
 from nabla_jax.decoding.nabla import NablaDecoder
 from nabla_jax.decoding.sampling import SamplingConfig
-from nabla_jax.tasks import extract_answer, format_prompt, grade
+from nabla_jax.tasks.registry import Task, get_task
 
 ABLATIONS = {
     "nabla": {},
@@ -73,16 +73,24 @@ def check_baseline_sampling(methods: Sequence[str], sampling: SamplingConfig) ->
 
 
 def method_runner(
-    method: str, lm, rm, cfg: DecodeConfig, sampling: SamplingConfig | None = None
+    method: str,
+    lm,
+    rm,
+    cfg: DecodeConfig,
+    sampling: SamplingConfig | None = None,
+    task: Task | None = None,
 ) -> Callable:
     """``run(prompts: list[str], key) -> list[result]`` for one method, sharing ``cfg``'s settings
-    (max_length, stop strings) so that comparisons are fair. The sampled baselines draw with
-    ``sampling`` (default: ``cfg.rollout``, the ∇-Reasoner rollout sampling)."""
+    (max_length, stop strings, system message) so that comparisons are fair. The sampled
+    baselines draw with ``sampling`` (default: ``cfg.rollout``, the ∇-Reasoner rollout sampling);
+    self-consistency votes on ``task.vote_key`` (default task: arithmetic)."""
     from nabla_jax.decoding import baselines
+
+    task = get_task() if task is None else task
 
     sampling = cfg.rollout if sampling is None else sampling
     check_baseline_sampling([method], sampling)
-    common = dict(max_length=cfg.max_length, stop_strings=cfg.stop_strings)
+    common = dict(max_length=cfg.max_length, stop_strings=cfg.stop_strings, system=cfg.system)
     base, _, n = method.partition(":")
     if method == "greedy":
         return lambda prompts, key: baselines.greedy_cot(lm, prompts, **common)
@@ -96,11 +104,17 @@ def method_runner(
         )
     if base == "sc":
         return lambda prompts, key: baselines.self_consistency(
-            lm, prompts, key, n=int(n), sampling=sampling, answer_extractor=extract_answer,
+            lm, prompts, key, n=int(n), sampling=sampling, answer_extractor=task.vote_key,
             **common,
         )  # fmt: skip
     decoder = NablaDecoder(lm, rm, _with_overrides(cfg, ABLATIONS[method]))
     return lambda prompts, key: decoder.generate(prompts, key)
+
+
+def method_key(seed: int, method: str):
+    """The ``jax.random`` key a benchmark run with ``seed`` gives ``method`` (so a problem's
+    result can be decoded again exactly, e.g. by the demo)."""
+    return jax.random.fold_in(jax.random.key(seed), sum(map(ord, method)))
 
 
 def _done(path) -> set[tuple[str, str]]:
@@ -127,8 +141,11 @@ def run_benchmark(
     batch_size: int = 8,
     progress: bool = True,
     baseline_sampling: SamplingConfig | None = None,
+    task: Task | None = None,
 ) -> list[dict]:
     """Run every method on every problem; append one JSON line per result to ``results_path``.
+
+    ``task`` (default: arithmetic) turns problems into prompts, extracts and grades answers.
 
     Problems already recorded for a method are skipped (resume). Each method's key is derived
     from ``seed`` and the method name, so reruns reproduce the same samples. The sampled
@@ -137,6 +154,7 @@ def run_benchmark(
     """
     from tqdm.auto import tqdm
 
+    task = get_task() if task is None else task
     check_baseline_sampling(
         methods, cfg.rollout if baseline_sampling is None else baseline_sampling
     )
@@ -147,13 +165,13 @@ def run_benchmark(
         todo = [p for p in problems if (method, p.id) not in done]
         if not todo:
             continue
-        run = method_runner(method, lm, rm, cfg, baseline_sampling)
-        key = jax.random.fold_in(jax.random.key(seed), sum(map(ord, method)))
+        run = method_runner(method, lm, rm, cfg, baseline_sampling, task)
+        key = method_key(seed, method)
         bar = tqdm(total=len(todo), desc=method, disable=not progress, unit="problem")
         for start in range(0, len(todo), batch_size):
             chunk = todo[start : start + batch_size]
             t0 = time.perf_counter()
-            results = run([format_prompt(p) for p in chunk], key)
+            results = run([task.format_prompt(p) for p in chunk], key)
             wall = time.perf_counter() - t0
             with open(results_path, "a") as f:
                 for p, r in zip(chunk, results):
@@ -161,8 +179,8 @@ def run_benchmark(
                         "method": method,
                         "problem_id": p.id,
                         "answer": p.answer,
-                        "predicted": extract_answer(r.text),
-                        "correct": bool(grade(r.text, p.answer)),
+                        "predicted": task.extract_answer(r.text),
+                        "correct": bool(task.grade(r.text, p.answer)),
                         "model_calls": int(_stat(r.stats, "model_calls")),
                         "generations": int(_stat(r.stats, "generations", 1)),
                         "wall_seconds": wall / len(chunk),
@@ -197,6 +215,20 @@ def summarize(results_path: str, methods: Sequence[str] | None = None) -> dict:
             "n": n,
         }
     return out
+
+
+NO_PLOT_MESSAGE = (
+    "nabla-jax: plot skipped: matplotlib is not importable (it is a dependency of nabla-jax; "
+    "`pip install matplotlib` restores it); the results and summary are written as usual"
+)
+
+
+def plotting_available() -> bool:
+    """Whether ``matplotlib`` imports (a dependency, so normally yes; a broken environment then
+    skips the plot with :data:`NO_PLOT_MESSAGE` instead of failing after the benchmark)."""
+    import importlib.util
+
+    return importlib.util.find_spec("matplotlib") is not None
 
 
 def plot_summary(summary: dict, path: str, title: str = "") -> None:
