@@ -183,6 +183,9 @@ def refine_padded(lm, rm, rm_table, batch: PaddedProblems, keys, h: DTOHyper, cf
         loss = jnp.where(need_full, loss_f, surrogate_loss) + kl_loss
         grads = grads * grad_mask
         updates, opt_state = tx.update(grads, carry.opt_state, carry.params)
+        # The optimizer's state keeps the window's dtype (bfloat16 windows: as torch's Adam on a
+        # bfloat16 parameter); run-time float32 hyperparameters would otherwise promote it.
+        opt_state = jax.tree.map(lambda a, b: a.astype(b.dtype), opt_state, carry.opt_state)
         new_params = optax.apply_updates(carry.params, updates).astype(carry.params.dtype)
         nonfinite = ~jnp.isfinite(loss) | carry.halted
         new_params = jnp.where(nonfinite[:, None, None], carry.params, new_params)

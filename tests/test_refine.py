@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
@@ -36,7 +39,7 @@ def _problem(seed, p=9, q=6, s=3, k=5, width=VOCAB, scale=0.5):
     )
 
 
-def _torch_run(lm_t, rm_t, prob, cfg):
+def _torch_run(lm_t, rm_t, prob, cfg, **kw):
     return td.paper_dto(
         lm_t,
         rm_t,
@@ -57,6 +60,7 @@ def _torch_run(lm_t, rm_t, prob, cfg):
         tau=cfg.tau,
         update_postfix=cfg.update_postfix,
         grad_caching=cfg.grad_caching,
+        **kw,
     )
 
 
@@ -94,6 +98,31 @@ def test_paper_dto_matches_torch_twin(pair, case):
     assert _rel(out.logits, ref["logits"].numpy()) <= 1e-4
     assert out.model_calls == ref["model_calls"]
     assert sum(ref["n_changed"]) > 0, "the case should exercise token changes"
+
+
+def test_bfloat16_window_matches_torch_twin_and_freezes_large_logits(pair):
+    """window_dtype="bfloat16" (the public code's ahead logits): the same tokens and learning
+    rates as the twin's bfloat16 parameter, logits within two bfloat16 spacings; and the effect
+    the option exists for — a logit of magnitude ≥ 4 does not move under lr-0.01 Adam steps in
+    bfloat16 (spacing 0.03), while it does in float32."""
+    lm_t, rm_t, lm, rm = pair
+    prob = _problem(5, scale=3.0)
+    cfg = DTOConfig(num_steps=STEPS, learning_rate=0.01, window_dtype="bfloat16")
+    ref = _torch_run(lm_t, rm_t, prob, cfg, param_dtype=torch.bfloat16)
+    out = refine(lm, rm, prob, cfg, jax.random.key(0))
+    assert np.asarray(out.logits).dtype == np.float32
+    np.testing.assert_array_equal(np.asarray(out.tokens), ref["tokens"].numpy())
+    np.testing.assert_allclose(out.trace.lr, ref["lrs"], rtol=1e-6)
+    z0 = np.asarray(prob.init)[0]
+    big = np.abs(z0) >= 4.0
+    assert big.any()
+    spacing = 2.0 ** (np.floor(np.log2(np.abs(z0[big]))) - 7)  # bfloat16 ulp at each value
+    got, want = np.asarray(out.logits)[0][big], ref["logits"].float().numpy()[0][big]
+    assert np.all(np.abs(got - want) <= 2 * spacing)
+    start = np.asarray(jnp.asarray(z0[big]).astype(jnp.bfloat16).astype(jnp.float32))
+    np.testing.assert_array_equal(got, start)  # frozen: each step is below half a spacing
+    fp32 = refine(lm, rm, prob, dataclasses.replace(cfg, window_dtype="float32"), jax.random.key(0))
+    assert np.max(np.abs(np.asarray(fp32.logits)[0][big] - z0[big])) > 0.01
 
 
 def test_article_function_matches_torch_twin(pair):

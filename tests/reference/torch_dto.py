@@ -232,8 +232,13 @@ def paper_dto(
     grad_caching: bool = True,
     rm_embed: torch.Tensor | None = None,
     return_grads: bool = False,
+    param_dtype: torch.dtype = torch.float32,
 ) -> dict:
-    """The paper's DTO on one ahead window (ALGORITHM.md §2), no Gumbel noise.
+    """The paper's DTO on one ahead window, no Gumbel noise.
+
+    ``param_dtype``: dtype of the optimized parameter (and so of Adam's moments, which torch keeps
+    in the parameter's dtype); the relaxation and the models read it upcast to float32. The
+    public code's bfloat16 ahead logits are ``param_dtype=torch.bfloat16``.
 
     ``init``: logits ``Z [K, V]`` (``mode="logits"``) or last-layer latents ``H [K, D]``
     (``mode="latents"``, ``Z = H @ W_out.T`` with ``W_out = lm.get_output_embeddings().weight``;
@@ -276,9 +281,10 @@ def paper_dto(
     w_out = lm.get_output_embeddings().weight
 
     def to_logits(param: torch.Tensor) -> torch.Tensor:
+        param = param.float()
         return param if mode == "logits" else param @ w_out.T
 
-    param = init.detach().clone().requires_grad_(True)
+    param = init.detach().clone().to(param_dtype).requires_grad_(True)
     if optimizer == "adam":
         opt = torch.optim.Adam(
             [param], lr=learning_rate, betas=(0.9, 0.999), eps=1e-8, weight_decay=weight_decay
