@@ -326,15 +326,15 @@ def run_chunk(m: Models, state: RowState, ins: Inserts, key, h: DecodeHyper, tab
               refill, *, prog: DecodeConfig, scorer=None, pad_id: int = 0):  # fmt: skip
     """Insert prompts, then iterate on device; returns ``(state, Report)``.
 
-    Stops after ``max_iters`` iterations, when no row is live, or — with ``refill`` (the host
-    has more prompts) — as soon as a slot is free.
+    Stops after ``max_iters`` iterations, when no row is live, or as soon as ``refill`` slots
+    are free (the host passes how many waiting prompts it would insert; 0 = never).
     """
     state = insert_rows(m.lm, state, ins, key)
 
     def cond(carry):
         it, s = carry
-        free = jnp.any(~s.live)
-        return (it < max_iters) & jnp.any(s.live) & ~(refill & free)
+        free = jnp.sum(~s.live)
+        return (it < max_iters) & jnp.any(s.live) & ~((refill > 0) & (free >= refill))
 
     def body(carry):
         it, s = carry

@@ -116,6 +116,9 @@ class NablaDecoder:
         self._tables = stop_tables(self.eos_ids, stop_ids)
         self._models = Models(lm, rm, rm_embedding_table(lm, rm))
         self._pad = lm.config.pad_token_id if lm.config.pad_token_id is not None else 0
+        # Waiting prompts enter when this many slots are free: a first rollout then serves
+        # several new rows at once instead of running the whole batch's loop for one.
+        self._refill_at = max(1, cfg.batch_size // 2)
 
     # ---------------------------------------------------------------- public API
 
@@ -170,7 +173,7 @@ class NablaDecoder:
             ins = self._inserts(rows, pending, slot_of, p_len, q_len, s_len)
             state, report = run_chunk(
                 self._models, state, ins, key, hyper, self._tables,
-                np.int32(chunk_iterations), bool(pending),
+                np.int32(chunk_iterations), np.int32(min(len(pending), self._refill_at)),
                 prog=prog, scorer=self.scorer, pad_id=self._pad,
             )  # fmt: skip
             rep = device_get(report)
