@@ -50,9 +50,14 @@ def test_mesh_that_does_not_fit(capsys):
     _fails(["decode", "--mesh", "data=3,model=5", "--prompt", "hi"], capsys, "devices")
 
 
-def test_incomplete_multihost_flags():
-    with pytest.raises(ValueError, match="needs all of"):
-        cli.main(["decode", "--coordinator-address", "127.0.0.1:1", "--prompt", "hi"])
+def test_incomplete_multihost_flags(capsys):
+    # A library ValueError reaching the CLI is one line and exit code 2, not a traceback.
+    argv = ["decode", "--coordinator-address", "127.0.0.1:1", "--prompt", "hi"]
+    _fails(argv, capsys, "needs all of --coordinator-address, --num-processes and --process-id")
+    # --debug (before or after the subcommand) shows the traceback instead.
+    for debug_argv in (["--debug", *argv], [*argv, "--debug"]):
+        with pytest.raises(ValueError, match="needs all of"):
+            cli.main(debug_argv)
 
 
 def test_bundled_config_file_matches_the_builtin_defaults():

@@ -354,7 +354,8 @@ def checkpoint_files(directory: str, allow_pickle: bool = False) -> tuple[str, l
             raise ValueError(
                 f"{directory} holds only pickled PyTorch weights ({os.path.basename(pickled[0])}); "
                 "nabla-jax does not unpickle by default. Convert them to safetensors, or pass "
-                "allow_pickle=True to load them with torch.load(weights_only=True)."
+                "allow_pickle=True (command line: --allow-pickle) to load them with "
+                "torch.load(weights_only=True)."
             )
         return "pickle", pickled
     raise FileNotFoundError(

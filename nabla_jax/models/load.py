@@ -53,7 +53,8 @@ def load_tokenizer(path):
     return AutoTokenizer.from_pretrained(path)
 
 
-def _read_config(path) -> ModelConfig:
+def read_model_config(path) -> ModelConfig:
+    """``ModelConfig.from_hf(path)``; a config.json that is not JSON is named as corrupt."""
     try:
         return ModelConfig.from_hf(path)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -81,7 +82,7 @@ def check_finite(params, path) -> None:
 def _load(path, dtype, head, allow_pickle, tokenizer, mesh=None):
     path = _check_dir(path)
     dtype = resolve_dtype(dtype)
-    cfg = _read_config(path)
+    cfg = read_model_config(path)
     tensors = read_checkpoint(path, allow_pickle)
     has_score = "score.weight" in tensors
     if head == "lm" and has_score:
