@@ -204,6 +204,11 @@ def _read_prompts(args) -> list[str]:
         raise _err(str(e)) from e
 
 
+def _model_id(path: str | None) -> str:
+    """A model as recorded in a results file's provenance: its absolute path, or "bundled"."""
+    return os.path.abspath(path) if path else "bundled"
+
+
 def _same_file(a: str, b: str) -> bool:
     if os.path.exists(a) and os.path.exists(b):
         return os.path.samefile(a, b)
@@ -281,8 +286,8 @@ def cmd_bench_accuracy(args) -> int:
     problems = fresh_test_problems(args.num_problems, args.seed)
     provenance = evaluation.provenance(
         seed=args.seed, methods=methods, cfg=cfg, baseline_sampling=sampling,
-        lm=args.lm or (run.get("models") or {}).get("lm") or "bundled",
-        rm=args.rm or (run.get("models") or {}).get("rm") or "bundled",
+        lm=_model_id(args.lm or (run.get("models") or {}).get("lm")),
+        rm=_model_id(args.rm or (run.get("models") or {}).get("rm")),
         dtype=args.dtype or (run.get("models") or {}).get("dtype") or "float32",
         problems=[p.id for p in problems],
     )  # fmt: skip

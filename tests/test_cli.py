@@ -105,14 +105,14 @@ def test_parse_methods():
 def test_bench_accuracy_writes_results_and_resumes(tmp_path, capsys):
     out = tmp_path / "acc.jsonl"
     cfg = tmp_path / "small.yaml"
-    cfg.write_text("decode:\n  max_length: 80\n  max_n_generations: 2\n  grad_threshold: null\n")
+    cfg.write_text("decode:\n  max_length: 40\n  max_n_generations: 2\n  grad_threshold: null\n")
     argv = ["bench", "accuracy", "--methods", "greedy,nabla", "--num-problems", "2",
             "--seed", "7", "--output", str(out), "--config", str(cfg), "--no-progress"]  # fmt: skip
     assert cli.main(argv) == 0
     header, *lines = out.read_text().splitlines()
     prov = json.loads(header)["_provenance"]
     assert prov["seed"] == 7 and prov["methods"] == ["greedy", "nabla"]
-    assert prov["decode"]["max_length"] == 80 and prov["lm"] == "bundled"
+    assert prov["decode"]["max_length"] == 40 and prov["lm"] == "bundled"
     rows = [json.loads(line) for line in lines]
     assert len(rows) == 4 and {r["method"] for r in rows} == {"greedy", "nabla"}
     summary = json.loads((tmp_path / "acc.summary.json").read_text())
