@@ -7,13 +7,45 @@ import json
 import os
 import sys
 
+MAX_SEED = 2**63 - 1
+
 
 def _err(msg: str) -> SystemExit:
     print(f"nabla-jax: error: {msg}", file=sys.stderr)
     return SystemExit(2)
 
 
+def _one_line(e: BaseException) -> str:
+    """An exception as one line: its message with newlines folded (or its type if empty)."""
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if text != type(e).__name__ else f"{type(e).__name__} (no message)"
+
+
+def _check_output_path(path: str, flag: str, *, create_dir: bool = False) -> None:
+    """Before any model loads: the output's directory exists (or, with ``create_dir``, is
+    created) and accepts a new file, and the path is not itself a directory."""
+    import tempfile
+
+    if os.path.isdir(path):
+        raise _err(f"{flag} {path!r} is a directory; give a file path")
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        if not create_dir:
+            raise _err(f"{flag} {path!r}: directory {parent!r} does not exist; create it first")
+        try:
+            os.makedirs(parent, exist_ok=True)
+        except OSError as e:
+            raise _err(f"{flag} {path!r}: cannot create directory {parent!r} ({e})") from None
+    try:
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as e:
+        raise _err(f"{flag} {path!r}: directory {parent!r} is not writable ({e})") from None
+
+
 def _check_model_dir(path: str, what: str) -> str:
+    if os.path.isfile(path):
+        raise _err(f"{what} {path!r} is a file; pass the model directory that holds config.json")
     if not os.path.isdir(path):
         raise _err(f"{what} directory {path!r} does not exist")
     if not os.path.exists(os.path.join(path, "config.json")):
@@ -31,9 +63,46 @@ def _load_models(args, models_cfg: dict | None = None):
     dtype = args.dtype or models_cfg.get("dtype") or "float32"
     _check_model_dir(lm_path, "--lm")
     _check_model_dir(rm_path, "--rm")
+    _precheck_pair(lm_path, rm_path)
     mesh = getattr(args, "mesh_obj", None)
     kw = {"mesh": mesh} if mesh is not None else {}
+    kw["allow_pickle"] = bool(getattr(args, "allow_pickle", False))
     return load_causal_lm(lm_path, dtype, **kw), load_reward_model(rm_path, dtype, **kw)
+
+
+def _head_of(path: str) -> str | None:
+    """ "score" / "lm" from a safetensors checkpoint's header (no weights read); None otherwise."""
+    from nabla_jax.models.convert import checkpoint_files, read_safetensors
+
+    try:
+        kind, files = checkpoint_files(path)
+    except (ValueError, FileNotFoundError):
+        return None  # pickled or missing weights: the loader gives the full message
+    if kind != "safetensors":
+        return None
+    keys = set().union(*(read_safetensors(f).keys() for f in files))
+    return "score" if "score.weight" in keys else "lm"
+
+
+def _precheck_pair(lm_path: str, rm_path: str) -> None:
+    """Before either model loads: the LM and RM directories are not swapped and their
+    vocabularies agree (the loaders and the decoder would find both only after a load)."""
+    from nabla_jax.models.load import load_tokenizer, read_model_config
+    from nabla_jax.vocab import check_vocab_compatibility
+
+    lm_head, rm_head = _head_of(lm_path), _head_of(rm_path)
+    if lm_head == "score" and rm_head == "lm":
+        raise _err(
+            f"--lm {lm_path!r} is a reward model and --rm {rm_path!r} a causal LM; swap them"
+        )
+    if lm_head == "score":
+        raise _err(f"--lm {lm_path!r} is a sequence-classification (reward) checkpoint")
+    if rm_head == "lm":
+        raise _err(f"--rm {rm_path!r} is a causal LM; it needs a *ForSequenceClassification head")
+    lm_cfg, rm_cfg = read_model_config(lm_path), read_model_config(rm_path)
+    lm_tok, rm_tok = load_tokenizer(lm_path), load_tokenizer(rm_path)
+    if lm_tok is not None and rm_tok is not None:
+        check_vocab_compatibility(lm_tok, rm_tok, lm_cfg.vocab_size, rm_cfg.vocab_size)
 
 
 def _decode_config(args):
@@ -80,7 +149,13 @@ def cmd_demo(args) -> int:
 
     if args.changed < 0:
         raise _err("--changed must be ≥ 0")
-    return run_demo(args.num_problems, args.seed, show_text=args.show_text, changed=args.changed)
+    return run_demo(
+        args.num_problems,
+        args.seed,
+        show_text=args.show_text,
+        changed=args.changed,
+        max_length=args.max_length,
+    )
 
 
 def _task(args, run: dict):
@@ -97,6 +172,8 @@ def _read_prompts(args, task) -> list[str]:
     """``--prompt`` or the prompts of a ``--prompts`` file read by ``task``, formatted by the
     task (the math task appends the config's instruction; arithmetic keeps them as given)."""
     if args.prompt is not None:
+        if not args.prompt.strip():
+            raise _err("--prompt is empty; give the text to decode")
         return [task.format_prompt(args.prompt)]
     if not os.path.exists(args.prompts):
         raise _err(f"--prompts file {args.prompts!r} does not exist")
@@ -104,6 +181,17 @@ def _read_prompts(args, task) -> list[str]:
         return [task.format_prompt(p) for p in task.load_problems(args.prompts)]
     except ValueError as e:
         raise _err(str(e)) from e
+
+
+def _model_id(path: str | None) -> str:
+    """A model as recorded in a results file's provenance: its absolute path, or "bundled"."""
+    return os.path.abspath(path) if path else "bundled"
+
+
+def _same_file(a: str, b: str) -> bool:
+    if os.path.exists(a) and os.path.exists(b):
+        return os.path.samefile(a, b)
+    return os.path.realpath(a) == os.path.realpath(b)
 
 
 def cmd_decode(args) -> int:
@@ -114,36 +202,53 @@ def cmd_decode(args) -> int:
 
     cfg, run = _decode_config(args)
     task = _task(args, run)
-    _setup_distributed(args, run)
+    if args.output:
+        if args.prompts and _same_file(args.prompts, args.output):
+            raise _err(
+                f"--output {args.output!r} is the --prompts file; writing would overwrite the "
+                "prompts — choose another output path"
+            )
+        _check_output_path(args.output, "--output")
     prompts = _read_prompts(args, task)
+    _setup_distributed(args, run)
     lm, rm = _load_models(args, run.get("models"))
     decoder = NablaDecoder(lm, rm, cfg)
-    results = distributed.generate_across_hosts(
-        decoder, prompts, jax.random.key(args.seed), mesh=args.mesh_obj
-    )
-    rows = [
-        {"prompt": p, "response": r.text, "stats": dict(r.stats)} for p, r in zip(prompts, results)
-    ]
-    if args.trace:
-        from nabla_jax.revisions import revision_events
+    key = jax.random.key(args.seed)
+    main = distributed.is_main_process()
+    # Decode chunk by chunk and write each chunk's rows at once (flushed), so a kill loses at
+    # most one chunk. A prompt's randomness depends on the key and the prompt only, so chunking
+    # does not change any result.
+    out = open(args.output, "w", encoding="utf-8") if (args.output and main) else None
+    written = 0
+    step = 4 * cfg.batch_size  # several batches per call keep the decoder's slots busy
+    try:
+        for start in range(0, len(prompts), step):
+            chunk = prompts[start : start + step]
+            results = distributed.generate_across_hosts(decoder, chunk, key, mesh=args.mesh_obj)
+            if not main:
+                continue
+            for p, r in zip(chunk, results):
+                row = {"prompt": p, "response": r.text, "stats": dict(r.stats)}
+                if args.trace:
+                    from nabla_jax.revisions import print_revisions, revision_events
 
-        for row, r in zip(rows, results):
-            row["revisions"] = [e.to_dict() for e in revision_events(r, lm.tokenizer)]
-    if distributed.is_main_process():
-        if args.output:
-            with open(args.output, "w") as f:
-                for row in rows:
-                    f.write(json.dumps(row) + "\n")
-            print(f"wrote {len(rows)} responses to {args.output}")
-        elif args.trace:
-            from nabla_jax.revisions import print_revisions
-
-            for p, r in zip(prompts, results):
-                print_revisions(r, lm.tokenizer, title=p)
-                print(f"{dict(r.stats)}\n")
-        else:
-            for row in rows:
-                print(f"### {row['prompt']}\n{row['response']}\n{row['stats']}\n")
+                    row["revisions"] = [e.to_dict() for e in revision_events(r, lm.tokenizer)]
+                if out is not None:
+                    out.write(json.dumps(row) + "\n")
+                elif args.trace:
+                    print_revisions(r, lm.tokenizer, title=p)
+                    print(f"{dict(r.stats)}\n", flush=True)
+                else:
+                    print(f"### {row['prompt']}\n{row['response']}\n{row['stats']}\n", flush=True)
+                written += 1
+            if out is not None:
+                out.flush()
+                os.fsync(out.fileno())
+    finally:
+        if out is not None:
+            out.close()
+    if out is not None:
+        print(f"wrote {written} responses to {args.output}")
     return 0
 
 
@@ -162,19 +267,31 @@ def cmd_bench_accuracy(args) -> int:
         evaluation.check_baseline_sampling(methods, sampling or cfg.rollout)
     except ValueError as e:
         raise _err(str(e)) from e
+    out = args.output
+    stem = out[: -len(".jsonl")] if out.endswith(".jsonl") else out
+    results_path = out if out.endswith(".jsonl") else out + ".jsonl"
+    _check_output_path(results_path, "--output", create_dir=True)
     problems = _bench_problems(args, task)
     can_plot = evaluation.plotting_available()
     if not can_plot:
         print(evaluation.NO_PLOT_MESSAGE, file=sys.stderr)
+    provenance = evaluation.provenance(
+        seed=args.seed, methods=methods, cfg=cfg, baseline_sampling=sampling,
+        lm=_model_id(args.lm or (run.get("models") or {}).get("lm")),
+        rm=_model_id(args.rm or (run.get("models") or {}).get("rm")),
+        dtype=args.dtype or (run.get("models") or {}).get("dtype") or "float32",
+        problems=[p.id for p in problems],
+    )  # fmt: skip
+    # Integrity and provenance of an existing results file, before any model loads.
+    for note in evaluation.prepare_results_file(results_path, provenance):
+        print(note, file=sys.stderr)
     _setup_distributed(args, run)
     lm, rm = _load_models(args, run.get("models"))
-    out = args.output
-    stem = out[: -len(".jsonl")] if out.endswith(".jsonl") else out
-    results_path = out if out.endswith(".jsonl") else out + ".jsonl"
     evaluation.run_benchmark(
         lm, rm, problems, methods, cfg, seed=args.seed, results_path=results_path,
         batch_size=args.batch_size, progress=not args.no_progress, baseline_sampling=sampling,
         task=task,
+        provenance=provenance,
     )  # fmt: skip
     summary = evaluation.summarize(results_path, methods)
     with open(stem + ".summary.json", "w") as f:
@@ -201,6 +318,8 @@ def _add_cache_arg(p):
         help="do not read or write the persistent XLA compilation cache "
         "(default: on, in $NABLA_JAX_CACHE_DIR or ~/.cache/nabla-jax/xla)",
     )
+
+
 def _bench_problems(args, task) -> list:
     """``--problems FILE`` read by the task (the first ``--num-problems`` if given), or fresh
     test problems of a task that can draw them (arithmetic: ``--num-problems``, default 200)."""
@@ -239,12 +358,24 @@ def _add_model_args(p):
     p.add_argument("--coordinator-address", help="jax.distributed coordinator host:port")
     p.add_argument("--num-processes", type=int, help="number of processes (hosts)")
     p.add_argument("--process-id", type=int, help="this process's id")
+    p.add_argument(
+        "--allow-pickle", action="store_true",
+        help="load pytorch_model.bin weights (torch.load, weights_only) if no safetensors",
+    )  # fmt: skip
+
+
+def _add_debug(p, default=False):
+    p.add_argument(
+        "--debug", action="store_true", default=default,
+        help="show the full traceback of an error instead of its one-line message",
+    )  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nabla-jax", description="∇-Reasoner: test-time reasoning by gradient descent on text."
     )
+    _add_debug(parser)
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="greedy vs ∇-Reasoner on bundled problems")
@@ -259,6 +390,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="also decode this many problems of the committed benchmark where ∇ changed "
         "greedy's grade (marked *, alternately fixed and broken; default 2)",
     )
+    demo.add_argument(
+        "--max-length", type=int,
+        help="response tokens per problem (default: the bundled config's); small values are fast",
+    )  # fmt: skip
+    _add_debug(demo, argparse.SUPPRESS)
     demo.set_defaults(func=cmd_demo)
 
     dec = sub.add_parser("decode", help="decode prompts with ∇-Reasoner")
@@ -278,6 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="record what ∇ changed: 'revisions' in the JSONL (old → new token text, RM "
         "scores, verdict), or a highlighted view in the terminal",
     )
+    _add_debug(dec, argparse.SUPPRESS)
     dec.set_defaults(func=cmd_decode)
 
     bench = sub.add_parser("bench", help="benchmarks")
@@ -295,11 +432,23 @@ def build_parser() -> argparse.ArgumentParser:
     acc.add_argument("--batch-size", type=int, default=8)
     acc.add_argument("--output", default="results/accuracy.jsonl")
     acc.add_argument("--no-progress", action="store_true")
+    _add_debug(acc, argparse.SUPPRESS)
     acc.set_defaults(func=cmd_bench_accuracy)
     return parser
 
 
+def _check_args(args) -> None:
+    for name in ("num_problems", "batch_size", "max_length"):
+        if getattr(args, name, None) is not None and getattr(args, name) < 1:
+            raise _err(f"--{name.replace('_', '-')} must be ≥ 1")
+    seed = getattr(args, "seed", 0)
+    if not 0 <= seed <= MAX_SEED:
+        raise _err(f"--seed {seed} is out of range; use an integer in [0, 2**63 - 1]")
+
+
 def main(argv=None) -> int:
+    """Run the command line. Every error ends as one line ``nabla-jax: error: …`` on stderr and
+    exit code 2; ``--debug`` shows the traceback instead."""
     # transformers is used here for tokenizers only; its "PyTorch was not found" notice is noise.
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     args = build_parser().parse_args(argv)
@@ -307,10 +456,15 @@ def main(argv=None) -> int:
         from nabla_jax import compilation_cache
 
         compilation_cache.disable()
-    for name in ("num_problems", "batch_size"):
-        if getattr(args, name, 1) is not None and getattr(args, name, 1) < 1:
-            raise _err(f"--{name.replace('_', '-')} must be ≥ 1")
-    return args.func(args)
+    try:
+        _check_args(args)
+        return args.func(args)
+    except (SystemExit, KeyboardInterrupt):
+        raise
+    except Exception as e:
+        if args.debug:
+            raise
+        raise _err(f"{_one_line(e)} (--debug shows the traceback)") from None
 
 
 if __name__ == "__main__":

@@ -66,8 +66,27 @@ def decode_config_from_dict(values: dict | None) -> DecodeConfig:
     )
 
 
+def _yaml_loader():
+    """PyYAML's SafeLoader reading ``1e-2`` / ``5E3`` as floats (YAML 1.2), not strings: its
+    YAML 1.1 float pattern demands a dot (``1.0e-2``), so ``learning_rate: 1e-2`` would be text."""
+    import re
+
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_implicit_resolver(
+        "tag:yaml.org,2002:float",
+        re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+        list("-+0123456789"),
+    )
+    return Loader
+
+
 def load_run_config(path) -> dict[str, Any]:
-    """Read a YAML run config; returns ``{"decode": DecodeConfig, "models": {...}, ...}``."""
+    """Read a YAML run config; returns ``{"decode": DecodeConfig, "models": {...}, ...}``.
+    Numbers in exponent form without a dot (``1e-2``) are read as numbers."""
     import yaml
 
     path = os.fspath(path)
@@ -75,7 +94,7 @@ def load_run_config(path) -> dict[str, Any]:
         raise FileNotFoundError(f"config file {path!r} does not exist")
     with open(path) as f:
         try:
-            raw = yaml.safe_load(f) or {}
+            raw = yaml.load(f, Loader=_yaml_loader()) or {}
         except yaml.YAMLError as e:
             raise ConfigError(f"{path} is not valid YAML: {e}") from e
     if not isinstance(raw, dict):

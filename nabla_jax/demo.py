@@ -10,6 +10,7 @@ and so do the ids of the problems where ∇ changed greedy's grade in that run
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -106,13 +107,19 @@ def _selected_problems(k: int, exclude=()) -> list[tuple[object, str]]:
 
 
 def run_demo(
-    num_problems: int = 4, seed: int = 0, show_text: bool = False, changed: int = 2, console=None
+    num_problems: int = 4,
+    seed: int = 0,
+    show_text: bool = False,
+    changed: int = 2,
+    console=None,
+    max_length: int | None = None,
 ) -> int:
     """Run the demo on the bundled pair and print it to ``console`` (a ``rich`` Console).
 
     ``num_problems`` fresh test problems (``seed``), then ``changed`` problems of the committed
     benchmark run on which ∇'s answer was graded differently from greedy's (alternately one it
     fixed and one it broke — selected, so not typical; the table at the end is the whole story).
+    ``max_length``: response tokens per problem (default: the bundled config's).
     """
     import jax
     from rich.console import Console
@@ -141,6 +148,8 @@ def run_demo(
     labels = [""] * len(fresh) + [f"*{label}" for _, label in selected]
     prompts = [format_prompt(p) for p in problems]
     cfg = bundled_decode_config()
+    if max_length is not None:
+        cfg = dataclasses.replace(cfg, max_length=max_length)
     console.print(
         f"Greedy chain of thought on {len(fresh)} fresh test problems (seed {seed})"
         + (f" and {len(selected)} problems of the committed run marked *" if selected else "")

@@ -19,12 +19,53 @@ import numpy as np
 ENV_VARS = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
 
 
-def maybe_initialize(coordinator_address=None, num_processes=None, process_id=None) -> bool:
+#: Seconds a process waits for the coordinator before giving up (env ``NABLA_COORDINATOR_TIMEOUT``).
+DEFAULT_CONNECT_TIMEOUT = 120.0
+
+
+class CoordinatorUnreachableError(RuntimeError):
+    """No coordinator answered at the given address within the timeout."""
+
+
+def wait_for_coordinator(address: str, timeout: float) -> None:
+    """Poll a TCP connection to ``host:port`` until it opens, for at most ``timeout`` seconds.
+
+    Without this, a process whose coordinator never starts waits ~300 s inside
+    ``jax.distributed.initialize`` and then aborts the interpreter from C++ (exit 134).
+    """
+    import socket
+    import time
+
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"coordinator address {address!r} must be host:port, e.g. 10.0.0.1:1234")
+    host = host.strip("[]")
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection((host, int(port)), timeout=min(5.0, timeout)):
+                return
+        except OSError as e:
+            if time.monotonic() >= deadline:
+                raise CoordinatorUnreachableError(
+                    f"no coordinator answered at {address} within {timeout:.0f} s ({e}); start "
+                    "process 0 (it runs the coordinator) with the same --coordinator-address, or "
+                    "check the address and firewall (NABLA_COORDINATOR_TIMEOUT sets the wait)"
+                ) from None
+            time.sleep(0.5)
+
+
+def maybe_initialize(
+    coordinator_address=None, num_processes=None, process_id=None, connect_timeout=None
+) -> bool:
     """Call ``jax.distributed.initialize`` when a multi-process run is requested.
 
     The three settings come from the arguments or, failing those, the environment variables
     ``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID``. All three must be
     given together. Returns True when initialised, False for a single-process run.
+    Processes other than 0 first wait up to ``connect_timeout`` seconds (default
+    ``NABLA_COORDINATOR_TIMEOUT`` or 120) for the coordinator to accept connections, and raise
+    ``CoordinatorUnreachableError`` if it never does.
     """
     env = os.environ
     coordinator_address = coordinator_address or env.get("JAX_COORDINATOR_ADDRESS")
@@ -44,6 +85,10 @@ def maybe_initialize(coordinator_address=None, num_processes=None, process_id=No
         raise ValueError(f"process id {process_id} is not in [0, num_processes={num_processes})")
     if num_processes == 1:
         return False
+    if connect_timeout is None:
+        connect_timeout = float(env.get("NABLA_COORDINATOR_TIMEOUT", DEFAULT_CONNECT_TIMEOUT))
+    if process_id != 0:
+        wait_for_coordinator(coordinator_address, connect_timeout)
     # Cross-process collectives on the CPU backend (no effect on accelerators). Asking which
     # backend is in use would initialise it, which must not happen before initialize().
     jax.config.update("jax_cpu_collectives_implementation", "gloo")

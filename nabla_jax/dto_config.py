@@ -135,24 +135,32 @@ class DTOConfig:
         choice("reward_form", ("score", "mean_last_logits"))
         choice("on_nonfinite", ON_NONFINITE)
         choice("window_dtype", WINDOW_DTYPES)
-        check("num_steps", lambda v: isinstance(v, int) and v >= 1, "an int ≥ 1")
-        finite_pos = lambda v: isinstance(v, (int, float)) and math.isfinite(v) and v > 0
-        finite_nonneg = lambda v: isinstance(v, (int, float)) and math.isfinite(v) and v >= 0
+        import numbers
+
+        # bool is an int in Python: num_steps=True or b1=False are typos, not numbers.
+        is_int = lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool)
+        is_num = lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool)
+        check("num_steps", lambda v: is_int(v) and v >= 1, "an int ≥ 1")
+        finite_pos = lambda v: is_num(v) and math.isfinite(v) and v > 0
+        finite_nonneg = lambda v: is_num(v) and math.isfinite(v) and v >= 0
         check("learning_rate", finite_pos, "a finite number > 0")
         check("tau", finite_pos, "a finite number > 0")
         check("eps", finite_pos, "a finite number > 0")
         for name in ("weight_decay", "reward_coeff", "nll_coeff", "lambda_kl", "gumbel_scale"):
             check(name, finite_nonneg, "a finite number ≥ 0")
-        check("b1", lambda v: 0 <= v < 1, "in [0, 1)")
-        check("b2", lambda v: 0 <= v < 1, "in [0, 1)")
-        check("min_lr_ratio", lambda v: 0 <= v <= 1, "in [0, 1]")
-        check("warmup_ratio", lambda v: 0 <= v < 1, "in [0, 1)")
+        check("b1", lambda v: is_num(v) and 0 <= v < 1, "a number in [0, 1)")
+        check("b2", lambda v: is_num(v) and 0 <= v < 1, "a number in [0, 1)")
+        check("min_lr_ratio", lambda v: is_num(v) and 0 <= v <= 1, "a number in [0, 1]")
+        check("warmup_ratio", lambda v: is_num(v) and 0 <= v < 1, "a number in [0, 1)")
         if self.warmup_steps is not None:
             check(
                 "warmup_steps",
-                lambda v: isinstance(v, int) and 0 <= v < self.num_steps,
+                lambda v: is_int(v) and 0 <= v < self.num_steps,
                 f"an int in [0, num_steps={self.num_steps})",
             )
+        for name in ("hard", "update_postfix", "grad_caching", "prefix_cache"):
+            check(name, lambda v: isinstance(v, bool), "True or False")
+        check("ste_warn_steps", lambda v: is_int(v) and v >= 0, "an int ≥ 0")
         check("kl_warn_threshold", finite_pos, "a finite number > 0")
 
     @property

@@ -1,8 +1,11 @@
 """Accuracy versus model calls: every method on the same problems, resumable, summary and plot.
 
-Results append to a JSONL file as each batch finishes (one line per method × problem); a rerun
-skips what is already there. ``summarize`` turns the JSONL into ``{method: {accuracy,
-mean_model_calls, wall_seconds, n}}`` and ``plot_summary`` draws accuracy against model calls.
+Results append to a JSONL file row by row, flushed to disk after each batch (one line per method ×
+problem); a rerun skips what is already there. The file's first line records the run's provenance
+(seed, methods, decode config, baseline sampling, models, problems); resuming into a file from a
+different run is refused, and a torn last line (a process killed mid-write) is repaired.
+``summarize`` turns the JSONL into ``{method: {accuracy, mean_model_calls, wall_seconds, n}}``
+and ``plot_summary`` draws accuracy against model calls.
 """
 
 from __future__ import annotations
@@ -35,6 +38,9 @@ def parse_methods(spec: str | Sequence[str]) -> list[str]:
     names = [m for m in names if m]
     if not names:
         raise ValueError("no methods given; e.g. --methods greedy,bon:8,sc:8,nabla")
+    dup = sorted({m for m in names if names.count(m) > 1})
+    if dup:
+        raise ValueError(f"method(s) {dup} given twice; list each method once")
     for m in names:
         base, _, n = m.partition(":")
         if base in ("bon", "sc"):
@@ -117,15 +123,110 @@ def method_key(seed: int, method: str):
     return jax.random.fold_in(jax.random.key(seed), sum(map(ord, method)))
 
 
+PROVENANCE_KEY = "_provenance"
+
+
+class ResultsFileError(ValueError):
+    """A results file that cannot be resumed: a corrupt line, or rows of another run."""
+
+
+def provenance(
+    *, seed: int, methods: Sequence[str], cfg: DecodeConfig, baseline_sampling=None,
+    lm: str, rm: str, dtype: str, problems: Sequence[str],
+) -> dict:  # fmt: skip
+    """What makes a results file's rows comparable: recorded in its first line and checked on
+    resume. ``problems`` are the problem ids; ``lm``/``rm`` the model paths (or "bundled")."""
+    sampling = baseline_sampling if baseline_sampling is not None else cfg.rollout
+    return json.loads(json.dumps({
+        "seed": int(seed), "methods": list(methods), "decode": dataclasses.asdict(cfg),
+        "baseline_sampling": dataclasses.asdict(sampling), "lm": str(lm), "rm": str(rm),
+        "dtype": str(dtype), "problems": list(problems),
+    }, default=str))  # fmt: skip
+
+
+def _read_rows(path: str) -> tuple[dict | None, list[dict]]:
+    """(provenance header or None, result rows) of a results file; ``ResultsFileError`` naming
+    the file and line for one that is not JSON."""
+    header, rows = None, []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ResultsFileError(
+                    f"{path}, line {n}: not valid JSON ({e.msg}); the results file is corrupt — "
+                    "fix or delete that line, or choose another --output"
+                ) from None
+            if isinstance(row, dict) and PROVENANCE_KEY in row:
+                header = row[PROVENANCE_KEY]
+            else:
+                rows.append(row)
+    return header, rows
+
+
+def _repair_torn_tail(path: str) -> str | None:
+    """A last line without its newline was cut mid-write: complete it if it is whole JSON, else
+    drop it (its result is recomputed). Returns a note saying what was done, or None."""
+    with open(path, "rb") as f:
+        data = f.read()
+    if not data or data.endswith(b"\n"):
+        return None
+    start = data.rfind(b"\n") + 1
+    line_no = data.count(b"\n") + 1
+    try:
+        json.loads(data[start:])
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        with open(path, "r+b") as f:
+            f.truncate(start)
+        return (
+            f"{path}: removed a torn last line (line {line_no}, {len(data) - start} bytes, cut "
+            "mid-write); its result will be recomputed"
+        )
+    with open(path, "ab") as f:
+        f.write(b"\n")
+    return f"{path}: line {line_no} had no final newline; added it"
+
+
+def prepare_results_file(path: str, prov: dict) -> list[str]:
+    """Check an existing results file before a resume: repair a torn last line, refuse corrupt
+    lines (naming file and line) and rows of a different run (a provenance mismatch names the
+    differing settings). Returns notes for the user. A missing or empty file passes."""
+    if not os.path.exists(path) or os.path.getsize(path) == 0:
+        return []
+    notes = [n for n in [_repair_torn_tail(path)] if n]
+    header, rows = _read_rows(path)
+    if header is None:
+        if not rows:
+            return notes
+        raise ResultsFileError(
+            f"{path} has results but no provenance record (written by an older version or "
+            "another tool), so resuming cannot check they come from the same run; move it away "
+            "or choose another --output"
+        )
+    diff = sorted(k for k in set(header) | set(prov) if header.get(k) != prov.get(k))
+    if diff:
+        shown = "; ".join(
+            f"{k}: file {_short(header.get(k))} vs now {_short(prov.get(k))}" for k in diff
+        )
+        raise ResultsFileError(
+            f"{path} holds results of a different run ({shown}); resuming would mix them — "
+            "rerun with the same settings or choose another --output"
+        )
+    return notes
+
+
+def _short(value, limit: int = 60) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def _done(path) -> set[tuple[str, str]]:
     done = set()
     if path and os.path.exists(path):
-        with open(path) as f:
-            for line in f:
-                line = line.strip()
-                if line:
-                    row = json.loads(line)
-                    done.add((row["method"], row["problem_id"]))
+        for row in _read_rows(path)[1]:
+            done.add((row["method"], row["problem_id"]))
     return done
 
 
@@ -142,13 +243,17 @@ def run_benchmark(
     progress: bool = True,
     baseline_sampling: SamplingConfig | None = None,
     task: Task | None = None,
+    provenance: dict | None = None,
 ) -> list[dict]:
     """Run every method on every problem; append one JSON line per result to ``results_path``.
 
     ``task`` (default: arithmetic) turns problems into prompts, extracts and grades answers.
 
-    Problems already recorded for a method are skipped (resume). Each method's key is derived
-    from ``seed`` and the method name, so reruns reproduce the same samples. The sampled
+    Problems already recorded for a method are skipped (resume). With ``provenance`` (see
+    :func:`provenance`), an existing file is checked first (``prepare_results_file``) and a new
+    one starts with the provenance record. Each batch's rows are flushed to disk when written.
+    Each method's key is derived from ``seed`` and the method name, so reruns reproduce the same
+    samples. The sampled
     baselines draw with ``baseline_sampling`` (default ``cfg.rollout``); a greedy one is an error
     raised before anything runs.
     """
@@ -158,8 +263,16 @@ def run_benchmark(
     check_baseline_sampling(
         methods, cfg.rollout if baseline_sampling is None else baseline_sampling
     )
-    done = _done(results_path)
+    if len(set(methods)) != len(methods):
+        raise ValueError(f"methods {list(methods)} name a method twice; list each method once")
     os.makedirs(os.path.dirname(os.path.abspath(results_path)), exist_ok=True)
+    if provenance is not None:
+        for note in prepare_results_file(results_path, provenance):
+            print(note)
+        if not os.path.exists(results_path) or os.path.getsize(results_path) == 0:
+            with open(results_path, "w", encoding="utf-8") as f:
+                f.write(json.dumps({PROVENANCE_KEY: provenance}) + "\n")
+    done = _done(results_path)
     rows = []
     for method in methods:
         todo = [p for p in problems if (method, p.id) not in done]
@@ -188,6 +301,8 @@ def run_benchmark(
                     }
                     f.write(json.dumps(row) + "\n")
                     rows.append(row)
+                f.flush()
+                os.fsync(f.fileno())
             bar.update(len(chunk))
         bar.close()
     return rows
@@ -196,11 +311,8 @@ def run_benchmark(
 def summarize(results_path: str, methods: Sequence[str] | None = None) -> dict:
     """``{method: {accuracy, mean_model_calls, wall_seconds, n}}`` from the JSONL results."""
     by: dict[str, list[dict]] = {}
-    with open(results_path) as f:
-        for line in f:
-            if line.strip():
-                row = json.loads(line)
-                by.setdefault(row["method"], []).append(row)
+    for row in _read_rows(results_path)[1]:
+        by.setdefault(row["method"], []).append(row)
     order = list(methods) if methods else list(by)
     out = {}
     for m in order:

@@ -35,8 +35,9 @@ __all__ = [
 ]
 
 _WHAT_TO_DO = (
-    "Use the same tokenizer (and vocabulary) for the LM and the reward model, or pass "
-    "align=True to use cross-tokenizer alignment (nabla_jax.vocab.align_rm_embeddings)."
+    "Use the same tokenizer (and vocabulary) for the LM and the reward model, or align them: "
+    "pass rm_embed=nabla_jax.vocab.align_rm_embeddings(lm_tok, rm_tok, rm.embed_matrix(), "
+    "lm_vocab_size) to nabla_jax.refine (cross-tokenizer alignment; Python API only)."
 )
 
 #: Strings whose encodings must agree between LM and RM tokenizers: prose, math, digits, code,

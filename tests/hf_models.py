@@ -7,6 +7,7 @@ import transformers as tr
 
 VOCAB = 101
 PAD = 0
+MATRIX_SCALE = 6.0
 
 
 def hf_config(family: str, *, kv_heads: int = 2, tied: bool = False, num_labels: int = 1, **kw):
@@ -55,12 +56,23 @@ def hf_model(family: str, head: str = "lm", seed: int = 0, **kw):
     cfg = hf_config(family, **kw)
     auto = tr.AutoModelForCausalLM if head == "lm" else tr.AutoModelForSequenceClassification
     model = auto.from_config(cfg).eval()
-    # Random, non-trivial norm weights so that a mis-mapped norm would show.
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.ndim == 1:
-                p.add_(0.1 * torch.randn_like(p))
+    sharpen_(model)
     return model
+
+
+def sharpen_(model, scale: float = MATRIX_SCALE) -> None:
+    """Move a fresh model's weights far from the init, in place: every matrix ×``scale`` (std
+    0.02 → 0.12), norm weights uniform in [0.5, 1.5], biases N(0, 0.1). The init's near-uniform
+    attention and ≈0 logits hide wrong positions or norms; after this, attention is clearly
+    non-uniform and logits span several units (``tests/test_models.py`` checks both)."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.ndim >= 2:
+                p.mul_(scale)
+            elif name.endswith("weight"):  # 1-D weights are norm scales
+                p.uniform_(0.5, 1.5)
+            else:
+                p.copy_(0.1 * torch.randn_like(p))
 
 
 def save_chat_pair(lm_dir, rm_dir, *, hidden=32, heads=4, kv_heads=2, intermediate=64, seed=0):

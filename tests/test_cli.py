@@ -50,9 +50,14 @@ def test_mesh_that_does_not_fit(capsys):
     _fails(["decode", "--mesh", "data=3,model=5", "--prompt", "hi"], capsys, "devices")
 
 
-def test_incomplete_multihost_flags():
-    with pytest.raises(ValueError, match="needs all of"):
-        cli.main(["decode", "--coordinator-address", "127.0.0.1:1", "--prompt", "hi"])
+def test_incomplete_multihost_flags(capsys):
+    # A library ValueError reaching the CLI is one line and exit code 2, not a traceback.
+    argv = ["decode", "--coordinator-address", "127.0.0.1:1", "--prompt", "hi"]
+    _fails(argv, capsys, "needs all of --coordinator-address, --num-processes and --process-id")
+    # --debug (before or after the subcommand) shows the traceback instead.
+    for debug_argv in (["--debug", *argv], [*argv, "--debug"]):
+        with pytest.raises(ValueError, match="needs all of"):
+            cli.main(debug_argv)
 
 
 def test_bundled_config_file_matches_the_builtin_defaults():
@@ -95,15 +100,20 @@ def test_parse_methods():
         parse_methods(" , ")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not (BUNDLED_LM / "config.json").exists(), reason="bundled models missing")
 def test_bench_accuracy_writes_results_and_resumes(tmp_path, capsys):
     out = tmp_path / "acc.jsonl"
     cfg = tmp_path / "small.yaml"
-    cfg.write_text("decode:\n  max_length: 80\n  max_n_generations: 2\n  grad_threshold: null\n")
+    cfg.write_text("decode:\n  max_length: 40\n  max_n_generations: 2\n  grad_threshold: null\n")
     argv = ["bench", "accuracy", "--methods", "greedy,nabla", "--num-problems", "2",
             "--seed", "7", "--output", str(out), "--config", str(cfg), "--no-progress"]  # fmt: skip
     assert cli.main(argv) == 0
-    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    header, *lines = out.read_text().splitlines()
+    prov = json.loads(header)["_provenance"]
+    assert prov["seed"] == 7 and prov["methods"] == ["greedy", "nabla"]
+    assert prov["decode"]["max_length"] == 40 and prov["lm"] == "bundled"
+    rows = [json.loads(line) for line in lines]
     assert len(rows) == 4 and {r["method"] for r in rows} == {"greedy", "nabla"}
     summary = json.loads((tmp_path / "acc.summary.json").read_text())
     assert set(summary) == {"greedy", "nabla"}
@@ -111,6 +121,18 @@ def test_bench_accuracy_writes_results_and_resumes(tmp_path, capsys):
     assert (tmp_path / "acc.png").stat().st_size > 0
     # A rerun resumes: nothing is recomputed or appended.
     assert cli.main(argv) == 0
-    assert len(out.read_text().splitlines()) == 4
+    assert len(out.read_text().splitlines()) == 5
     assert summarize(str(out))["greedy"]["n"] == 2
     assert "| greedy |" in capsys.readouterr().out
+    # A kill mid-write leaves a torn last line: the rerun says so, recomputes that row only, and
+    # the file is whole again.
+    text = out.read_text()
+    cut = text.rstrip("\n").rfind("\n") + 1 + 30
+    out.write_text(text[:cut])
+    assert cli.main(argv) == 0
+    assert "removed a torn last line (line 5" in capsys.readouterr().err
+    again = [json.loads(line) for line in out.read_text().splitlines()[1:]]
+    assert len(again) == 4 and again[:3] == rows[:3]
+    key = lambda r: (r["method"], r["problem_id"])
+    assert key(again[3]) == key(rows[3])
+    assert summarize(str(out))["nabla"]["n"] == 2

@@ -248,3 +248,52 @@ def test_cache_without_key_mask(lm):
         lm.forward(
             IDS, position_ids=np.arange(4)[None], cache=cache, key_mask=np.ones((1, 4), np.int32)
         )
+
+
+# -- bad paths and corrupt files: one clear error naming the file, before any compute ----------
+
+
+def test_path_of_the_wrong_type_or_a_file(qwen_dir):
+    with pytest.raises(TypeError, match="path must be a str or os.PathLike.*got int 42"):
+        nj.load_causal_lm(42)
+    with pytest.raises(FileNotFoundError, match="is a file; pass the model directory"):
+        nj.load_causal_lm(qwen_dir / "config.json")
+
+
+@pytest.mark.parametrize("damage", ["empty", "truncated", "random", "header-garbage"])
+def test_corrupt_safetensors_names_the_file(qwen_dir, tmp_path, damage):
+    path = _copy(qwen_dir, tmp_path / "m")
+    weights = path / "model.safetensors"
+    data = weights.read_bytes()
+    rng = np.random.RandomState(0)
+    weights.write_bytes(
+        {
+            "empty": b"",
+            "truncated": data[: len(data) // 2],
+            "random": rng.bytes(4096),
+            "header-garbage": data[:8] + b"{not json" + data[17:],
+        }[damage]
+    )
+    with pytest.raises(nj.models.convert.CorruptCheckpointError) as err:
+        nj.load_causal_lm(path)
+    msg = str(err.value)
+    assert str(weights) in msg and ("corrupt" in msg or "truncated" in msg)
+    assert "\n" not in msg
+
+
+def test_corrupt_config_json_names_the_file(qwen_dir, tmp_path):
+    path = _copy(qwen_dir, tmp_path / "m")
+    (path / "config.json").write_text("")
+    with pytest.raises(ValueError, match=r"config\.json is not valid JSON.*corrupt"):
+        nj.load_causal_lm(path)
+
+
+def test_nan_weights_are_found_at_load_time(qwen_dir, tmp_path):
+    path = _copy(qwen_dir, tmp_path / "m")
+    tensors = {k: torch.tensor(np.array(v)) for k, v in read_safetensors(
+        str(qwen_dir / "model.safetensors")).items()}  # fmt: skip
+    tensors["model.layers.1.mlp.up_proj.weight"][3, 5] = float("nan")
+    save_file(tensors, str(path / "model.safetensors"), metadata={"format": "pt"})
+    where = r"\['layers'\]\['mlp'\]\['up_proj'\].*\(layer 1\) holds NaN or inf"
+    with pytest.raises(ValueError, match=where):
+        nj.load_causal_lm(path)

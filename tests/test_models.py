@@ -11,8 +11,21 @@ from nabla_jax.models.convert import read_safetensors
 from tests.hf_models import PAD, VOCAB, hf_model
 
 FAMILIES = ["llama", "qwen2", "qwen3", "mistral", "gpt2"]
-TOL = 1e-4  # max abs error of fp32 logits / scores
+# fp32 logits / scores: max abs error ≤ REL_TOL × the reference's range (max − min over valid
+# positions). The right port sits near 3e-7 of the range (float32 rounding); the wrong variants
+# of test_wrong_variant_fails_by_orders_of_magnitude at ≥ 7e-3.
+REL_TOL = 1e-5
+MIN_RANGE = 3.0  # the sharpened tiny models' logits span several units (else REL_TOL is moot)
 B, T = 3, 12
+
+
+def assert_close_to_range(out, ref, *, min_range: float = MIN_RANGE) -> float:
+    """Max |out − ref| ≤ REL_TOL × range(ref); returns that error as a share of the range."""
+    span = float(ref.max() - ref.min())
+    assert span >= min_range, f"reference logits span only {span:.3g}; the test cannot separate"
+    err = float(np.abs(out - ref).max()) / span
+    assert err <= REL_TOL, f"max error {err:.3g} of the logit range > {REL_TOL}"
+    return err
 
 
 def _batch(padding: str, seed: int = 0):
@@ -53,7 +66,7 @@ def test_causal_lm_logits_match_hf(family, padding, tmp_path):
     out = np.asarray(lm.logits(ids, mask))
     assert out.shape == (B, T, VOCAB)
     valid = mask > 0
-    np.testing.assert_allclose(out[valid], ref[valid], atol=TOL, rtol=0)
+    assert_close_to_range(out[valid], ref[valid])
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -68,13 +81,74 @@ def test_reward_model_scores_match_hf(family, padding, tmp_path):
             attention_mask=torch.tensor(mask),
             position_ids=torch.tensor(_positions(mask)),
         ).logits.numpy()[:, 0]
-    np.testing.assert_allclose(np.asarray(rm.score(ids, mask)), ref, atol=TOL, rtol=0)
+    # Three scores: their own range may be tiny, so the scale is their largest magnitude.
+    scale = float(np.abs(ref).max())
+    assert scale >= 0.5
+    np.testing.assert_allclose(np.asarray(rm.score(ids, mask)), ref, atol=REL_TOL * scale, rtol=0)
     # Without a mask, pad ids locate the last real token (HF's rule); right padding only,
     # since HF's positions are then arange.
     if padding == "right":
         with torch.no_grad():
             ref_nomask = model(input_ids=torch.tensor(ids)).logits.numpy()[:, 0]
-        np.testing.assert_allclose(np.asarray(rm.score(ids)), ref_nomask, atol=TOL, rtol=0)
+        np.testing.assert_allclose(
+            np.asarray(rm.score(ids)), ref_nomask, atol=REL_TOL * scale, rtol=0
+        )
+
+
+def _wrong_rope_theta(theta):
+    return lambda lm, pos: (_replace(lm, rope_theta=theta), pos)
+
+
+# One deliberately wrong variant per family, applied to the loaded (right) JAX model.
+WRONG_VARIANTS = {
+    "llama": _wrong_rope_theta(1e4),  # HF: 5e5 with llama3 scaling
+    "qwen2": _wrong_rope_theta(1e6),  # HF: 1e4
+    "qwen3": lambda lm, pos: (_replace(lm, qk_norm=False), pos),  # q/k RMSNorm dropped
+    "mistral": lambda lm, pos: (_replace(lm, sliding_window=None), pos),  # HF: window 4
+    "gpt2": lambda lm, pos: (lm, pos + 1),  # learned positions shifted by one
+}
+
+
+def _replace(lm, **changes):
+    import dataclasses
+
+    return type(lm)(dataclasses.replace(lm.config, **changes), lm.params, None, lm.dtype)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_wrong_variant_fails_by_orders_of_magnitude(family, tmp_path):
+    """The tolerance separates right from wrong: the port passes it, a variant with one
+    deliberate mistake misses it by more than 100× (measured: ≥ 700×)."""
+    model = hf_model(family, "lm")
+    lm = nj.load_causal_lm(_save(model, tmp_path))
+    ids, mask = _batch("left")
+    pos = _positions(mask)
+    with torch.no_grad():
+        ref = model(
+            input_ids=torch.tensor(ids),
+            attention_mask=torch.tensor(mask),
+            position_ids=torch.tensor(pos),
+        ).logits.numpy()[mask > 0]
+    span = float(ref.max() - ref.min())
+    right = assert_close_to_range(np.asarray(lm.logits(ids, mask, position_ids=pos))[mask > 0], ref)
+    wrong_lm, wrong_pos = WRONG_VARIANTS[family](lm, pos)
+    wrong = np.asarray(wrong_lm.logits(ids, mask, position_ids=wrong_pos))[mask > 0]
+    wrong_err = float(np.abs(wrong - ref).max()) / span
+    assert wrong_err > 100 * REL_TOL, (family, right, wrong_err)
+
+
+def test_sharpened_attention_is_not_uniform():
+    """The sharpened weights make attention peaked: on average the largest weight over the
+    causal context is ≥ 1.3× the uniform 1/context length (measured 1.43 and 1.59 for the two
+    layers; the std-0.02 init gives 1.02)."""
+    model = hf_model("qwen2", "lm", attn_implementation="eager")
+    ids, _ = _batch("right")
+    with torch.no_grad():
+        attn = model(input_ids=torch.tensor(ids), output_attentions=True).attentions
+    ctx = torch.arange(1, T + 1, dtype=torch.float32)[None, None, :]  # [1, 1, T]
+    for a in attn:  # [B, H, T, T]
+        peak = a.max(-1).values[..., 1:] * ctx[..., 1:]  # max weight ÷ uniform weight
+        assert float(peak.mean()) >= 1.3
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen2"])
@@ -93,7 +167,7 @@ def test_attention_variants_and_tying(family, kv_heads, tied, tmp_path):
             position_ids=torch.tensor(_positions(mask)),
         ).logits.numpy()
     out = np.asarray(lm.logits(ids, mask))
-    np.testing.assert_allclose(out[mask > 0], ref[mask > 0], atol=TOL, rtol=0)
+    assert_close_to_range(out[mask > 0], ref[mask > 0])
 
 
 def _rel_err(a, b):
@@ -172,7 +246,7 @@ def test_sharded_checkpoint_loads(tmp_path):
             position_ids=torch.tensor(_positions(mask)),
         ).logits.numpy()
     out = np.asarray(lm.logits(ids, mask))
-    np.testing.assert_allclose(out[mask > 0], ref[mask > 0], atol=TOL, rtol=0)
+    assert_close_to_range(out[mask > 0], ref[mask > 0])
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -10,6 +10,7 @@ NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "quickstart.ip
 BUNDLED = Path(__file__).resolve().parent.parent / "nabla_jax" / "assets" / "lm" / "config.json"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not BUNDLED.exists(), reason="bundled models not built")
 def test_quickstart_notebook_executes(tmp_path):
     import nbformat

@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import os
 import socket
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.subproc import Running, run
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST = "--xla_backend_optimization_level=0"
@@ -23,10 +24,16 @@ def _env(devices: int) -> dict:
     return env
 
 
+def _start(args, devices) -> Running:
+    return Running(
+        [sys.executable, "-m", "tests.scale_out_check", *args], env=_env(devices), cwd=ROOT
+    )
+
+
 def _run(args, devices, timeout=300):
-    return subprocess.run(
+    return run(
         [sys.executable, "-m", "tests.scale_out_check", *args],
-        env=_env(devices), cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+        env=_env(devices), cwd=ROOT, timeout=timeout,
     )  # fmt: skip
 
 
@@ -53,34 +60,27 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _port_taken(log: str) -> bool:
+    return "address already in use" in log.lower() or "failed to bind" in log.lower()
+
+
 @pytest.mark.slow
 def test_two_processes_gather_the_single_process_results(model_dir, tmp_path):
-    addr = f"127.0.0.1:{_free_port()}"
     out = tmp_path / "gathered.json"
-    procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "tests.scale_out_check",
-                "host",
-                model_dir,
-                str(out),
-                "2",
-                str(pid),
-                addr,
-            ],
-            env=_env(4),
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )  # fmt: skip
-        for pid in range(2)
-    ]
-    logs = [p.communicate(timeout=300) for p in procs]
-    for p, (o, e) in zip(procs, logs):
-        assert p.returncode == 0, o[-2000:] + e[-3000:]
+    # A free port can be taken by someone else between picking and binding it: the coordinator
+    # then fails to bind, and the run is retried on a new port (at most three times).
+    for _attempt in range(3):
+        addr = f"127.0.0.1:{_free_port()}"
+        procs = [_start(["host", model_dir, str(out), "2", str(pid), addr], 4) for pid in range(2)]
+        try:
+            logs = [p.wait(timeout=300) for p in procs]
+        finally:
+            for p in procs:
+                p.kill()
+        if not any(r.returncode and _port_taken(r.stderr) for r in logs):
+            break
+    for r in logs:
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     single = tmp_path / "single.json"
     proc = _run(["single", model_dir, str(single)], devices=4)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ from nabla_jax import sharding
 from nabla_jax.models.config import ModelConfig
 from nabla_jax.models.model import param_shapes
 from tests.hf_models import hf_config, hf_model
+from tests.subproc import run as run_killing_group
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -228,12 +228,10 @@ def test_sharded_load_and_refine_on_eight_devices(tmp_path):
     env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0"
     env.pop("CUDA_VISIBLE_DEVICES", None)
     t0 = time.time()
-    proc = subprocess.run(
+    proc = run_killing_group(
         [sys.executable, "-m", "tests.sharding_check", str(tmp_path)],
         cwd=REPO,
         env=env,
-        capture_output=True,
-        text=True,
         timeout=600,
     )
     out = proc.stdout + "\n" + proc.stderr[-4000:]

@@ -221,6 +221,17 @@ def test_paper_only_position_zero_moves(models, mode):
     assert (wd["param"][1:] != init[1:]).all(dim=-1).all()
 
 
+# LambdaLR multipliers for num_steps 7, warmup 2, min_lr_ratio 0.2, written out by hand (not with
+# the function that drives the twin's scheduler): warmup 0, 1/2; then, with p = (s - 2) / 5,
+# cosine max(0.2, (1 + cos πp) / 2), linear max(0.2, (7 - s) / 5), constant 1.
+_COS = [0.5 * (1 + math.cos(math.pi * k / 5)) for k in range(5)]  # 1, .905, .655, .345, .095
+EXPECTED_MULT = {
+    "cosine": [0.0, 0.5, 1.0, _COS[1], _COS[2], _COS[3], 0.2],
+    "linear": [0.0, 0.5, 1.0, 0.8, 0.6, 0.4, 0.2],
+    "constant": [0.0, 0.5, 1.0, 1.0, 1.0, 1.0, 1.0],
+}
+
+
 def test_paper_lr_schedule(models):
     init = _randn(15, K, VOCAB, scale=3.0)  # confident: mostly surrogate steps (cheap)
     lr, n, w = 0.02, 7, 2
@@ -235,14 +246,7 @@ def test_paper_lr_schedule(models):
             min_lr_ratio=0.2,
             grad_caching=True,
         )
-        expect = [
-            lr
-            * torch_dto.lr_multiplier(
-                s, num_steps=n, schedule=schedule, warmup_steps=w, min_lr_ratio=0.2
-            )
-            for s in range(n)
-        ]
-        assert res["lrs"] == pytest.approx(expect, rel=1e-12)
+        assert res["lrs"] == pytest.approx([lr * m for m in EXPECTED_MULT[schedule]], rel=1e-12)
     m = torch_dto.lr_multiplier
     assert m(0, num_steps=10, warmup_steps=2) == 0.0
     assert m(1, num_steps=10, warmup_steps=2) == 0.5

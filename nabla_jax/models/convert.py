@@ -306,6 +306,30 @@ def read_safetensors(path: str) -> dict[str, np.ndarray]:
     return out
 
 
+class CorruptCheckpointError(ValueError):
+    """A checkpoint file that cannot be read (truncated, random bytes, bad JSON) or whose
+    weights are not finite; the message names the file or the tensor."""
+
+
+def _read_safetensors_named(path: str) -> dict[str, np.ndarray]:
+    """``read_safetensors`` whose failures on a corrupt file name that file (a truncated or
+    garbled file otherwise surfaces as a JSON, overflow or reshape error from deep inside)."""
+    try:
+        return read_safetensors(path)
+    except (json.JSONDecodeError, UnicodeDecodeError, OverflowError, MemoryError) as e:
+        raise CorruptCheckpointError(
+            f"{path}: unreadable safetensors header ({type(e).__name__}: {e}); the file is "
+            "corrupt or truncated — re-save or re-download it"
+        ) from None
+    except (ValueError, TypeError, KeyError) as e:
+        if isinstance(e, ValueError) and str(e).startswith(f"{path}:"):
+            raise
+        raise CorruptCheckpointError(
+            f"{path}: its data does not match its header ({type(e).__name__}: {e}); the file "
+            "is corrupt or truncated — re-save or re-download it"
+        ) from None
+
+
 def checkpoint_files(directory: str, allow_pickle: bool = False) -> tuple[str, list[str]]:
     """("safetensors" | "pickle", files) of the checkpoint in ``directory``."""
     single = os.path.join(directory, "model.safetensors")
@@ -330,7 +354,8 @@ def checkpoint_files(directory: str, allow_pickle: bool = False) -> tuple[str, l
             raise ValueError(
                 f"{directory} holds only pickled PyTorch weights ({os.path.basename(pickled[0])}); "
                 "nabla-jax does not unpickle by default. Convert them to safetensors, or pass "
-                "allow_pickle=True to load them with torch.load(weights_only=True)."
+                "allow_pickle=True (command line: --allow-pickle) to load them with "
+                "torch.load(weights_only=True)."
             )
         return "pickle", pickled
     raise FileNotFoundError(
@@ -345,7 +370,7 @@ def read_checkpoint(directory: str, allow_pickle: bool = False) -> dict[str, np.
     tensors: dict[str, np.ndarray] = {}
     for path in files:
         if kind == "safetensors":
-            part = read_safetensors(path)
+            part = _read_safetensors_named(path)
         else:
             import torch
 

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
 
 from nabla_jax.models.config import ModelConfig
 from nabla_jax.models.convert import (
+    CorruptCheckpointError,
     convert_tensors,
     convert_tensors_sharded,
     read_checkpoint,
@@ -17,7 +23,17 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "to
 
 
 def _check_dir(path) -> str:
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(
+            f"path must be a str or os.PathLike naming a local model directory, "
+            f"got {type(path).__name__} {path!r}"
+        )
     path = os.fspath(path)
+    if os.path.isfile(path):
+        raise FileNotFoundError(
+            f"{path!r} is a file; pass the model directory that holds it (config.json and "
+            "model.safetensors)"
+        )
     if not os.path.isdir(path):
         raise FileNotFoundError(
             f"model directory {path!r} does not exist; pass a local directory holding "
@@ -37,10 +53,36 @@ def load_tokenizer(path):
     return AutoTokenizer.from_pretrained(path)
 
 
+def read_model_config(path) -> ModelConfig:
+    """``ModelConfig.from_hf(path)``; a config.json that is not JSON is named as corrupt."""
+    try:
+        return ModelConfig.from_hf(path)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CorruptCheckpointError(
+            f"{os.path.join(path, 'config.json')} is not valid JSON ({e}); the file is corrupt"
+        ) from None
+
+
+def check_finite(params, path) -> None:
+    """Raise ``CorruptCheckpointError`` naming the first parameter holding NaN or ±inf."""
+    leaves = jax.tree_util.tree_leaves_with_path(params)
+    finite = [jnp.isfinite(leaf).all() for _, leaf in leaves]
+    for (key, leaf), ok in zip(leaves, jax.device_get(finite)):
+        if not ok:
+            name = jax.tree_util.keystr(key)
+            if getattr(key[0], "key", None) == "layers":  # stacked over layers: name the layer
+                bad = ~np.asarray(jnp.isfinite(leaf).reshape(leaf.shape[0], -1).all(-1))
+                name += f" (layer {int(np.argmax(bad))})"
+            raise CorruptCheckpointError(
+                f"{path}: parameter {name} holds NaN or inf values; the checkpoint is broken "
+                "(check how it was trained or saved)"
+            )
+
+
 def _load(path, dtype, head, allow_pickle, tokenizer, mesh=None):
     path = _check_dir(path)
     dtype = resolve_dtype(dtype)
-    cfg = ModelConfig.from_hf(path)
+    cfg = read_model_config(path)
     tensors = read_checkpoint(path, allow_pickle)
     has_score = "score.weight" in tensors
     if head == "lm" and has_score:
@@ -61,6 +103,7 @@ def _load(path, dtype, head, allow_pickle, tokenizer, mesh=None):
 
         shardings = param_shardings(cfg, shapes, mesh)
         params = convert_tensors_sharded(cfg, tensors, shapes, dtype, shardings)
+    check_finite(params, path)
     tok = load_tokenizer(path) if tokenizer is True else tokenizer or None
     return cfg, params, tok, dtype
 

@@ -336,7 +336,12 @@ def load_problems(path: str | Path) -> list[Problem]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"problem file not found: {path}")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ProblemFileError(
+            f"{path}: not UTF-8 text (byte {e.start}); expected a JSON list or JSONL of problems"
+        ) from None
     stripped = text.strip()
     if not stripped:
         raise ProblemFileError(f"{path}: file is empty (expected a JSON list or JSONL of problems)")

@@ -88,6 +88,8 @@ def article_optimize(
     num_steps: int = 5,
     *,
     kl_direction: str = "ref_theta",
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
     return_grads: bool = False,
 ):
     """The article's ``optimize_reasoning_sequence`` (its unused ``prompt_ids`` / ``lm_model``
@@ -98,7 +100,8 @@ def article_optimize(
     ``emb = onehot @ reward_model.get_input_embeddings().weight``; ``reward =
     article_reward_of(reward_model(inputs_embeds=emb[None]).logits)`` (no attention mask, default
     positions); ``kl = article_kl(Z, R)``; ``loss = -reward + lambda_kl * kl``; ``backward``;
-    ``torch.optim.Adam(lr)`` step (betas (0.9, 0.999), eps 1e-8, no weight decay).
+    ``torch.optim.Adam(lr, betas, eps)`` step (default betas (0.9, 0.999), eps 1e-8, no weight
+    decay).
 
     Returns ``(logits [T, V], trace)`` where ``trace`` is a list of ``num_steps`` tuples
     ``(loss, reward, kl)`` of Python floats, each evaluated at the parameters *before* that step's
@@ -107,7 +110,7 @@ def article_optimize(
     """
     logits = init_logits.detach().clone().requires_grad_(True)
     ref = ref_logits.detach()
-    optimizer = torch.optim.Adam([logits], lr=learning_rate)
+    optimizer = torch.optim.Adam([logits], lr=learning_rate, betas=betas, eps=eps)
     trace: list[tuple[float, float, float]] = []
     grads: list[torch.Tensor] = []
     with frozen(reward_model):
@@ -228,6 +231,9 @@ def paper_dto(
     reward_coeff: float = 1.0,
     nll_coeff: float = 1e-3,
     tau: float = 1.0,
+    hard: bool = True,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
     update_postfix: bool = False,
     grad_caching: bool = True,
     rm_embed: torch.Tensor | None = None,
@@ -248,7 +254,7 @@ def paper_dto(
     Step ``s`` (0-based), in this order:
 
     1. ``zero_grad``; ``Z`` from the parameter; ``y = y_hard - y_soft.detach() + y_soft`` with
-       ``y_soft = softmax(Z / tau)``.
+       ``y_soft = softmax(Z / tau)`` (``hard=False``: ``y = y_soft``).
     2. Full step (no cached gradient): ``loss, loglik, reward = paper_forward(y, ...)``,
        ``y.retain_grad()``. Surrogate step (cache held): ``loss = (g * y).sum()`` with the cached,
        detached ``g`` — no model call; ``y`` (hence the soft Jacobian) is that of the current ``Z``.
@@ -256,7 +262,7 @@ def paper_dto(
        position but 0 (torch Adam's ``weight_decay`` still adds ``wd · param`` at all positions, and
        AdamW still decays all positions).
     4. ``optimizer.step()`` (``torch.optim.Adam(weight_decay=wd)``, L2 into the gradient, or
-       ``torch.optim.AdamW(weight_decay=wd)``; betas (0.9, 0.999), eps 1e-8);
+       ``torch.optim.AdamW(weight_decay=wd)``; ``betas``, ``eps``, default (0.9, 0.999), 1e-8);
        ``scheduler.step()`` (``LambdaLR`` with :func:`lr_multiplier`).
     5. If the step was full and ``grad_caching``: cache ``g = y.grad`` (``∂loss/∂y``, LM + RM
        paths).
@@ -287,11 +293,11 @@ def paper_dto(
     param = init.detach().clone().to(param_dtype).requires_grad_(True)
     if optimizer == "adam":
         opt = torch.optim.Adam(
-            [param], lr=learning_rate, betas=(0.9, 0.999), eps=1e-8, weight_decay=weight_decay
+            [param], lr=learning_rate, betas=betas, eps=eps, weight_decay=weight_decay
         )
     elif optimizer == "adamw":
         opt = torch.optim.AdamW(
-            [param], lr=learning_rate, betas=(0.9, 0.999), eps=1e-8, weight_decay=weight_decay
+            [param], lr=learning_rate, betas=betas, eps=eps, weight_decay=weight_decay
         )
     else:
         raise ValueError(f"unknown optimizer {optimizer!r}")
@@ -323,7 +329,7 @@ def paper_dto(
         for _ in range(num_steps):
             opt.zero_grad()
             z = to_logits(param)
-            y = st_softmax(z, tau, hard=True)
+            y = st_softmax(z, tau, hard=hard)
             full = cache is None
             if full:
                 y.retain_grad()

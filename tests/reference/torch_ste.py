@@ -28,19 +28,30 @@ def ste_argmax(z: torch.Tensor) -> torch.Tensor:
     return STEArgmax.apply(z)
 
 
+def gumbel_noise(shape, generator: torch.Generator) -> torch.Tensor:
+    """Standard Gumbel samples drawn in torch: ``-log(-log U)``, ``U ~ Uniform(0, 1)`` (clamped
+    away from 0 and 1 so that both logs stay finite)."""
+    u = torch.rand(shape, generator=generator, dtype=torch.float64)
+    u = u.clamp(torch.finfo(torch.float64).tiny, 1.0 - torch.finfo(torch.float64).eps)
+    return (-torch.log(-torch.log(u))).float()
+
+
 def st_softmax(
     z: torch.Tensor,
     tau: float = 1.0,
     hard: bool = True,
     noise: torch.Tensor | None = None,
     gumbel_scale: float = 0.0,
+    generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Hard straight-through (Gumbel-)softmax.
 
-    ``y_soft = softmax((z + gumbel_scale * noise) / tau)``; ``noise`` is a given Gumbel sample (the
-    JAX side draws it from a key; the same array is passed here). Hard: ``y_hard - y_soft.detach()
-    + y_soft`` with ``y_hard = one_hot(argmax y_soft)``.
+    ``y_soft = softmax((z + gumbel_scale * noise) / tau)``; ``noise`` is a given Gumbel sample, or,
+    when it is None and ``generator`` is given, one the twin draws itself (:func:`gumbel_noise`).
+    Hard: ``y_hard - y_soft.detach() + y_soft`` with ``y_hard = one_hot(argmax y_soft)``.
     """
+    if noise is None and generator is not None and gumbel_scale > 0:
+        noise = gumbel_noise(z.shape, generator)
     if noise is not None and gumbel_scale > 0:
         z = z + gumbel_scale * noise
     y_soft = F.softmax(z / tau, dim=-1)
