@@ -54,7 +54,9 @@ def test_bench_accuracy_math_task(pair, files, tmp_path, capsys):
             "--rm", pair[1], "--config", str(cfg), "--methods", "greedy,sc:2,nabla",
             "--output", str(out), "--no-progress"]  # fmt: skip
     assert cli.main(argv) == 0
-    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    lines = out.read_text().splitlines()
+    assert "_provenance" in json.loads(lines[0])  # the run's settings head the file
+    rows = [json.loads(line) for line in lines[1:]]
     assert len(rows) == 6 and {r["problem_id"] for r in rows} == {"a", "b"}
     for r in rows:
         assert r["answer"] in ("4", "5") and isinstance(r["correct"], bool)
@@ -63,9 +65,15 @@ def test_bench_accuracy_math_task(pair, files, tmp_path, capsys):
     summary = json.loads((tmp_path / "acc.summary.json").read_text())
     assert list(summary) == ["greedy", "sc:2", "nabla"] and summary["nabla"]["n"] == 2
     assert (tmp_path / "acc.png").stat().st_size > 0
-    # resume: nothing recomputed; --num-problems takes the file's first N
-    assert cli.main(argv + ["--num-problems", "1"]) == 0
-    assert len(out.read_text().splitlines()) == 6 and summarize(str(out))["greedy"]["n"] == 2
+    # resume: nothing recomputed
+    assert cli.main(argv) == 0
+    assert len(out.read_text().splitlines()) == 7 and summarize(str(out))["greedy"]["n"] == 2
+    # --num-problems takes the file's first N (a new run: another problem set, another file)
+    first = tmp_path / "first.jsonl"
+    assert (
+        cli.main(argv[:-3] + ["--output", str(first), "--no-progress", "--num-problems", "1"]) == 0
+    )
+    assert summarize(str(first))["greedy"]["n"] == 1
 
 
 def test_bench_accuracy_math_needs_a_file_with_answers(files, tmp_path, capsys):

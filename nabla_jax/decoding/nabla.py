@@ -245,9 +245,7 @@ class NablaDecoder:
             latents=cfg.dto.mode == "latents",
         )  # fmt: skip
         if self.mesh is not None:
-            from nabla_jax import sharding
-
-            state = sharding.shard_batch(state, self.mesh)
+            state = _shard_state(state, self.mesh)
         return state
 
     def _check_finite(self, rep, slot: int, i: int) -> None:
@@ -256,6 +254,28 @@ class NablaDecoder:
                 f"non-finite DTO loss while refining prompt {i}; lower learning_rate, check the "
                 "models' dtype, or set DTOConfig(on_nonfinite='flag') to keep going"
             )
+
+
+def _shard_state(state, mesh):
+    """Slots over the mesh's "data" axis: the batch axis of every leaf (axis 1 of the KV caches,
+    whose leading axis is the layer)."""
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    from nabla_jax import sharding
+    from nabla_jax.models.layers import KVCache
+
+    def put(x, axis):
+        sharding.check_batch_divisible(x.shape[axis], mesh, "DecodeConfig.batch_size")
+        spec = P(*([None] * axis + [sharding.DATA]))
+        return jax.device_put(x, NamedSharding(mesh, spec))
+
+    def walk(x):
+        if isinstance(x, KVCache):
+            return KVCache(put(x.k, 1), put(x.v, 1))
+        return put(x, 0)
+
+    return jax.tree.map(walk, state, is_leaf=lambda x: isinstance(x, KVCache))
 
 
 _empty_state_jit = jax.jit(
