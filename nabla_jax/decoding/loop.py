@@ -127,6 +127,20 @@ def _probe_select(m: Models, state, cheap, committed, ready, h: DecodeHyper, pro
     return pos, probes, calls
 
 
+def window_buckets(window: int, length: int) -> tuple[tuple[int, int], ...]:
+    """The ``(window, tail)`` shapes a DTO call may take, smallest first: the rest of a response
+    from the selected position (window ++ tail) is bucketed to half a window, a window, or the
+    whole response length. Each is one compiled branch; a call takes the smallest that holds
+    the longest rest among its rows, so short rests do not pay for ``L``-slot reward inputs."""
+    shapes = []
+    for rest in (window // 2, window, length):
+        if rest >= 1:
+            shape = (min(window, rest), max(0, rest - window))
+            if shape not in shapes:
+                shapes.append(shape)
+    return tuple(shapes)
+
+
 def _refine_position(m: Models, state, at, chosen, h: DecodeHyper, prog: DecodeConfig):
     """Logits ``[B, V]`` of the selected position after DTO, plus DTO bookkeeping per row."""
     latents = prog.dto.mode == "latents"
@@ -137,22 +151,31 @@ def _refine_position(m: Models, state, at, chosen, h: DecodeHyper, prog: DecodeC
         first = _at(store, at)
         logits = m.lm.head_logits(first) if latents else first
         return logits.astype(jnp.float32), zero, zero, jnp.zeros((b,), bool)
-    problems, wmask = window_problems(m.lm, state, at, chosen, prog.window, latents)
     given = prefix_caches(m.lm, state, at, latents)
     keys = stream_keys(state.base_key, DTO, state.counters.refinements)
+    shapes = window_buckets(prog.window, state.resp.tokens.shape[1])
 
-    def run(_):
-        logits, final, trace = refine_padded(
-            m.lm, m.rm, m.rm_table, problems, keys, h.dto, prog.dto, given
-        )
-        return logits[:, 0], final.full_steps, jnp.any(trace.nonfinite, axis=0)
+    def branch(k, tail):
+        def run(_):
+            problems, wmask = window_problems(m.lm, state, at, chosen, k, latents, tail)
+            logits, final, trace = refine_padded(
+                m.lm, m.rm, m.rm_table, problems, keys, h.dto, prog.dto, given
+            )
+            nonfinite = jnp.any(trace.nonfinite, axis=0)
+            return logits[:, 0], final.full_steps, nonfinite, jnp.sum(wmask, axis=-1)
+
+        return run
 
     def skip(_):
         v = m.lm.config.vocab_size
-        return jnp.zeros((b, v), jnp.float32), zero, jnp.zeros((b,), bool)
+        return jnp.zeros((b, v), jnp.float32), zero, jnp.zeros((b,), bool), zero
 
-    logits, full_steps, nonfinite = jax.lax.cond(jnp.any(chosen), run, skip, None)
-    optimized = jnp.sum(wmask, axis=-1) * prog.dto.num_steps
+    rest = jnp.max(jnp.where(chosen, state.resp.length - at, 0))
+    fits = jnp.asarray([k + t for k, t in shapes]) >= rest
+    index = jnp.where(jnp.any(chosen), 1 + jnp.argmax(fits), 0)
+    branches = [skip] + [branch(k, t) for k, t in shapes]
+    logits, full_steps, nonfinite, k_used = jax.lax.switch(index, branches, None)
+    optimized = k_used * prog.dto.num_steps
     return logits, full_steps * prog.dto.calls_per_full_step, optimized, nonfinite
 
 

@@ -33,9 +33,11 @@ def _gather(x, index):
     return jnp.take_along_axis(x, index.reshape(index.shape + (1,) * (x.ndim - 2)), axis=1)
 
 
-def window_problems(lm, state: RowState, at, rows, k: int, latents: bool):
+def window_problems(lm, state: RowState, at, rows, k: int, latents: bool, tail: int | None = None):
     """The windows of the rows in ``rows [B]`` starting at ``at [B]`` (traceable).
 
+    ``k``: window slots; ``tail``: slots for the rest of the rollout after the window (default
+    ``L - k``: any rest fits; less when the caller knows every rest is shorter).
     Returns ``(problems, window_mask [B, K])``; rows outside ``rows`` are masked filler
     (``row_valid`` 0, empty window).
     """
@@ -48,7 +50,8 @@ def window_problems(lm, state: RowState, at, rows, k: int, latents: bool):
     store = resp.hidden if latents else resp.logits
     init = _gather(store, offsets).astype(jnp.float32) * window_mask[..., None]
     ref = lm.head_logits(init) if latents else init
-    tail_at = at[:, None] + k + jnp.arange(n - k)[None, :]
+    tail = n - k if tail is None else tail
+    tail_at = at[:, None] + k + jnp.arange(tail)[None, :]
     tail_mask = (tail_at < resp.length[:, None]).astype(jnp.int32)
     tail_ids = _gather(resp.argmax, tail_at) * tail_mask
     problems = PaddedProblems(
