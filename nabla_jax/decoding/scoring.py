@@ -55,10 +55,26 @@ def rm_input_length(prefix_mask, tokens, length, suffix_mask, tables):
     return jnp.sum(prefix_mask, axis=-1) + body + jnp.sum(suffix_mask, axis=-1)
 
 
-def score_inputs(rm, ids, mask):
-    """Reward-model score ``[B]`` float32 of RM inputs (the mean over labels when several)."""
-    score = rm.score(ids, mask)
-    return (score if score.ndim == 1 else jnp.mean(score, axis=-1)).astype(jnp.float32)
+def score_inputs(rm, ids, mask, cache_slots: int | None = None):
+    """Reward-model score ``[B]`` float32 of RM inputs ``ids``/``mask [B, T]`` (any 0/1 mask:
+    positions follow it, the score is read at the last real token; the mean over labels when
+    there are several) — the one scoring computation of the package.
+
+    With ``cache_slots`` returns ``(score, cache)``: also the inputs' keys/values in a
+    ``KVCache`` of that many slots (input slot ``i`` in cache slot ``i``).
+    """
+    b, t = ids.shape
+    mask = mask.astype(jnp.int32)
+    cache = None if cache_slots is None else rm.init_cache(b, cache_slots)
+    key_mask = None if cache is None else jnp.pad(mask, ((0, 0), (0, cache_slots - t)))
+    out = rm.forward(
+        ids, mask, position_ids=default_positions(mask), cache=cache, write_index=0,
+        key_mask=key_mask,
+    )  # fmt: skip
+    pooled = jnp.take_along_axis(out.hidden, last_valid_index(mask)[:, None, None], 1)[:, 0]
+    score = rm.score_hidden(pooled)
+    score = (score if score.ndim == 1 else jnp.mean(score, axis=-1)).astype(jnp.float32)
+    return score if cache_slots is None else (score, out.cache)
 
 
 def callback_scores(scorer: Scorer, ids, mask, wanted):
@@ -98,30 +114,17 @@ def score_responses(
         prefix_ids, prefix_mask, tokens, length, suffix_ids, suffix_mask, tables
     )
     n_tokens = jnp.sum(mask, axis=-1)
-    cache = None
     if cache_slots is not None:
-        b, t = ids.shape
-        out = rm.forward(
-            ids,
-            mask,
-            position_ids=default_positions(mask),
-            cache=rm.init_cache(b, cache_slots),
-            write_index=0,
-            key_mask=jnp.pad(mask, ((0, 0), (0, cache_slots - t))),
-        )
-        cache = out.cache
-        if scorer is None:
-            pooled = jnp.take_along_axis(out.hidden, last_valid_index(mask)[:, None, None], 1)
-            score = rm.score_hidden(pooled[:, 0])
-            score = score if score.ndim == 1 else jnp.mean(score, axis=-1)
-            return score.astype(jnp.float32), n_tokens, cache
+        score, cache = score_inputs(rm, ids, mask, cache_slots)
+    else:
+        score, cache = (None, None) if scorer is not None else (score_inputs(rm, ids, mask), None)
     if scorer is not None:
         wanted = jnp.ones(ids.shape[0], bool) if wanted is None else wanted
-        return callback_scores(scorer, ids, mask, wanted), n_tokens, cache
-    return score_inputs(rm, ids, mask), n_tokens, cache
+        score = callback_scores(scorer, ids, mask, wanted)
+    return score, n_tokens, cache
 
 
-_score_inputs_jit = jax.jit(score_inputs)
+_score_inputs_jit = jax.jit(score_inputs, static_argnames=("cache_slots",))
 
 
 def rm_scores(rm, seqs: Sequence[Sequence[int]], *, batch_size: int = 16) -> np.ndarray:
