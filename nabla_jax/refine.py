@@ -110,10 +110,20 @@ def rm_embedding_table(lm, rm, rm_embed=None):
 
 
 def _check_models(lm, rm, cfg: DTOConfig):
+    if not isinstance(cfg, DTOConfig):
+        raise TypeError(
+            f"cfg must be a nabla_jax DTOConfig, got {type(cfg).__name__}; e.g. "
+            "nj.DTOConfig(learning_rate=0.05)"
+        )
     if not isinstance(lm, CausalLM):
         raise TypeError(f"lm must be a nabla_jax CausalLM, got {type(lm).__name__}")
     if rm is None and cfg.objective == "article":
         raise ValueError("the article objective needs a reward network (rm)")
+    if rm is None and cfg.reward_coeff != 0:
+        raise ValueError(
+            f"rm is None but reward_coeff={cfg.reward_coeff}: the reward term needs a reward "
+            "model; pass one, or set DTOConfig(reward_coeff=0.0) to refine on the LM term alone"
+        )
     if rm is not None and not isinstance(rm, (RewardModel, CausalLM)):
         raise TypeError(f"rm must be a RewardModel or CausalLM, got {type(rm).__name__}")
     if isinstance(rm, CausalLM) and cfg.reward_form != "mean_last_logits":
@@ -128,6 +138,22 @@ def _check_models(lm, rm, cfg: DTOConfig):
             "signal",
             stacklevel=3,
         )
+
+
+def _check_rm_ids(rm, problems: list[RefineProblem]) -> None:
+    """RM prefix / suffix ids must index the RM's embedding table (checked before compute)."""
+    if rm is None:
+        return
+    v = rm.config.vocab_size
+    for i, pr in enumerate(problems):
+        for name in ("rm_prefix_ids", "rm_suffix_ids"):
+            ids = np.asarray(getattr(pr, name))
+            if ids.size and (ids.min() < 0 or ids.max() >= v):
+                bad = int(ids.min()) if ids.min() < 0 else int(ids.max())
+                raise ValueError(
+                    f"problem {i}: {name} holds id {bad}, outside the reward model's vocabulary "
+                    f"[0, {v}); check the RM tokenizer produced these ids"
+                )
 
 
 def _check_result(trace: RefineTrace, cfg: DTOConfig, rows: list[int]):
@@ -187,6 +213,7 @@ def refine_batch(
     if batch_size < 1:
         raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
     _check_models(lm, rm, cfg)
+    _check_rm_ids(rm, problems)
     if mesh is not None:
         sharding.check_batch_divisible(batch_size, mesh)
         lm, rm, _ = sharding.shard_refine_models(lm, rm, None, mesh)
@@ -264,6 +291,7 @@ def window_grad_norms(
     if batch_size < 1:
         raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
     _check_models(lm, rm, cfg)
+    _check_rm_ids(rm, problems)
     table = rm_embedding_table(lm, rm, rm_embed)
     key = jax.random.key(0) if key is None else key
     out: list[np.ndarray | None] = [None] * len(problems)

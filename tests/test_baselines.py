@@ -211,9 +211,20 @@ def test_self_consistency_end_to_end(models):
             assert res.stats["votes"] == answers.count(res.stats["answer"])
             assert res.stats["votes"] == max(answers.count(a) for a in set(answers) - {None})
         _check_calls(res, n)
-    # The default extractor is the task's "Answer: <int>" reader.
-    default = self_consistency(lm, PROMPTS[:1], jax.random.key(4), n=2, sampling=HOT, max_length=4)
-    assert all(t["answer"] is None for t in default[0].trace)
+
+
+def test_self_consistency_default_extractor_is_the_tasks(models, monkeypatch):
+    """Without ``answer_extractor`` the votes come from the task's "Answer: <int>" reader."""
+    import nabla_jax.decoding.baselines as bl
+    from nabla_jax.tasks import extract_answer
+
+    lm, _ = models
+    assert bl.extract_answer is extract_answer
+    seen = []
+    monkeypatch.setattr(bl, "extract_answer", lambda text: seen.append(text) or len(seen))
+    res = self_consistency(lm, PROMPTS[:1], jax.random.key(4), n=3, sampling=HOT, max_length=4)
+    assert [t["text"] for t in res[0].trace] == seen  # called once per sample, in order
+    assert [t["answer"] for t in res[0].trace] == [1, 2, 3]
 
 
 # -------------------------------------------------------------------------------- registry

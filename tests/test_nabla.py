@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -180,8 +179,19 @@ def test_grad_probe_is_counted_and_selects(models):
         assert res.stats["probes"] == res.stats["iterations"] >= res.stats["refinements"] > 0
 
 
-def test_window_grad_norms_match_autodiff(models):
+def test_window_grad_norms_match_the_torch_twin(models, tmp_path_factory):
+    """The gradient probe ``‖∂loss/∂y_k‖₂`` against PyTorch autograd of the twin's DTO loss
+    (tests/reference/torch_dto.paper_forward) on the same checkpoints."""
+    import torch
+    import transformers as tr
+
+    from nabla_jax.models.export import save_pretrained
+    from tests.reference import torch_dto as td
+
     lm, rm = models
+    d = tmp_path_factory.mktemp("probe")
+    lm_t = tr.AutoModelForCausalLM.from_pretrained(save_pretrained(lm, d / "lm"))
+    rm_t = tr.AutoModelForSequenceClassification.from_pretrained(save_pretrained(rm, d / "rm"))
     cfg = DTO  # the decoding tests' config: the probe program is shared
     rng = np.random.default_rng(0)
     lm_prefix, rm_prefix = rng.integers(3, 290, 20).tolist(), rng.integers(3, 290, 19).tolist()
@@ -192,19 +202,17 @@ def test_window_grad_norms_match_autodiff(models):
         init=rng.normal(size=(5, lm.config.vocab_size)).astype(np.float32),
     )
     got = window_grad_norms(lm, rm, [prob], cfg, batch_size=BASE.batch_size)[0]
-    y0 = jax.nn.one_hot(jnp.argmax(prob.init, -1), lm.config.vocab_size)
-
-    def loss(y):
-        e_lm, e_rm = lm.embed_matrix(), rm.embed_matrix()
-        x = jnp.concatenate([e_lm[jnp.asarray(prob.lm_prefix_ids)], y @ e_lm])[None]
-        pred = lm.logits(inputs_embeds=x)[0, 19:24]
-        loglik = cfg.nll_coeff * jnp.sum(y * jax.nn.log_softmax(pred, -1))
-        parts = [e_rm[jnp.asarray(prob.rm_prefix_ids)], y @ e_rm, e_rm[jnp.asarray([2, 10])]]
-        reward = rm.score(inputs_embeds=jnp.concatenate(parts)[None])[0]
-        return -(loglik + reward)
-
-    want = np.linalg.norm(np.asarray(jax.jit(jax.grad(loss))(y0)), axis=-1)
+    y = torch.nn.functional.one_hot(
+        torch.as_tensor(np.argmax(prob.init, -1)), lm.config.vocab_size
+    ).float()
+    y.requires_grad_(True)
+    loss, _, _ = td.paper_forward(
+        y, lm_t.float(), rm_t.float(), lm_prefix, rm_prefix, [2, 10], nll_coeff=cfg.nll_coeff
+    )
+    loss.backward()
+    want = y.grad.norm(dim=-1).numpy()
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+    assert np.ptp(want) > 0  # the positions differ: the check can tell them apart
 
 
 def test_config_and_constructor_errors(models):

@@ -269,3 +269,23 @@ def test_problem_and_model_errors(pair):
         refine(lm, rm, _problem(1, p=126, k=5), DTOConfig(), jax.random.key(0))
     with pytest.raises(ValueError, match="mean_last_logits"):
         refine(lm, lm, _problem(1), DTOConfig(), jax.random.key(0))
+
+
+def test_inputs_that_would_silently_change_the_loss_are_refused(pair):
+    """A missing reward model, reward ids outside its vocabulary and a config of the wrong type
+    are errors before any compute (they used to drop the reward, read a wrong row or wrap)."""
+    _, _, lm, rm = pair
+    key = jax.random.key(0)
+    with pytest.raises(ValueError, match="reward_coeff=1.0"):
+        refine(lm, None, _problem(1), DTOConfig(), key)
+    alone = refine(lm, None, _problem(1), DTOConfig(reward_coeff=0.0), key)  # the LM term only
+    assert np.all(np.asarray(alone.trace.reward) == 0)
+    base = _problem(1)
+    for bad in ([VOCAB + 100], [-5]):
+        prob = dataclasses.replace(base, rm_suffix_ids=bad)
+        with pytest.raises(ValueError, match="outside the reward model's vocabulary"):
+            refine(lm, rm, prob, DTOConfig(), key)
+        with pytest.raises(ValueError, match="rm_prefix_ids holds id"):
+            refine(lm, rm, dataclasses.replace(base, rm_prefix_ids=bad), DTOConfig(), key)
+    with pytest.raises(TypeError, match="DTOConfig"):
+        refine(lm, rm, base, {"learning_rate": 0.1}, key)

@@ -206,7 +206,10 @@ def test_one_compile_per_bucket(tmp_path_factory):
         keys = jax.random.split(jax.random.key(n), 1)
         res = rollout(lm, [prompt], keys, max_new_tokens=n + 8, sampling=cfg, eos_ids=[n])
         assert res.prompt_pad == 16 and res.tokens.shape == (1, 32)
-        assert int(res.lengths[0]) == n + 8 or res.stop_reason == ["eos"]
+        if res.stop_reason == ["eos"]:  # stopped at its EOS id, which ends the row
+            assert res.row_tokens(0)[-1] == n and n not in res.row_tokens(0)[:-1]
+        else:  # ran its whole budget without the EOS id
+            assert int(res.lengths[0]) == n + 8 and n not in res.row_tokens(0)
     assert ro.TRACE_COUNTS["generate"] - before == 1
 
 
