@@ -129,10 +129,10 @@ def test_acceptance_follows_the_score_and_renders_alike(models):
     lm, _ = models
     prefix, suffix = rm_prefix_suffix_ids(lm.tokenizer, PROMPTS[0])
 
-    def low_ids(seqs):  # score = how many response tokens have an id below 150
+    def low_ids(seqs):  # score: a fixed pseudo-random function of the response's ids
         for s in seqs:
             assert s[: len(prefix)] == prefix and s[len(s) - len(suffix) :] == suffix
-        return [sum(t < 150 for t in s[len(prefix) : len(s) - len(suffix)]) for s in seqs]
+        return [sum(t * 37 % 11 for t in s[len(prefix) : len(s) - len(suffix)]) for s in seqs]
 
     cfg = dataclasses.replace(BASE, max_n_generations=8, eos_ids=(299,))
     initial = _decode(models, dataclasses.replace(cfg, max_n_generations=1), prompts=PROMPTS[:1])
@@ -148,6 +148,9 @@ def test_acceptance_follows_the_score_and_renders_alike(models):
             current, accepted = e["score_proposed"], accepted + 1
     assert low_ids([prefix + res.token_ids + suffix])[0] == current
     assert res.stats["generations"] > 1
+    # Both verdicts happen here, so the state update after an acceptance is exercised too.
+    assert accepted > 0 and res.stats["rejections"] > 0
+    assert res.stats["rejections"] + accepted == sum(e["proposed"] for e in res.trace)
 
 
 def test_stop_strings_are_trimmed(models):
