@@ -7,50 +7,15 @@ import json
 import os
 import sys
 
-MAX_SEED = 2**63 - 1
-
-
-def _err(msg: str) -> SystemExit:
-    print(f"nabla-jax: error: {msg}", file=sys.stderr)
-    return SystemExit(2)
-
-
-def _one_line(e: BaseException) -> str:
-    """An exception as one line: its message with newlines folded (or its type if empty)."""
-    text = " ".join(str(e).split()) or type(e).__name__
-    return text if text != type(e).__name__ else f"{type(e).__name__} (no message)"
-
-
-def _check_output_path(path: str, flag: str, *, create_dir: bool = False) -> None:
-    """Before any model loads: the output's directory exists (or, with ``create_dir``, is
-    created) and accepts a new file, and the path is not itself a directory."""
-    import tempfile
-
-    if os.path.isdir(path):
-        raise _err(f"{flag} {path!r} is a directory; give a file path")
-    parent = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(parent):
-        if not create_dir:
-            raise _err(f"{flag} {path!r}: directory {parent!r} does not exist; create it first")
-        try:
-            os.makedirs(parent, exist_ok=True)
-        except OSError as e:
-            raise _err(f"{flag} {path!r}: cannot create directory {parent!r} ({e})") from None
-    try:
-        with tempfile.TemporaryFile(dir=parent):
-            pass
-    except OSError as e:
-        raise _err(f"{flag} {path!r}: directory {parent!r} is not writable ({e})") from None
-
-
-def _check_model_dir(path: str, what: str) -> str:
-    if os.path.isfile(path):
-        raise _err(f"{what} {path!r} is a file; pass the model directory that holds config.json")
-    if not os.path.isdir(path):
-        raise _err(f"{what} directory {path!r} does not exist")
-    if not os.path.exists(os.path.join(path, "config.json")):
-        raise _err(f"{what} directory {path!r} has no config.json (not a Hugging Face model dir)")
-    return path
+from nabla_jax.cli_checks import (
+    MAX_SEED,
+    check_model_dir,
+    check_output_path,
+    fail,
+    one_line,
+    precheck_pair,
+    same_file,
+)
 
 
 def _load_models(args, models_cfg: dict | None = None):
@@ -61,48 +26,13 @@ def _load_models(args, models_cfg: dict | None = None):
     lm_path = args.lm or models_cfg.get("lm") or str(BUNDLED_LM)
     rm_path = args.rm or models_cfg.get("rm") or str(BUNDLED_RM)
     dtype = args.dtype or models_cfg.get("dtype") or "float32"
-    _check_model_dir(lm_path, "--lm")
-    _check_model_dir(rm_path, "--rm")
-    _precheck_pair(lm_path, rm_path)
+    check_model_dir(lm_path, "--lm")
+    check_model_dir(rm_path, "--rm")
+    precheck_pair(lm_path, rm_path)
     mesh = getattr(args, "mesh_obj", None)
     kw = {"mesh": mesh} if mesh is not None else {}
     kw["allow_pickle"] = bool(getattr(args, "allow_pickle", False))
     return load_causal_lm(lm_path, dtype, **kw), load_reward_model(rm_path, dtype, **kw)
-
-
-def _head_of(path: str) -> str | None:
-    """ "score" / "lm" from a safetensors checkpoint's header (no weights read); None otherwise."""
-    from nabla_jax.models.convert import checkpoint_files, read_safetensors
-
-    try:
-        kind, files = checkpoint_files(path)
-    except (ValueError, FileNotFoundError):
-        return None  # pickled or missing weights: the loader gives the full message
-    if kind != "safetensors":
-        return None
-    keys = set().union(*(read_safetensors(f).keys() for f in files))
-    return "score" if "score.weight" in keys else "lm"
-
-
-def _precheck_pair(lm_path: str, rm_path: str) -> None:
-    """Before either model loads: the LM and RM directories are not swapped and their
-    vocabularies agree (the loaders and the decoder would find both only after a load)."""
-    from nabla_jax.models.load import load_tokenizer, read_model_config
-    from nabla_jax.vocab import check_vocab_compatibility
-
-    lm_head, rm_head = _head_of(lm_path), _head_of(rm_path)
-    if lm_head == "score" and rm_head == "lm":
-        raise _err(
-            f"--lm {lm_path!r} is a reward model and --rm {rm_path!r} a causal LM; swap them"
-        )
-    if lm_head == "score":
-        raise _err(f"--lm {lm_path!r} is a sequence-classification (reward) checkpoint")
-    if rm_head == "lm":
-        raise _err(f"--rm {rm_path!r} is a causal LM; it needs a *ForSequenceClassification head")
-    lm_cfg, rm_cfg = read_model_config(lm_path), read_model_config(rm_path)
-    lm_tok, rm_tok = load_tokenizer(lm_path), load_tokenizer(rm_path)
-    if lm_tok is not None and rm_tok is not None:
-        check_vocab_compatibility(lm_tok, rm_tok, lm_cfg.vocab_size, rm_cfg.vocab_size)
 
 
 def _decode_config(args):
@@ -114,7 +44,7 @@ def _decode_config(args):
         try:
             run = load_run_config(args.config)
         except (ConfigError, FileNotFoundError) as e:
-            raise _err(str(e)) from e
+            raise fail(str(e)) from e
         if run.get("compilation_cache") is False:
             from nabla_jax import compilation_cache
 
@@ -139,7 +69,7 @@ def _setup_distributed(args, run: dict):
         try:
             args.mesh_obj = make_mesh(spec)
         except ValueError as e:
-            raise _err(str(e)) from e
+            raise fail(str(e)) from e
     else:
         args.mesh_obj = None
 
@@ -148,7 +78,7 @@ def cmd_demo(args) -> int:
     from nabla_jax.demo import run_demo
 
     if args.changed < 0:
-        raise _err("--changed must be ≥ 0")
+        raise fail("--changed must be ≥ 0")
     return run_demo(
         args.num_problems,
         args.seed,
@@ -165,7 +95,7 @@ def _task(args, run: dict):
     try:
         return task_from_config(run, getattr(args, "task", None))
     except ValueError as e:
-        raise _err(str(e)) from e
+        raise fail(str(e)) from e
 
 
 def _read_prompts(args, task) -> list[str]:
@@ -173,25 +103,19 @@ def _read_prompts(args, task) -> list[str]:
     task (the math task appends the config's instruction; arithmetic keeps them as given)."""
     if args.prompt is not None:
         if not args.prompt.strip():
-            raise _err("--prompt is empty; give the text to decode")
+            raise fail("--prompt is empty; give the text to decode")
         return [task.format_prompt(args.prompt)]
     if not os.path.exists(args.prompts):
-        raise _err(f"--prompts file {args.prompts!r} does not exist")
+        raise fail(f"--prompts file {args.prompts!r} does not exist")
     try:
         return [task.format_prompt(p) for p in task.load_problems(args.prompts)]
     except ValueError as e:
-        raise _err(str(e)) from e
+        raise fail(str(e)) from e
 
 
 def _model_id(path: str | None) -> str:
     """A model as recorded in a results file's provenance: its absolute path, or "bundled"."""
     return os.path.abspath(path) if path else "bundled"
-
-
-def _same_file(a: str, b: str) -> bool:
-    if os.path.exists(a) and os.path.exists(b):
-        return os.path.samefile(a, b)
-    return os.path.realpath(a) == os.path.realpath(b)
 
 
 def cmd_decode(args) -> int:
@@ -203,12 +127,12 @@ def cmd_decode(args) -> int:
     cfg, run = _decode_config(args)
     task = _task(args, run)
     if args.output:
-        if args.prompts and _same_file(args.prompts, args.output):
-            raise _err(
+        if args.prompts and same_file(args.prompts, args.output):
+            raise fail(
                 f"--output {args.output!r} is the --prompts file; writing would overwrite the "
                 "prompts — choose another output path"
             )
-        _check_output_path(args.output, "--output")
+        check_output_path(args.output, "--output")
     prompts = _read_prompts(args, task)
     _setup_distributed(args, run)
     lm, rm = _load_models(args, run.get("models"))
@@ -259,18 +183,18 @@ def cmd_bench_accuracy(args) -> int:
     try:
         methods = evaluation.parse_methods(args.methods)
     except ValueError as e:
-        raise _err(str(e)) from e
+        raise fail(str(e)) from e
     cfg, run = _decode_config(args)
     task = _task(args, run)
     sampling = run.get("baselines") if args.config else bundled_baseline_sampling()
     try:
         evaluation.check_baseline_sampling(methods, sampling or cfg.rollout)
     except ValueError as e:
-        raise _err(str(e)) from e
+        raise fail(str(e)) from e
     out = args.output
     stem = out[: -len(".jsonl")] if out.endswith(".jsonl") else out
     results_path = out if out.endswith(".jsonl") else out + ".jsonl"
-    _check_output_path(results_path, "--output", create_dir=True)
+    check_output_path(results_path, "--output", create_dir=True)
     problems = _bench_problems(args, task)
     can_plot = evaluation.plotting_available()
     if not can_plot:
@@ -325,20 +249,20 @@ def _bench_problems(args, task) -> list:
     test problems of a task that can draw them (arithmetic: ``--num-problems``, default 200)."""
     if args.problems is not None:
         if not os.path.exists(args.problems):
-            raise _err(f"--problems file {args.problems!r} does not exist")
+            raise fail(f"--problems file {args.problems!r} does not exist")
         try:
             problems = task.load_problems(args.problems)
         except ValueError as e:
-            raise _err(str(e)) from e
+            raise fail(str(e)) from e
         missing = [p.id for p in problems if p.answer is None]
         if missing:
-            raise _err(
+            raise fail(
                 f"--problems file {args.problems!r}: {len(missing)} problem(s) have no 'answer' "
                 f"(first: {missing[0]!r}); grading needs one for every problem"
             )
         return problems[: args.num_problems] if args.num_problems else problems
     if task.fresh_problems is None:
-        raise _err(f"--task {task.name} needs --problems FILE (JSON/JSONL with answers)")
+        raise fail(f"--task {task.name} needs --problems FILE (JSON/JSONL with answers)")
     return task.fresh_problems(args.num_problems or 200, args.seed)
 
 
@@ -440,10 +364,10 @@ def build_parser() -> argparse.ArgumentParser:
 def _check_args(args) -> None:
     for name in ("num_problems", "batch_size", "max_length"):
         if getattr(args, name, None) is not None and getattr(args, name) < 1:
-            raise _err(f"--{name.replace('_', '-')} must be ≥ 1")
+            raise fail(f"--{name.replace('_', '-')} must be ≥ 1")
     seed = getattr(args, "seed", 0)
     if not 0 <= seed <= MAX_SEED:
-        raise _err(f"--seed {seed} is out of range; use an integer in [0, 2**63 - 1]")
+        raise fail(f"--seed {seed} is out of range; use an integer in [0, 2**63 - 1]")
 
 
 def main(argv=None) -> int:
@@ -464,7 +388,7 @@ def main(argv=None) -> int:
     except Exception as e:
         if args.debug:
             raise
-        raise _err(f"{_one_line(e)} (--debug shows the traceback)") from None
+        raise fail(f"{one_line(e)} (--debug shows the traceback)") from None
 
 
 if __name__ == "__main__":

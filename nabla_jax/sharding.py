@@ -53,7 +53,7 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from nabla_jax.models.convert import _flatten
+from nabla_jax.models.convert import flatten_tree
 
 DATA = "data"
 MODEL = "model"
@@ -290,7 +290,7 @@ def param_partition_specs(config, params, mesh: Mesh | None = None, *, model_axi
         dims["hidden_size"] = config.hidden_size
     _require(dims, m)
     rule = _gpt2_rule if config.family == "gpt2" else _decoder_rule
-    flat = _flatten(params)
+    flat = flatten_tree(params)
     specs = {}
     for path, leaf in flat.items():
         spec = rule(path, config, m)

@@ -83,12 +83,13 @@ def key_map(cfg: ModelConfig):
     return DECODER_KEY_MAP, DECODER_TIED_ALIASES, DECODER_IGNORED
 
 
-def _flatten(tree: Mapping, prefix="") -> dict:
+def flatten_tree(tree: Mapping, prefix="") -> dict:
+    """A nested parameter mapping as ``{"a/b/c": leaf}`` (the paths the key maps match)."""
     out = {}
     for k, v in tree.items():
         path = f"{prefix}{k}"
         if isinstance(v, Mapping):
-            out.update(_flatten(v, path + "/"))
+            out.update(flatten_tree(v, path + "/"))
         else:
             out[path] = v
     return out
@@ -131,7 +132,7 @@ def plan_conversion(cfg: ModelConfig, keys: Iterable[str], shapes: Mapping) -> d
       CheckpointMismatchError: naming unused checkpoint keys and unfilled parameter leaves.
     """
     rules, aliases, ignored = key_map(cfg)
-    flat = _flatten(shapes)
+    flat = flatten_tree(shapes)
     plan, unused = {}, []
     filled: dict[str, set] = {p: set() for p in flat}
     for key in keys:
@@ -178,7 +179,7 @@ def convert_tensors(
     A tied alias (``lm_head.weight`` of a tied model) must equal the embedding it aliases.
     """
     plan = plan_conversion(cfg, tensors.keys(), shapes)
-    flat_shapes = _flatten(shapes)
+    flat_shapes = flatten_tree(shapes)
     flat: dict[str, np.ndarray] = {}
     for key, (path, layer, transform) in plan.items():
         if path == "<tied>":
@@ -231,8 +232,8 @@ def convert_tensors_sharded(
       shardings: tree of ``jax.sharding.Sharding`` matching ``shapes``.
     """
     plan = plan_conversion(cfg, tensors.keys(), shapes)
-    flat_shapes = _flatten(shapes)
-    flat_shardings = _flatten(shardings)
+    flat_shapes = flatten_tree(shapes)
+    flat_shardings = flatten_tree(shardings)
     sources: dict[str, dict] = {}
     for key, (path, layer, transform) in plan.items():
         if path == "<tied>":

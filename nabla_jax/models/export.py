@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from nabla_jax.models.config import ModelConfig, UnsupportedModelError
-from nabla_jax.models.convert import DECODER_KEY_MAP, _flatten
+from nabla_jax.models.convert import DECODER_KEY_MAP, flatten_tree
 
 __all__ = ["export_tensors", "save_pretrained", "to_hf_dict"]
 
@@ -149,7 +149,7 @@ def export_tensors(model) -> dict[str, np.ndarray]:
     _check_exportable(cfg)
     rules = _inverse_rules()
     out: dict[str, np.ndarray] = {}
-    for path, value in _flatten(model.params).items():
+    for path, value in flatten_tree(model.params).items():
         x = np.asarray(value, dtype=np.float32)
         for path_re, name, group, layered, transform in rules:
             m = re.fullmatch(path_re, path)

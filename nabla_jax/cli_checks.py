@@ -1,0 +1,109 @@
+"""The command line's checks of what a user gave, run before any model loads.
+
+Each failure prints one line ``nabla-jax: error: …`` and exits with code 2 (:func:`fail`).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+__all__ = [
+    "MAX_SEED",
+    "check_model_dir",
+    "check_output_path",
+    "checkpoint_head",
+    "fail",
+    "one_line",
+    "precheck_pair",
+    "same_file",
+]
+
+MAX_SEED = 2**63 - 1
+
+
+def fail(msg: str) -> SystemExit:
+    """Print ``nabla-jax: error: msg`` and return the exit (code 2) to raise."""
+    print(f"nabla-jax: error: {msg}", file=sys.stderr)
+    return SystemExit(2)
+
+
+def one_line(e: BaseException) -> str:
+    """An exception as one line: its message with newlines folded (or its type if empty)."""
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if text != type(e).__name__ else f"{type(e).__name__} (no message)"
+
+
+def check_output_path(path: str, flag: str, *, create_dir: bool = False) -> None:
+    """Before any model loads: the output's directory exists (or, with ``create_dir``, is
+    created) and accepts a new file, and the path is not itself a directory."""
+    import tempfile
+
+    if os.path.isdir(path):
+        raise fail(f"{flag} {path!r} is a directory; give a file path")
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        if not create_dir:
+            raise fail(f"{flag} {path!r}: directory {parent!r} does not exist; create it first")
+        try:
+            os.makedirs(parent, exist_ok=True)
+        except OSError as e:
+            raise fail(f"{flag} {path!r}: cannot create directory {parent!r} ({e})") from None
+    try:
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as e:
+        raise fail(f"{flag} {path!r}: directory {parent!r} is not writable ({e})") from None
+
+
+def check_model_dir(path: str, what: str) -> str:
+    """``path`` is a Hugging Face model directory (holds config.json), else exit with a line."""
+    if os.path.isfile(path):
+        raise fail(f"{what} {path!r} is a file; pass the model directory that holds config.json")
+    if not os.path.isdir(path):
+        raise fail(f"{what} directory {path!r} does not exist")
+    if not os.path.exists(os.path.join(path, "config.json")):
+        raise fail(f"{what} directory {path!r} has no config.json (not a Hugging Face model dir)")
+    return path
+
+
+def checkpoint_head(path: str) -> str | None:
+    """ "score" / "lm" from a safetensors checkpoint's header (no weights read); None otherwise."""
+    from nabla_jax.models.convert import checkpoint_files, read_safetensors
+
+    try:
+        kind, files = checkpoint_files(path)
+    except (ValueError, FileNotFoundError):
+        return None  # pickled or missing weights: the loader gives the full message
+    if kind != "safetensors":
+        return None
+    keys = set().union(*(read_safetensors(f).keys() for f in files))
+    return "score" if "score.weight" in keys else "lm"
+
+
+def precheck_pair(lm_path: str, rm_path: str) -> None:
+    """Before either model loads: the LM and RM directories are not swapped and their
+    vocabularies agree (the loaders and the decoder would find both only after a load)."""
+    from nabla_jax.models.load import load_tokenizer, read_model_config
+    from nabla_jax.vocab import check_vocab_compatibility
+
+    lm_head, rm_head = checkpoint_head(lm_path), checkpoint_head(rm_path)
+    if lm_head == "score" and rm_head == "lm":
+        raise fail(
+            f"--lm {lm_path!r} is a reward model and --rm {rm_path!r} a causal LM; swap them"
+        )
+    if lm_head == "score":
+        raise fail(f"--lm {lm_path!r} is a sequence-classification (reward) checkpoint")
+    if rm_head == "lm":
+        raise fail(f"--rm {rm_path!r} is a causal LM; it needs a *ForSequenceClassification head")
+    lm_cfg, rm_cfg = read_model_config(lm_path), read_model_config(rm_path)
+    lm_tok, rm_tok = load_tokenizer(lm_path), load_tokenizer(rm_path)
+    if lm_tok is not None and rm_tok is not None:
+        check_vocab_compatibility(lm_tok, rm_tok, lm_cfg.vocab_size, rm_cfg.vocab_size)
+
+
+def same_file(a: str, b: str) -> bool:
+    """Whether two paths name the same file (existing or not)."""
+    if os.path.exists(a) and os.path.exists(b):
+        return os.path.samefile(a, b)
+    return os.path.realpath(a) == os.path.realpath(b)
