@@ -18,64 +18,37 @@ from collections.abc import Callable, Sequence
 
 import jax
 
+from nabla_jax.decoding import registry
 from nabla_jax.decoding.config import DecodeConfig
-from nabla_jax.decoding.nabla import NablaDecoder
+from nabla_jax.decoding.registry import check_baseline_sampling, parse_methods
 from nabla_jax.decoding.sampling import SamplingConfig
 from nabla_jax.tasks.registry import Task, get_task
 
-ABLATIONS = {
-    "nabla": {},
-    "nabla-norej": {"rejection_sampling": False},
-    "nabla-nodto": {"use_dto": False},
-    "nabla-nocache": {"dto": {"grad_caching": False}},
-}
-DEFAULT_METHODS = ("greedy", "cot", "bon:4", "bon:8", "sc:4", "sc:8") + tuple(ABLATIONS)
+__all__ = [
+    "NO_PLOT_MESSAGE",
+    "PROVENANCE_KEY",
+    "ResultsFileError",
+    "check_baseline_sampling",
+    "format_table",
+    "method_key",
+    "method_runner",
+    "parse_methods",
+    "plot_summary",
+    "plotting_available",
+    "prepare_results_file",
+    "provenance",
+    "read_results",
+    "run_benchmark",
+    "summarize",
+]
 
-
-def parse_methods(spec: str | Sequence[str]) -> list[str]:
-    """``"greedy,bon:8,sc:8,nabla"`` → validated method names (clear error for unknown ones)."""
-    names = [m.strip() for m in spec.split(",")] if isinstance(spec, str) else list(spec)
-    names = [m for m in names if m]
-    if not names:
-        raise ValueError("no methods given; e.g. --methods greedy,bon:8,sc:8,nabla")
-    dup = sorted({m for m in names if names.count(m) > 1})
-    if dup:
-        raise ValueError(f"method(s) {dup} given twice; list each method once")
-    for m in names:
-        base, _, n = m.partition(":")
-        if base in ("bon", "sc"):
-            if not n.isdigit() or int(n) < 1:
-                raise ValueError(f"method {m!r}: {base} needs a sample count, e.g. {base}:8")
-        elif m not in ("greedy", "cot") and m not in ABLATIONS:
-            raise ValueError(
-                f"unknown method {m!r}; known: greedy, cot, bon:N, sc:N, " + ", ".join(ABLATIONS)
-            )
-    return names
+ACCEPTANCE = ("rm", "oracle")
 
 
 def _stat(stats, name, default=0):
     if isinstance(stats, dict):
         return stats.get(name, default)
     return getattr(stats, name, default)
-
-
-def _with_overrides(cfg: DecodeConfig, overrides: dict) -> DecodeConfig:
-    kw = dict(overrides)
-    if "dto" in kw:
-        kw["dto"] = dataclasses.replace(cfg.dto, **kw["dto"])
-    return dataclasses.replace(cfg, **kw)
-
-
-def check_baseline_sampling(methods: Sequence[str], sampling: SamplingConfig) -> None:
-    """Sampled baselines (``cot``, ``bon:N``, ``sc:N``) need a temperature above 0: greedy
-    "samples" would all be the same answer. Raises ``ValueError`` naming the methods."""
-    sampled = [m for m in methods if m == "cot" or m.partition(":")[0] in ("bon", "sc")]
-    if sampled and sampling.temperature == 0:
-        raise ValueError(
-            f"methods {sampled} sample their answers, but the baseline sampling is greedy "
-            "(temperature 0), so every sample would be the same; set a temperature > 0 (the run "
-            "config's `baselines: {temperature: 0.6, top_p: 0.95}`)"
-        )
 
 
 def method_runner(
@@ -85,36 +58,16 @@ def method_runner(
     cfg: DecodeConfig,
     sampling: SamplingConfig | None = None,
     task: Task | None = None,
+    *,
+    scorer=None,
 ) -> Callable:
-    """``run(prompts: list[str], key) -> list[result]`` for one method, sharing ``cfg``'s settings
-    (max_length, stop strings, system message) so that comparisons are fair. The sampled
-    baselines draw with ``sampling`` (default: ``cfg.rollout``, the ∇-Reasoner rollout sampling);
-    self-consistency votes on ``task.vote_key`` (default task: arithmetic)."""
-    from nabla_jax.decoding import baselines
-
+    """``run(prompts: list[str], key) -> list[result]`` for one method of the registry
+    (:func:`nabla_jax.decoding.registry.method_runner`) with the task's answer extractor
+    (default task: arithmetic) and an optional exact acceptance ``scorer``."""
     task = get_task() if task is None else task
-
-    sampling = cfg.rollout if sampling is None else sampling
-    check_baseline_sampling([method], sampling)
-    common = dict(max_length=cfg.max_length, stop_strings=cfg.stop_strings, system=cfg.system)
-    base, _, n = method.partition(":")
-    if method == "greedy":
-        return lambda prompts, key: baselines.greedy_cot(lm, prompts, **common)
-    if method == "cot":
-        return lambda prompts, key: baselines.sampled_cot(
-            lm, prompts, key, sampling=sampling, **common
-        )
-    if base == "bon":
-        return lambda prompts, key: baselines.best_of_n(
-            lm, rm, prompts, key, n=int(n), sampling=sampling, **common
-        )
-    if base == "sc":
-        return lambda prompts, key: baselines.self_consistency(
-            lm, prompts, key, n=int(n), sampling=sampling, answer_extractor=task.vote_key,
-            **common,
-        )  # fmt: skip
-    decoder = NablaDecoder(lm, rm, _with_overrides(cfg, ABLATIONS[method]))
-    return lambda prompts, key: decoder.generate(prompts, key)
+    return registry.method_runner(
+        method, lm, rm, cfg, sampling, answer_extractor=task.vote_key, scorer=scorer
+    )
 
 
 def method_key(seed: int, method: str):
@@ -144,7 +97,7 @@ def provenance(
     }, default=str))  # fmt: skip
 
 
-def _read_rows(path: str) -> tuple[dict | None, list[dict]]:
+def read_results(path: str) -> tuple[dict | None, list[dict]]:
     """(provenance header or None, result rows) of a results file; ``ResultsFileError`` naming
     the file and line for one that is not JSON."""
     header, rows = None, []
@@ -196,7 +149,7 @@ def prepare_results_file(path: str, prov: dict) -> list[str]:
     if not os.path.exists(path) or os.path.getsize(path) == 0:
         return []
     notes = [n for n in [_repair_torn_tail(path)] if n]
-    header, rows = _read_rows(path)
+    header, rows = read_results(path)
     if header is None:
         if not rows:
             return notes
@@ -225,7 +178,7 @@ def _short(value, limit: int = 60) -> str:
 def _done(path) -> set[tuple[str, str]]:
     done = set()
     if path and os.path.exists(path):
-        for row in _read_rows(path)[1]:
+        for row in read_results(path)[1]:
             done.add((row["method"], row["problem_id"]))
     return done
 
@@ -244,10 +197,14 @@ def run_benchmark(
     baseline_sampling: SamplingConfig | None = None,
     task: Task | None = None,
     provenance: dict | None = None,
+    acceptance: str = "rm",
 ) -> list[dict]:
     """Run every method on every problem; append one JSON line per result to ``results_path``.
 
     ``task`` (default: arithmetic) turns problems into prompts, extracts and grades answers.
+    ``acceptance="oracle"`` replaces the reward model in ∇-Reasoner's acceptance test and in
+    Best-of-N's ranking by the task's exact scorer (:class:`~nabla_jax.oracle.OracleScorer`);
+    DTO still follows the reward model. Rows then carry ``"acceptance": "oracle"``.
 
     Problems already recorded for a method are skipped (resume). With ``provenance`` (see
     :func:`provenance`), an existing file is checked first (``prepare_results_file``) and a new
@@ -260,6 +217,13 @@ def run_benchmark(
     from tqdm.auto import tqdm
 
     task = get_task() if task is None else task
+    if acceptance not in ACCEPTANCE:
+        raise ValueError(f"acceptance={acceptance!r}: must be one of {ACCEPTANCE}")
+    scorer = None
+    if acceptance == "oracle":
+        from nabla_jax.oracle import OracleScorer
+
+        scorer = OracleScorer(task, problems, lm, rm, system=cfg.system)
     check_baseline_sampling(
         methods, cfg.rollout if baseline_sampling is None else baseline_sampling
     )
@@ -278,7 +242,7 @@ def run_benchmark(
         todo = [p for p in problems if (method, p.id) not in done]
         if not todo:
             continue
-        run = method_runner(method, lm, rm, cfg, baseline_sampling, task)
+        run = method_runner(method, lm, rm, cfg, baseline_sampling, task, scorer=scorer)
         key = method_key(seed, method)
         bar = tqdm(total=len(todo), desc=method, disable=not progress, unit="problem")
         for start in range(0, len(todo), batch_size):
@@ -299,6 +263,8 @@ def run_benchmark(
                         "wall_seconds": wall / len(chunk),
                         "text": r.text,
                     }
+                    if scorer is not None:
+                        row["acceptance"] = acceptance
                     f.write(json.dumps(row) + "\n")
                     rows.append(row)
                 f.flush()
@@ -311,7 +277,7 @@ def run_benchmark(
 def summarize(results_path: str, methods: Sequence[str] | None = None) -> dict:
     """``{method: {accuracy, mean_model_calls, wall_seconds, n}}`` from the JSONL results."""
     by: dict[str, list[dict]] = {}
-    for row in _read_rows(results_path)[1]:
+    for row in read_results(results_path)[1]:
         by.setdefault(row["method"], []).append(row)
     order = list(methods) if methods else list(by)
     out = {}

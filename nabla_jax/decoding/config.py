@@ -56,6 +56,26 @@ class DecodeConfig:
       system: optional system message for the LM and RM chat templates.
       batch_size: rows decoded at once (the compiled loop's batch; a finished row takes the
         next waiting prompt).
+
+    Exploration options (off by default: the paper's loop):
+
+      grad_quantile: the probe's threshold scaled to the model: a position qualifies when its
+        gradient norm is at or above this quantile (in [0, 1)) of the norms of the probed
+        window's candidate positions (None = off). Turns the probe on.
+      grad_top_k: ... when its gradient norm is among the ``k`` largest of the probed window's
+        candidates (None = off). Turns the probe on.
+      dto_lr_gap: DTO steps sized to the logits they move: each row's learning rate is
+        ``dto_lr_gap × (top-1 − top-2 logit gap at the selected position) / dto.num_steps``,
+        replacing ``dto.learning_rate`` (None = off). Adam moves a logit by about the learning
+        rate per step, so ``dto_lr_gap`` ≈ 1 lets the refinement close the gap.
+      resample_excludes_current: resample the selected position without its current token, so
+        every selected position proposes.
+      positions_per_iteration: ``m``: an iteration resamples up to ``m`` candidate positions of
+        the refined window (the first ``m`` qualifying ones), proposes them together (the
+        ahead tokens between them kept, the rest regenerated) and commits through the last.
+      refine_passes: passes over the response: when a row reaches its end (or has no
+        candidate left) before its generation budget is spent, it starts again from its first
+        token, up to this many passes (1 = the paper's single pass).
     """
 
     max_length: int = 1024
@@ -73,12 +93,21 @@ class DecodeConfig:
     eos_ids: tuple[int, ...] | None = None
     system: str | None = None
     batch_size: int = 8
+    grad_quantile: float | None = None
+    grad_top_k: int | None = None
+    dto_lr_gap: float | None = None
+    resample_excludes_current: bool = False
+    positions_per_iteration: int = 1
+    refine_passes: int = 1
 
     def __post_init__(self):
         def bad(name, want):
             raise ValueError(f"DecodeConfig.{name}={getattr(self, name)!r}: must be {want}")
 
-        for name in ("max_length", "max_n_generations", "batch_size"):
+        for name in (
+            "max_length", "max_n_generations", "batch_size", "positions_per_iteration",
+            "refine_passes",
+        ):  # fmt: skip
             if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
                 bad(name, "an int ≥ 1")
         for name in ("rollout", "resample"):
@@ -91,11 +120,21 @@ class DecodeConfig:
             v = getattr(self, name)
             if v is not None and not (_is_real(v) and v >= 0):
                 bad(name, "None or a finite number ≥ 0")
+        q = self.grad_quantile
+        if q is not None and not (_is_real(q) and 0 <= q < 1):
+            bad("grad_quantile", "None or a number in [0, 1)")
+        if self.grad_top_k is not None and (not _is_int(self.grad_top_k) or self.grad_top_k < 1):
+            bad("grad_top_k", "None or an int ≥ 1")
+        if q is not None and self.grad_top_k is not None:
+            bad("grad_top_k", "None when grad_quantile is set (choose one rank rule)")
+        g = self.dto_lr_gap
+        if g is not None and not (_is_real(g) and g > 0):
+            bad("dto_lr_gap", "None or a finite number > 0")
         if not isinstance(self.dto, DTOConfig):
             bad("dto", "a DTOConfig")
         if self.dto_window is not None and (not _is_int(self.dto_window) or self.dto_window < 1):
             bad("dto_window", "None or an int ≥ 1")
-        for name in ("rejection_sampling", "use_dto"):
+        for name in ("rejection_sampling", "use_dto", "resample_excludes_current"):
             if not isinstance(getattr(self, name), bool):
                 bad(name, "a bool")
         stops = self.stop_strings
@@ -115,7 +154,14 @@ class DecodeConfig:
 
     @property
     def uses_probe(self) -> bool:
-        return self.grad_threshold is not None
+        return self.grad_rank is not None or self.grad_threshold is not None
+
+    @property
+    def grad_rank(self) -> str | None:
+        """The probe's rank rule: "quantile", "top_k" or None."""
+        if self.grad_quantile is not None:
+            return "quantile"
+        return "top_k" if self.grad_top_k is not None else None
 
     @property
     def window(self) -> int:
@@ -130,6 +176,9 @@ class DecodeConfig:
             confidence_threshold=f(self.confidence_threshold or 0.0),
             entropy_threshold=f(self.entropy_threshold or 0.0),
             grad_threshold=f(self.grad_threshold or 0.0),
+            grad_quantile=f(self.grad_quantile or 0.0),
+            grad_top_k=np.int32(self.grad_top_k or 1),
+            dto_lr_gap=f(self.dto_lr_gap or 0.0),
             rollout=SamplingParams.of(self.rollout),
             resample=SamplingParams.of(self.resample),
             dto=self.dto.hyper(),
@@ -139,7 +188,8 @@ class DecodeConfig:
         """This config with every run-time number and host-only setting at a fixed value: the
         compiled loop's key. What stays: sizes (``max_length``, ``dto_window``, ``batch_size``),
         which selection criteria are on, greedy versus filtered sampling, the DTO structure,
-        and the ablation switches."""
+        the ablation switches and the exploration structure (rank rule on, step sizing on,
+        excluding the current token, positions per iteration, passes)."""
 
         def canon(s: SamplingConfig) -> SamplingConfig:
             p = SamplingProgram.of(s)
@@ -157,6 +207,9 @@ class DecodeConfig:
             confidence_threshold=None if self.confidence_threshold is None else 0.5,
             entropy_threshold=1.0 if self.entropy_threshold else None,
             grad_threshold=None if self.grad_threshold is None else 1.0,
+            grad_quantile=None if self.grad_quantile is None else 0.5,
+            grad_top_k=None if self.grad_top_k is None else 1,
+            dto_lr_gap=None if self.dto_lr_gap is None else 1.0,
             dto=self.dto.program(),
             stop_strings=(),
             eos_ids=None,
@@ -171,6 +224,9 @@ class DecodeHyper(NamedTuple):
     confidence_threshold: Any
     entropy_threshold: Any
     grad_threshold: Any
+    grad_quantile: Any
+    grad_top_k: Any
+    dto_lr_gap: Any
     rollout: SamplingParams
     resample: SamplingParams
     dto: DTOHyper

@@ -91,8 +91,24 @@ def _set(x, index, value, rows):
     return x.at[b, index].set(jnp.where(rows, value, x[b, index]).astype(x.dtype))
 
 
+def _rank_threshold(norms, valid, h: DecodeHyper, prog: DecodeConfig):
+    """Per-row threshold ``[B, 1]`` of the probe's rank rule: the ``r``-th largest gradient norm
+    among the ``valid`` positions of ``norms [B, K]`` (``r`` = ``grad_top_k``, or the share
+    ``1 - grad_quantile`` of the valid count, rounded up)."""
+    desc = -jnp.sort(-jnp.where(valid, norms, -jnp.inf), axis=-1)
+    count = jnp.sum(valid, axis=-1)
+    if prog.grad_rank == "top_k":
+        r = jnp.minimum(h.grad_top_k, count)
+    else:
+        r = jnp.ceil((1.0 - h.grad_quantile) * count).astype(jnp.int32)
+    r = jnp.clip(r - 1, 0, norms.shape[1] - 1)
+    return jnp.take_along_axis(desc, r[:, None], axis=1)
+
+
 def _probe_select(m: Models, state, cheap, committed, ready, h: DecodeHyper, prog):
-    """Gradient-probe selection: ``(position [B] (L = none), probes [B], probe_calls [B])``."""
+    """Gradient-probe selection: ``(position [B] (L = none), probes [B], probe_calls [B],
+    qualified [B, L])`` — ``qualified`` marks every qualifying position of the window the
+    position was found in."""
     n = cheap.shape[1]
     k = prog.window
     slots = jnp.arange(n)[None, :]
@@ -103,7 +119,7 @@ def _probe_select(m: Models, state, cheap, committed, ready, h: DecodeHyper, pro
         return jnp.any(carry[0])
 
     def body(carry):
-        searching, cursor, pos, probes, calls = carry
+        searching, cursor, pos, probes, calls, qual = carry
         cand = _first(cheap & (slots >= cursor[:, None]), n)
         searching = searching & (cand < n)
         problems, wmask = window_problems(m.lm, state, cand, searching, k, latents)
@@ -113,18 +129,26 @@ def _probe_select(m: Models, state, cheap, committed, ready, h: DecodeHyper, pro
         offsets = cand[:, None] + jnp.arange(k)[None, :]
         in_cheap = jnp.take_along_axis(cheap, jnp.clip(offsets, 0, n - 1), axis=1)
         ok = in_cheap & (norms >= h.grad_threshold) & (wmask > 0)
+        if prog.grad_rank is not None:
+            ok = ok & (norms >= _rank_threshold(norms, in_cheap & (wmask > 0), h, prog))
         found = searching & jnp.any(ok, axis=-1)
         pos = jnp.where(found, cand + jnp.argmax(ok, axis=-1), pos)
+        b = jnp.arange(ok.shape[0])[:, None]
+        hit = (ok & found[:, None]).astype(jnp.int32)
+        qual = qual | (
+            jnp.zeros(qual.shape, jnp.int32).at[b, jnp.clip(offsets, 0, n - 1)].max(hit) > 0
+        )
         exhausted = searching & ~found & (cand + k >= state.resp.length)
         probes = probes + searching
         calls = calls + searching * per_probe
         cursor = jnp.where(searching, cand + k, cursor)
-        return searching & ~found & ~exhausted, cursor, pos, probes, calls
+        return searching & ~found & ~exhausted, cursor, pos, probes, calls, qual
 
     c = state.counters
-    init = (ready, committed, jnp.full_like(committed, n), c.probes, c.probe_calls)
-    _, _, pos, probes, calls = jax.lax.while_loop(cond, body, init)
-    return pos, probes, calls
+    qual0 = jnp.zeros_like(cheap)
+    init = (ready, committed, jnp.full_like(committed, n), c.probes, c.probe_calls, qual0)
+    _, _, pos, probes, calls, qual = jax.lax.while_loop(cond, body, init)
+    return pos, probes, calls, qual
 
 
 def window_buckets(window: int, length: int) -> tuple[tuple[int, int], ...]:
@@ -141,16 +165,37 @@ def window_buckets(window: int, length: int) -> tuple[tuple[int, int], ...]:
     return tuple(shapes)
 
 
+def _window_store(m: Models, state, at, width: int, latents: bool):
+    """Unrefined logits ``[B, width, V]`` of the rollout at positions ``at .. at + width - 1``."""
+    store = state.resp.hidden if latents else state.resp.logits
+    rows = jnp.stack([_at(store, at + j) for j in range(width)], axis=1)
+    return (m.lm.head_logits(rows) if latents else rows).astype(jnp.float32)
+
+
+def _gap_learning_rate(m: Models, state, at, h: DecodeHyper, prog: DecodeConfig):
+    """Per-row DTO learning rate ``[B, 1, 1]`` sized to the selected position's top-1/top-2
+    logit gap: ``dto_lr_gap × gap / num_steps`` (Adam moves a logit by about the learning rate
+    per step, so the steps together can close the gap)."""
+    z = _window_store(m, state, at, 1, prog.dto.mode == "latents")[:, 0]
+    top2 = jax.lax.top_k(z, 2)[0]
+    gap = top2[:, 0] - top2[:, 1]
+    lr = h.dto_lr_gap * gap / prog.dto.num_steps
+    return jnp.maximum(lr, 1e-6)[:, None, None]
+
+
 def _refine_position(m: Models, state, at, chosen, h: DecodeHyper, prog: DecodeConfig):
-    """Logits ``[B, V]`` of the selected position after DTO, plus DTO bookkeeping per row."""
+    """Logits ``[B, J, V]`` of the window from the selected position after DTO (``J`` = 1, or
+    the window ``K`` with several positions per iteration), plus DTO bookkeeping per row."""
     latents = prog.dto.mode == "latents"
     b = at.shape[0]
+    width = 1 if prog.positions_per_iteration == 1 else prog.window
     zero = jnp.zeros((b,), jnp.int32)
     if not prog.use_dto:
-        store = state.resp.hidden if latents else state.resp.logits
-        first = _at(store, at)
-        logits = m.lm.head_logits(first) if latents else first
-        return logits.astype(jnp.float32), zero, zero, jnp.zeros((b,), bool)
+        logits = _window_store(m, state, at, width, latents)
+        return logits, zero, zero, jnp.zeros((b,), bool)
+    hdto = h.dto
+    if prog.dto_lr_gap is not None:
+        hdto = hdto._replace(learning_rate=_gap_learning_rate(m, state, at, h, prog))
     given = prefix_caches(m.lm, state, at, latents)
     keys = stream_keys(state.base_key, DTO, state.counters.refinements)
     shapes = window_buckets(prog.window, state.resp.tokens.shape[1])
@@ -159,16 +204,19 @@ def _refine_position(m: Models, state, at, chosen, h: DecodeHyper, prog: DecodeC
         def run(_):
             problems, wmask = window_problems(m.lm, state, at, chosen, k, latents, tail)
             logits, final, trace = refine_padded(
-                m.lm, m.rm, m.rm_table, problems, keys, h.dto, prog.dto, given
+                m.lm, m.rm, m.rm_table, problems, keys, hdto, prog.dto, given
             )
             nonfinite = jnp.any(trace.nonfinite, axis=0)
-            return logits[:, 0], final.full_steps, nonfinite, jnp.sum(wmask, axis=-1)
+            logits = logits[:, :width]
+            if logits.shape[1] < width:  # a short bucket: pad to the window
+                logits = jnp.pad(logits, ((0, 0), (0, width - logits.shape[1]), (0, 0)))
+            return logits, final.full_steps, nonfinite, jnp.sum(wmask, axis=-1)
 
         return run
 
     def skip(_):
         v = m.lm.config.vocab_size
-        return jnp.zeros((b, v), jnp.float32), zero, jnp.zeros((b,), bool), zero
+        return jnp.zeros((b, width, v), jnp.float32), zero, jnp.zeros((b,), bool), zero
 
     rest = jnp.max(jnp.where(chosen, state.resp.length - at, 0))
     fits = jnp.asarray([k + t for k, t in shapes]) >= rest
@@ -177,6 +225,41 @@ def _refine_position(m: Models, state, at, chosen, h: DecodeHyper, prog: DecodeC
     logits, full_steps, nonfinite, k_used = jax.lax.switch(index, branches, None)
     optimized = k_used * prog.dto.num_steps
     return logits, full_steps * prog.dto.calls_per_full_step, optimized, nonfinite
+
+
+def _resample(keys, logits, current, h: DecodeHyper, prog: DecodeConfig):
+    """One token ``[B]`` drawn from ``logits [B, V]`` with the resample settings; with
+    ``resample_excludes_current`` the ``current [B]`` token is left out, so it always differs."""
+    r = h.resample
+    if prog.resample_excludes_current:
+        v = jnp.arange(logits.shape[-1])[None, :]
+        logits = jnp.where(v == current[:, None], -jnp.inf, logits)
+    return jax.vmap(lambda k, z: sample_token(k, z, r.temperature, r.top_k, r.top_p))(keys, logits)
+
+
+def _resample_several(keys, window_logits, tokens, at, qualified, h: DecodeHyper, prog):
+    """Several positions per iteration: the first ``positions_per_iteration`` qualifying
+    positions in ``[at, at + K)`` are resampled from their refined logits.
+
+    ``window_logits [B, K, V]``, ``tokens [B, L]``, ``at [B]``, ``qualified [B, L]``. Returns
+    ``(picked [B, L] bool, tokens [B, L])``: the picked positions (``at`` among them) and the
+    response with each picked position's draw in place.
+    """
+    b, n = tokens.shape
+    k = window_logits.shape[1]
+    slots = jnp.arange(n)[None, :]
+    inside = (slots >= at[:, None]) & (slots < at[:, None] + k)
+    cand = (qualified & inside) | (slots == at[:, None])
+    picked = cand & (jnp.cumsum(cand, axis=-1) <= prog.positions_per_iteration)
+    offsets = jnp.clip(at[:, None] + jnp.arange(k)[None, :], 0, n - 1)
+    current = jnp.take_along_axis(tokens, offsets, axis=1)  # [B, K]
+    sub = jax.vmap(lambda key: jax.random.split(key, k))(keys)  # [B, K] keys
+    flat = _resample(
+        sub.reshape(-1), window_logits.reshape(b * k, -1), current.reshape(-1), h, prog
+    ).reshape(b, k)
+    j = jnp.clip(slots - at[:, None], 0, k - 1)
+    drawn = jnp.take_along_axis(flat, j, axis=1)
+    return picked, jnp.where(picked, drawn, tokens).astype(tokens.dtype)
 
 
 def _score_new(m: Models, state, new_resp, rows, tables, scorer, prog):
@@ -221,30 +304,41 @@ def iteration(m: Models, state: RowState, h: DecodeHyper, tables: StopTables, *,
         cheap = cheap & (resp.entropy >= h.entropy_threshold)
     probes, probe_calls = c.probes, c.probe_calls
     if prog.uses_probe:
-        pos, probes, probe_calls = _probe_select(m, state, cheap, committed, ready, h, prog)
+        pos, probes, probe_calls, qualified = _probe_select(
+            m, state, cheap, committed, ready, h, prog
+        )
     else:
-        pos = _first(cheap, n)
+        pos, qualified = _first(cheap, n), cheap
     converged = ready & (pos >= n)
+    pass_start = state.committed
     committed = jnp.where(converged, resp.length, committed)
     end = jnp.where(converged, END_CONVERGED, end)
     chosen = ready & ~converged
     committed = jnp.where(chosen, pos, committed)
 
     # 3. Refine; 4. resample.
-    logits0, dto_calls, optimized, nonfinite = _refine_position(
+    window_logits, dto_calls, optimized, nonfinite = _refine_position(
         m, state, committed, chosen, h, prog
     )
     keys = stream_keys(state.base_key, RESAMPLE, iterations)
-    r = h.resample
-    tok = jax.vmap(lambda k, z: sample_token(k, z, r.temperature, r.top_k, r.top_p))(keys, logits0)
     old = _at(resp.tokens, committed)
-    proposing = chosen & (tok != old)
+    if prog.positions_per_iteration == 1:
+        tok = _resample(keys, window_logits[:, 0], old, h, prog)
+        proposing = chosen & (tok != old)
+        last, proposal = committed, _set(resp.tokens, committed, tok, proposing)
+    else:
+        picked, new_tokens = _resample_several(keys, window_logits, resp.tokens, committed,
+                                               qualified & chosen[:, None], h, prog)  # fmt: skip
+        tok = _at(new_tokens, committed)
+        proposing = chosen & jnp.any(picked & (new_tokens != resp.tokens), axis=-1)
+        last = jnp.max(jnp.where(picked, slots, committed[:, None]), axis=-1)
+        proposal = jnp.where(proposing[:, None], new_tokens, resp.tokens)
 
     # 5. Proposals and first rollouts, one rollout call.
     tok_eos = hits_eos(tok, tables)
     empty = proposing & (tok_eos | (n - committed - 1 <= 0))
     rolling = (proposing & ~empty) | state.fresh
-    cand = resp._replace(tokens=_set(resp.tokens, committed, tok, proposing))
+    cand = resp._replace(tokens=proposal)
     start = jnp.where(state.fresh, 0, committed + 1)
     gen_keys = stream_keys(state.base_key, ROLLOUT, c.generations)
     limit = jnp.full_like(start, n)
@@ -256,10 +350,14 @@ def iteration(m: Models, state: RowState, h: DecodeHyper, tables: StopTables, *,
     kept = jnp.arange(state.lm_kv.mask.shape[1])[None, :] < p_width + committed[:, None]
     kv = state.lm_kv._replace(mask=state.lm_kv.mask * kept)
 
+    forced = None
+    if prog.positions_per_iteration > 1:  # the ahead tokens up to the last position are kept
+        forced = (proposal, jnp.where(state.fresh, -1, last))
+
     def roll(_):
         return continue_responses(
             m.lm, kv, p_width, prompt_len, (state.first_logits, state.first_hidden), cand,
-            start, limit, rolling, gen_keys, h.rollout, tables, roll_prog, pad_id,
+            start, limit, rolling, gen_keys, h.rollout, tables, roll_prog, pad_id, forced,
         )  # fmt: skip
 
     def keep(_):
@@ -308,12 +406,20 @@ def iteration(m: Models, state: RowState, h: DecodeHyper, tables: StopTables, *,
         score_proposed=_set(ev.score_proposed, at, prop, chosen),
         scored=_set(ev.scored, at, scored, chosen),
     )
-    committed = jnp.where(chosen, committed + 1, committed)
+    committed = jnp.where(chosen, jnp.minimum(last + 1, resp_next.length), committed)
     stopped = chosen & (committed >= resp_next.length)
     end = jnp.where(stopped, END_STOPPED, end)
+    generations = c.generations + (proposing | state.fresh)
+    passes = c.passes
+    if prog.refine_passes > 1:  # 5. another pass while the budget lasts
+        again = (stopped | (converged & (pass_start > 0))) & (passes + 1 < prog.refine_passes)
+        again = again & (generations < h.max_n_generations)
+        committed = jnp.where(again, 0, committed)
+        passes = passes + again
+        stopped, converged = stopped & ~again, converged & ~again
     done = spent | converged | stopped
     counters = c._replace(
-        generations=c.generations + (proposing | state.fresh),
+        generations=generations,
         rejections=c.rejections + (proposing & ~accepted),
         rollout_calls=c.rollout_calls + calls,
         dto_calls=c.dto_calls + jnp.where(chosen, dto_calls, 0),
@@ -326,6 +432,7 @@ def iteration(m: Models, state: RowState, h: DecodeHyper, tables: StopTables, *,
         refinements=c.refinements + (chosen & prog.use_dto),
         probes=probes,
         nonfinite=c.nonfinite + (chosen & nonfinite),
+        passes=passes,
     )
     return state._replace(
         resp=resp_next,

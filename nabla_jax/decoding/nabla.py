@@ -242,7 +242,7 @@ class NablaDecoder:
         cfg = self.cfg
         state = _empty_state_jit(
             self.lm, self.rm, cfg.batch_size, p_len, q_len, s_len, cfg.max_length, cfg.window,
-            latents=cfg.dto.mode == "latents",
+            latents=cfg.dto.mode == "latents", events=cfg.max_length * cfg.refine_passes,
         )  # fmt: skip
         if self.mesh is not None:
             state = _shard_state(state, self.mesh)
@@ -279,5 +279,5 @@ def _shard_state(state, mesh):
 
 
 _empty_state_jit = jax.jit(
-    empty_state, static_argnums=tuple(range(2, 8)), static_argnames=("latents",)
+    empty_state, static_argnums=tuple(range(2, 8)), static_argnames=("latents", "events")
 )

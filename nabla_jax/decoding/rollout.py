@@ -212,7 +212,7 @@ class _Loop(NamedTuple):
 
 def continue_responses(
     lm, kv: KVState, prompt_width: int, prompt_len, first, resp: Responses, start, limit, active,
-    keys, params, tables, prog: SamplingProgram, pad_id: int = 0,
+    keys, params, tables, prog: SamplingProgram, pad_id: int = 0, forced=None,
 ) -> tuple[Responses, KVState, jax.Array]:  # fmt: skip
     """Keep each active row's first ``start[b]`` response tokens and sample the rest (traceable).
 
@@ -235,6 +235,9 @@ def continue_responses(
       params, prog: sampling values (run-time) and structure (static).
       tables: :class:`~nabla_jax.decoding.stopping.StopTables`.
       pad_id: id written past a row's new length.
+      forced: optional ``(tokens [B, L], until [B])``: response slots ``[start, until]`` take
+        these tokens instead of drawn ones (forwarded and counted like drawn tokens; the
+        stopping rules apply to them too).
 
     Returns:
       ``(responses, kv, calls [B])``: updated buffers (``length`` = ``start`` + generated tokens
@@ -246,6 +249,7 @@ def continue_responses(
     scratch = kv.mask.shape[1] - 1
     p_len = prompt_width
     first_logits, first_hidden = first
+    forced_tokens, forced_until = (None, None) if forced is None else forced
     fresh_tokens = jnp.where(active[:, None] & (slots >= start[:, None]), pad_id, resp.tokens)
     resp = resp._replace(tokens=fresh_tokens)
 
@@ -275,6 +279,9 @@ def continue_responses(
         j = jnp.minimum(start + t, n - 1)  # response index of the drawn token (clamped)
         writing = ~state.done
         tok = _draw(keys, t, logits, params, prog)
+        if forced is not None:  # teacher-forced tokens: kept, not drawn
+            given = jnp.take_along_axis(forced_tokens, j[:, None], axis=1)[:, 0]
+            tok = jnp.where(j <= forced_until, given, tok)
         r = r._replace(
             tokens=_set_rows(r.tokens, j, tok, writing),
             length=jnp.where(writing, start + t + 1, r.length),

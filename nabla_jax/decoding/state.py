@@ -58,6 +58,7 @@ class Counters(NamedTuple):
     refinements: jax.Array
     probes: jax.Array
     nonfinite: jax.Array  # refinements whose DTO loss went non-finite
+    passes: jax.Array  # passes over the response started after the first (refine_passes)
 
 
 class Events(NamedTuple):
@@ -118,27 +119,29 @@ def _zeros_like_tree(tree):
     return jax.tree.map(jnp.zeros_like, tree)
 
 
-def empty_state(lm, rm, b, p, q, s, length, window, *, latents=False) -> RowState:
+def empty_state(lm, rm, b, p, q, s, length, window, *, latents=False, events=None) -> RowState:
     """A state with ``B`` free slots (traceable; shapes from the arguments only).
 
     ``p`` / ``q`` / ``s``: prompt, RM template prefix and suffix buckets; ``length``: ``L``;
     ``window``: ``K``, the DTO window (the LM cache keeps ``K`` spare slots for it, the RM
-    cache ``L + S`` for window, tail and suffix).
+    cache ``L + S`` for window, tail and suffix); ``events``: ``E``, refinements recorded per
+    row (default ``L``, one pass over the response).
     """
     c = lm.config
     pad_id = c.pad_token_id if c.pad_token_id is not None else 0
     i32 = lambda *shape: jnp.zeros(shape, jnp.int32)
     counters = Counters(*[i32(b) for _ in Counters._fields])
+    e = length if events is None else events
     events = Events(
         count=i32(b),
-        position=i32(b, length),
-        old_token=i32(b, length),
-        new_token=i32(b, length),
-        proposed=jnp.zeros((b, length), bool),
-        accepted=jnp.zeros((b, length), bool),
-        score_current=jnp.zeros((b, length), jnp.float32),
-        score_proposed=jnp.zeros((b, length), jnp.float32),
-        scored=jnp.zeros((b, length), bool),
+        position=i32(b, e),
+        old_token=i32(b, e),
+        new_token=i32(b, e),
+        proposed=jnp.zeros((b, e), bool),
+        accepted=jnp.zeros((b, e), bool),
+        score_current=jnp.zeros((b, e), jnp.float32),
+        score_proposed=jnp.zeros((b, e), jnp.float32),
+        scored=jnp.zeros((b, e), bool),
     )
     lm_slots = p + length + window
     return RowState(

@@ -20,6 +20,7 @@ from typing import Any
 
 from nabla_jax.tasks import arithmetic
 from nabla_jax.tasks import math as math_task
+from nabla_jax.tasks.arithmetic_oracle import oracle_score
 
 __all__ = ["TASK_NAMES", "Task", "get_task"]
 
@@ -39,6 +40,8 @@ class Task:
       grade: ``(response text, reference answer) -> bool``.
       fresh_problems: ``(n, seed) -> problems`` for tasks that can draw their own (else None).
       instruction: the instruction suffix the prompts carry (math only; None = none).
+      oracle: ``(problem, response text) -> float``, an exact score of a response (higher is
+        better) that can stand in for the reward model in acceptance tests; None = none.
     """
 
     name: str
@@ -49,6 +52,7 @@ class Task:
     grade: Callable[[str, Any], bool]
     fresh_problems: Callable[[int, int], list] | None = None
     instruction: str | None = None
+    oracle: Callable[[Any, str], float] | None = None
 
 
 def get_task(name: str = "arithmetic", *, instruction: str | None = None) -> Task:
@@ -67,6 +71,7 @@ def get_task(name: str = "arithmetic", *, instruction: str | None = None) -> Tas
             vote_key=arithmetic.extract_answer,
             grade=arithmetic.grade,
             fresh_problems=arithmetic.fresh_test_problems,
+            oracle=lambda p, text: oracle_score(arithmetic.format_prompt(p), text),
         )
     if name == "math":
         if instruction is not None and not isinstance(instruction, str):

@@ -1,0 +1,71 @@
+"""An exact acceptance scorer from a task's oracle, for ∇-Reasoner's acceptance test and
+Best-of-N's ranking in place of the reward model.
+
+The decoders call an acceptance scorer with full RM input id lists (RM template prefix ++
+response ++ RM template suffix). :class:`OracleScorer` knows the benchmark's problems: it maps
+each list back to its problem by the template prefix (which holds the prompt), decodes the
+response ids with the LM tokenizer and returns ``task.oracle(problem, response_text)``. This
+separates how good the proposals are from how good the verifier is: with the oracle, a variant's
+accuracy is the ceiling its proposals allow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from nabla_jax.templates import rm_prefix_suffix_ids
+from nabla_jax.vocab import shared_rm_tokenizer
+
+__all__ = ["OracleScorer"]
+
+
+class OracleScorer:
+    """``scorer(list of RM input id lists) -> scores``: the task's exact score of each response.
+
+    Args:
+      task: a :class:`~nabla_jax.tasks.registry.Task` with an ``oracle``.
+      problems: every problem whose responses may be scored (their prompts must differ).
+      lm, rm: the decoding models (the RM's template frames the inputs; the LM's tokenizer
+        decodes the response ids).
+      system: the system message the decoder uses (part of the template prefix).
+
+    Raises ``ValueError`` when the task has no oracle, and ``KeyError`` (from the call) for an
+    input whose prefix belongs to none of the problems.
+    """
+
+    def __init__(self, task, problems: Sequence, lm, rm, *, system: str | None = None):
+        if task.oracle is None:
+            raise ValueError(f"task {task.name!r} has no oracle (an exact scorer of responses)")
+        self.task = task
+        self.tokenizer = lm.tokenizer
+        rm_tok = shared_rm_tokenizer(lm, rm, "the oracle scorer")
+        self._by_prefix: dict[tuple[int, ...], object] = {}
+        self._suffixes: set[tuple[int, ...]] = set()
+        for p in problems:
+            prefix, suffix = rm_prefix_suffix_ids(rm_tok, task.format_prompt(p), system=system)
+            self._by_prefix[tuple(prefix)] = p
+            self._suffixes.add(tuple(suffix))
+        self._prefix_lengths = sorted({len(k) for k in self._by_prefix}, reverse=True)
+
+    def split(self, ids: Sequence[int]) -> tuple[object, list[int]]:
+        """``(problem, response ids)`` of one RM input id list."""
+        ids = [int(i) for i in ids]
+        for n in self._prefix_lengths:
+            problem = self._by_prefix.get(tuple(ids[:n]))
+            if problem is not None:
+                rest = ids[n:]
+                for suffix in sorted(self._suffixes, key=len, reverse=True):
+                    if suffix and rest[-len(suffix) :] == list(suffix):
+                        return problem, rest[: -len(suffix)]
+                return problem, rest
+        raise KeyError("an RM input whose template prefix belongs to none of the problems")
+
+    def __call__(self, seqs: Sequence[Sequence[int]]) -> np.ndarray:
+        out = []
+        for ids in seqs:
+            problem, response = self.split(ids)
+            text = self.tokenizer.decode(response, skip_special_tokens=True)
+            out.append(float(self.task.oracle(problem, text)))
+        return np.asarray(out, np.float64)
