@@ -9,6 +9,7 @@ import sys
 
 from nabla_jax.cli_checks import (
     MAX_SEED,
+    check_acceptance,
     check_model_dir,
     check_output_path,
     fail,
@@ -206,6 +207,7 @@ def cmd_bench_accuracy(args) -> int:
         dtype=args.dtype or (run.get("models") or {}).get("dtype") or "float32",
         problems=[p.id for p in problems],
     )  # fmt: skip
+    check_acceptance(args.acceptance, task, provenance)
     # Integrity and provenance of an existing results file, before any model loads.
     for note in evaluation.prepare_results_file(results_path, provenance):
         print(note, file=sys.stderr)
@@ -214,8 +216,7 @@ def cmd_bench_accuracy(args) -> int:
     evaluation.run_benchmark(
         lm, rm, problems, methods, cfg, seed=args.seed, results_path=results_path,
         batch_size=args.batch_size, progress=not args.no_progress, baseline_sampling=sampling,
-        task=task,
-        provenance=provenance,
+        task=task, provenance=provenance, acceptance=args.acceptance,
     )  # fmt: skip
     summary = evaluation.summarize(results_path, methods)
     with open(stem + ".summary.json", "w") as f:
@@ -355,6 +356,8 @@ def build_parser() -> argparse.ArgumentParser:
     acc.add_argument("--seed", type=int, default=0)
     acc.add_argument("--batch-size", type=int, default=8)
     acc.add_argument("--output", default="results/accuracy.jsonl")
+    acc.add_argument("--acceptance", choices=["rm", "oracle"], default="rm",
+                     help="acceptance test and Best-of-N ranking: RM or task oracle")  # fmt: skip
     acc.add_argument("--no-progress", action="store_true")
     _add_debug(acc, argparse.SUPPRESS)
     acc.set_defaults(func=cmd_bench_accuracy)

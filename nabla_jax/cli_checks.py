@@ -10,6 +10,7 @@ import sys
 
 __all__ = [
     "MAX_SEED",
+    "check_acceptance",
     "check_model_dir",
     "check_output_path",
     "checkpoint_head",
@@ -107,3 +108,12 @@ def same_file(a: str, b: str) -> bool:
     if os.path.exists(a) and os.path.exists(b):
         return os.path.samefile(a, b)
     return os.path.realpath(a) == os.path.realpath(b)
+
+
+def check_acceptance(acceptance: str, task, provenance: dict) -> None:
+    """``--acceptance oracle`` needs a task with an exact scorer; it is then recorded in the
+    results' provenance (the RM default leaves the provenance as before)."""
+    if acceptance == "oracle":
+        if task.oracle is None:
+            raise fail(f"--acceptance oracle: the {task.name} task has no oracle (exact scorer)")
+        provenance["acceptance"] = "oracle"

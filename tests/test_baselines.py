@@ -236,10 +236,12 @@ def test_parse_method_and_run_baseline(models):
     assert parse_method("greedy") == ("greedy", None)
     assert parse_method("cot") == ("cot", None)
     assert parse_method("nabla", extra=("nabla",)) == ("nabla", None)
+    assert parse_method("nabla-nodto") == ("nabla-nodto", None)  # one registry: variants too
     assert set(BASELINES) == {"greedy", "cot", "bon", "sc"}
     for bad, msg in [
         ("beam:4", "unknown method"),
-        ("nabla", "unknown method"),
+        ("nabla-bogus", "unknown method"),
+        ("nabla:2", "takes no sample count"),
         ("bon", "needs a sample count"),
         ("bon:0", "needs a sample count"),
         ("sc:x", "needs a sample count"),

@@ -54,11 +54,24 @@ from nabla_jax.decoding.baselines import (  # noqa: E402
     sampled_cot,
     self_consistency,
 )
-from nabla_jax.decoding.registry import BASELINES, Baseline, parse_method, run_baseline  # noqa: E402
+from nabla_jax.decoding.registry import (  # noqa: E402
+    BASELINES,
+    METHODS,
+    NABLA_VARIANTS,
+    Baseline,
+    method_runner,
+    parse_method,
+    parse_methods,
+    run_baseline,
+)
 
 __all__ += [
     "BASELINES",
+    "METHODS",
+    "NABLA_VARIANTS",
     "Baseline",
+    "method_runner",
+    "parse_methods",
     "baselines",
     "best_of_n",
     "greedy_cot",

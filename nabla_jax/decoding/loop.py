@@ -19,6 +19,14 @@ one step of the algorithm, with per-row masks instead of Python control flow:
 7. **commit** the position (the new token if accepted, else the old one); a row whose committed
    tokens reach the end of its response finishes.
 
+The exploration options of ``DecodeConfig`` (:mod:`nabla_jax.decoding.explore`) change steps
+2-4 and 7: the probe's threshold can be a rank within the window (``grad_top_k`` /
+``grad_quantile``); the DTO learning rate can be sized per row to the selected logit's gap
+(``dto_lr_gap``); the resample can leave out the current token; an iteration can resample
+several positions of the refined window and commit through the last
+(``positions_per_iteration``; the rollout keeps the ahead tokens between them); and a row can
+start another pass from its first token while budget remains (``refine_passes``).
+
 :func:`run_chunk` inserts waiting prompts into free slots and runs iterations in a
 ``lax.while_loop`` until every row has finished, ``max_iters`` iterations have run, or — when
 the host holds more prompts — a slot has come free. Model calls per row: one per generated
@@ -34,9 +42,16 @@ import jax
 import jax.numpy as jnp
 
 from nabla_jax.decoding.config import DecodeConfig, DecodeHyper
+from nabla_jax.decoding.explore import (
+    gap_learning_rate,
+    rank_threshold,
+    resample_several,
+    resample_tokens,
+    window_store,
+)
+from nabla_jax.decoding.indexing import first_index, put_at, take_at
 from nabla_jax.decoding.keys import DTO, PROBE, RESAMPLE, ROLLOUT, stream_keys
 from nabla_jax.decoding.rollout import SamplingProgram, continue_responses, select_rows
-from nabla_jax.decoding.sampling import sample_token
 from nabla_jax.decoding.scoring import rm_input_length, score_responses
 from nabla_jax.decoding.state import (
     END_CONVERGED,
@@ -73,38 +88,6 @@ class Report(NamedTuple):
     events: object
 
 
-def _first(mask, none):
-    """Index of the first True of each row of ``mask [B, L]``, or ``none`` where there is none."""
-    return jnp.where(jnp.any(mask, axis=-1), jnp.argmax(mask, axis=-1), none)
-
-
-def _at(x, index):
-    """``x [B, L, ...]`` at ``index [B]`` (clipped) → ``[B, ...]``."""
-    index = jnp.clip(index, 0, x.shape[1] - 1)
-    return jnp.take_along_axis(x, index.reshape((-1, 1) + (1,) * (x.ndim - 2)), axis=1)[:, 0]
-
-
-def _set(x, index, value, rows):
-    """``x[b, index[b]] = value[b]`` for ``rows`` (index clipped; other rows unchanged)."""
-    index = jnp.clip(index, 0, x.shape[1] - 1)
-    b = jnp.arange(x.shape[0])
-    return x.at[b, index].set(jnp.where(rows, value, x[b, index]).astype(x.dtype))
-
-
-def _rank_threshold(norms, valid, h: DecodeHyper, prog: DecodeConfig):
-    """Per-row threshold ``[B, 1]`` of the probe's rank rule: the ``r``-th largest gradient norm
-    among the ``valid`` positions of ``norms [B, K]`` (``r`` = ``grad_top_k``, or the share
-    ``1 - grad_quantile`` of the valid count, rounded up)."""
-    desc = -jnp.sort(-jnp.where(valid, norms, -jnp.inf), axis=-1)
-    count = jnp.sum(valid, axis=-1)
-    if prog.grad_rank == "top_k":
-        r = jnp.minimum(h.grad_top_k, count)
-    else:
-        r = jnp.ceil((1.0 - h.grad_quantile) * count).astype(jnp.int32)
-    r = jnp.clip(r - 1, 0, norms.shape[1] - 1)
-    return jnp.take_along_axis(desc, r[:, None], axis=1)
-
-
 def _probe_select(m: Models, state, cheap, committed, ready, h: DecodeHyper, prog):
     """Gradient-probe selection: ``(position [B] (L = none), probes [B], probe_calls [B],
     qualified [B, L])`` — ``qualified`` marks every qualifying position of the window the
@@ -120,7 +103,7 @@ def _probe_select(m: Models, state, cheap, committed, ready, h: DecodeHyper, pro
 
     def body(carry):
         searching, cursor, pos, probes, calls, qual = carry
-        cand = _first(cheap & (slots >= cursor[:, None]), n)
+        cand = first_index(cheap & (slots >= cursor[:, None]), n)
         searching = searching & (cand < n)
         problems, wmask = window_problems(m.lm, state, cand, searching, k, latents)
         given = prefix_caches(m.lm, state, cand, latents)
@@ -130,7 +113,7 @@ def _probe_select(m: Models, state, cheap, committed, ready, h: DecodeHyper, pro
         in_cheap = jnp.take_along_axis(cheap, jnp.clip(offsets, 0, n - 1), axis=1)
         ok = in_cheap & (norms >= h.grad_threshold) & (wmask > 0)
         if prog.grad_rank is not None:
-            ok = ok & (norms >= _rank_threshold(norms, in_cheap & (wmask > 0), h, prog))
+            ok = ok & (norms >= rank_threshold(norms, in_cheap & (wmask > 0), h, prog))
         found = searching & jnp.any(ok, axis=-1)
         pos = jnp.where(found, cand + jnp.argmax(ok, axis=-1), pos)
         b = jnp.arange(ok.shape[0])[:, None]
@@ -165,24 +148,6 @@ def window_buckets(window: int, length: int) -> tuple[tuple[int, int], ...]:
     return tuple(shapes)
 
 
-def _window_store(m: Models, state, at, width: int, latents: bool):
-    """Unrefined logits ``[B, width, V]`` of the rollout at positions ``at .. at + width - 1``."""
-    store = state.resp.hidden if latents else state.resp.logits
-    rows = jnp.stack([_at(store, at + j) for j in range(width)], axis=1)
-    return (m.lm.head_logits(rows) if latents else rows).astype(jnp.float32)
-
-
-def _gap_learning_rate(m: Models, state, at, h: DecodeHyper, prog: DecodeConfig):
-    """Per-row DTO learning rate ``[B, 1, 1]`` sized to the selected position's top-1/top-2
-    logit gap: ``dto_lr_gap × gap / num_steps`` (Adam moves a logit by about the learning rate
-    per step, so the steps together can close the gap)."""
-    z = _window_store(m, state, at, 1, prog.dto.mode == "latents")[:, 0]
-    top2 = jax.lax.top_k(z, 2)[0]
-    gap = top2[:, 0] - top2[:, 1]
-    lr = h.dto_lr_gap * gap / prog.dto.num_steps
-    return jnp.maximum(lr, 1e-6)[:, None, None]
-
-
 def _refine_position(m: Models, state, at, chosen, h: DecodeHyper, prog: DecodeConfig):
     """Logits ``[B, J, V]`` of the window from the selected position after DTO (``J`` = 1, or
     the window ``K`` with several positions per iteration), plus DTO bookkeeping per row."""
@@ -191,11 +156,12 @@ def _refine_position(m: Models, state, at, chosen, h: DecodeHyper, prog: DecodeC
     width = 1 if prog.positions_per_iteration == 1 else prog.window
     zero = jnp.zeros((b,), jnp.int32)
     if not prog.use_dto:
-        logits = _window_store(m, state, at, width, latents)
+        logits = window_store(m.lm, state.resp, at, width, latents)
         return logits, zero, zero, jnp.zeros((b,), bool)
     hdto = h.dto
     if prog.dto_lr_gap is not None:
-        hdto = hdto._replace(learning_rate=_gap_learning_rate(m, state, at, h, prog))
+        here = window_store(m.lm, state.resp, at, 1, latents)[:, 0]
+        hdto = hdto._replace(learning_rate=gap_learning_rate(here, h, prog))
     given = prefix_caches(m.lm, state, at, latents)
     keys = stream_keys(state.base_key, DTO, state.counters.refinements)
     shapes = window_buckets(prog.window, state.resp.tokens.shape[1])
@@ -225,41 +191,6 @@ def _refine_position(m: Models, state, at, chosen, h: DecodeHyper, prog: DecodeC
     logits, full_steps, nonfinite, k_used = jax.lax.switch(index, branches, None)
     optimized = k_used * prog.dto.num_steps
     return logits, full_steps * prog.dto.calls_per_full_step, optimized, nonfinite
-
-
-def _resample(keys, logits, current, h: DecodeHyper, prog: DecodeConfig):
-    """One token ``[B]`` drawn from ``logits [B, V]`` with the resample settings; with
-    ``resample_excludes_current`` the ``current [B]`` token is left out, so it always differs."""
-    r = h.resample
-    if prog.resample_excludes_current:
-        v = jnp.arange(logits.shape[-1])[None, :]
-        logits = jnp.where(v == current[:, None], -jnp.inf, logits)
-    return jax.vmap(lambda k, z: sample_token(k, z, r.temperature, r.top_k, r.top_p))(keys, logits)
-
-
-def _resample_several(keys, window_logits, tokens, at, qualified, h: DecodeHyper, prog):
-    """Several positions per iteration: the first ``positions_per_iteration`` qualifying
-    positions in ``[at, at + K)`` are resampled from their refined logits.
-
-    ``window_logits [B, K, V]``, ``tokens [B, L]``, ``at [B]``, ``qualified [B, L]``. Returns
-    ``(picked [B, L] bool, tokens [B, L])``: the picked positions (``at`` among them) and the
-    response with each picked position's draw in place.
-    """
-    b, n = tokens.shape
-    k = window_logits.shape[1]
-    slots = jnp.arange(n)[None, :]
-    inside = (slots >= at[:, None]) & (slots < at[:, None] + k)
-    cand = (qualified & inside) | (slots == at[:, None])
-    picked = cand & (jnp.cumsum(cand, axis=-1) <= prog.positions_per_iteration)
-    offsets = jnp.clip(at[:, None] + jnp.arange(k)[None, :], 0, n - 1)
-    current = jnp.take_along_axis(tokens, offsets, axis=1)  # [B, K]
-    sub = jax.vmap(lambda key: jax.random.split(key, k))(keys)  # [B, K] keys
-    flat = _resample(
-        sub.reshape(-1), window_logits.reshape(b * k, -1), current.reshape(-1), h, prog
-    ).reshape(b, k)
-    j = jnp.clip(slots - at[:, None], 0, k - 1)
-    drawn = jnp.take_along_axis(flat, j, axis=1)
-    return picked, jnp.where(picked, drawn, tokens).astype(tokens.dtype)
 
 
 def _score_new(m: Models, state, new_resp, rows, tables, scorer, prog):
@@ -308,7 +239,7 @@ def iteration(m: Models, state: RowState, h: DecodeHyper, tables: StopTables, *,
             m, state, cheap, committed, ready, h, prog
         )
     else:
-        pos, qualified = _first(cheap, n), cheap
+        pos, qualified = first_index(cheap, n), cheap
     converged = ready & (pos >= n)
     pass_start = state.committed
     committed = jnp.where(converged, resp.length, committed)
@@ -321,15 +252,15 @@ def iteration(m: Models, state: RowState, h: DecodeHyper, tables: StopTables, *,
         m, state, committed, chosen, h, prog
     )
     keys = stream_keys(state.base_key, RESAMPLE, iterations)
-    old = _at(resp.tokens, committed)
+    old = take_at(resp.tokens, committed)
     if prog.positions_per_iteration == 1:
-        tok = _resample(keys, window_logits[:, 0], old, h, prog)
+        tok = resample_tokens(keys, window_logits[:, 0], old, h, prog)
         proposing = chosen & (tok != old)
-        last, proposal = committed, _set(resp.tokens, committed, tok, proposing)
+        last, proposal = committed, put_at(resp.tokens, committed, tok, proposing)
     else:
-        picked, new_tokens = _resample_several(keys, window_logits, resp.tokens, committed,
+        picked, new_tokens = resample_several(keys, window_logits, resp.tokens, committed,
                                                qualified & chosen[:, None], h, prog)  # fmt: skip
-        tok = _at(new_tokens, committed)
+        tok = take_at(new_tokens, committed)
         proposing = chosen & jnp.any(picked & (new_tokens != resp.tokens), axis=-1)
         last = jnp.max(jnp.where(picked, slots, committed[:, None]), axis=-1)
         proposal = jnp.where(proposing[:, None], new_tokens, resp.tokens)
@@ -397,14 +328,14 @@ def iteration(m: Models, state: RowState, h: DecodeHyper, tables: StopTables, *,
     scored = proposing & prog.rejection_sampling
     events = ev._replace(
         count=ev.count + chosen,
-        position=_set(ev.position, at, committed, chosen),
-        old_token=_set(ev.old_token, at, old, chosen),
-        new_token=_set(ev.new_token, at, jnp.where(proposing, tok, old), chosen),
-        proposed=_set(ev.proposed, at, proposing, chosen),
-        accepted=_set(ev.accepted, at, accepted, chosen),
-        score_current=_set(ev.score_current, at, cur, chosen),
-        score_proposed=_set(ev.score_proposed, at, prop, chosen),
-        scored=_set(ev.scored, at, scored, chosen),
+        position=put_at(ev.position, at, committed, chosen),
+        old_token=put_at(ev.old_token, at, old, chosen),
+        new_token=put_at(ev.new_token, at, jnp.where(proposing, tok, old), chosen),
+        proposed=put_at(ev.proposed, at, proposing, chosen),
+        accepted=put_at(ev.accepted, at, accepted, chosen),
+        score_current=put_at(ev.score_current, at, cur, chosen),
+        score_proposed=put_at(ev.score_proposed, at, prop, chosen),
+        scored=put_at(ev.scored, at, scored, chosen),
     )
     committed = jnp.where(chosen, jnp.minimum(last + 1, resp_next.length), committed)
     stopped = chosen & (committed >= resp_next.length)
