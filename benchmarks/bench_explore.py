@@ -36,6 +36,10 @@ VARIANTS = {
     "excl-gap": {"resample_excludes_current": True, "dto_lr_gap": 1.0},
     "excl-multi": {"resample_excludes_current": True, "positions_per_iteration": 2},
     "excl-passes-gap": {"resample_excludes_current": True, "refine_passes": 8, "dto_lr_gap": 1.0},
+    "excl-margin1": {"resample_excludes_current": True, "accept_margin": 1.0},
+    "excl-margin2": {"resample_excludes_current": True, "accept_margin": 2.0},
+    "excl-margin4": {"resample_excludes_current": True, "accept_margin": 4.0},
+    "paper-margin1": {"accept_margin": 1.0},
 }
 
 

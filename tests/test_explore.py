@@ -66,6 +66,7 @@ def test_config_checks_and_program_split():
         dict(grad_quantile=1.0), dict(grad_top_k=0), dict(dto_lr_gap=0.0),
         dict(positions_per_iteration=0), dict(refine_passes=0),
         dict(resample_excludes_current=1), dict(grad_quantile=0.5, grad_top_k=2),
+        dict(accept_margin=-1.0),
     ):  # fmt: skip
         with pytest.raises(ValueError):
             dataclasses.replace(BASE, **bad)
@@ -120,10 +121,15 @@ def test_exploration_options_decode_and_their_budget_adds_up(models):
 
 def test_several_positions_per_iteration_commit_several(models):
     cfg = dataclasses.replace(
-        BASE, confidence_threshold=1.0, positions_per_iteration=3, max_n_generations=20
-    )
-    for res in _decode(models, cfg):
+        BASE, confidence_threshold=1.0, positions_per_iteration=3, max_n_generations=20,
+        accept_margin=2.5,
+    )  # fmt: skip
+    # A scorer by length: a proposal passes the margin iff its RM input is 3+ tokens longer.
+    for res in _decode(models, cfg, scorer=lambda seqs: [float(len(s)) for s in seqs]):
         _budget_adds_up(res, cfg)
+        for e in res.trace:
+            if e["proposed"]:
+                assert e["accepted"] == (e["score_proposed"] > e["score_current"] + 2.5)
         pos = [e["position"] for e in res.trace]
         # Every position is a candidate, so each iteration commits three of them.
         assert pos[0] == 0 and all(b - a == 3 for a, b in zip(pos, pos[1:])), pos

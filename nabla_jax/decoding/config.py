@@ -73,6 +73,9 @@ class DecodeConfig:
       positions_per_iteration: ``m``: an iteration resamples up to ``m`` candidate positions of
         the refined window (the first ``m`` qualifying ones), proposes them together (the
         ahead tokens between them kept, the rest regenerated) and commits through the last.
+      accept_margin: accept a proposal only when its score beats the current one's by more
+        than this (None = the paper's plain comparison); fewer false acceptances from a
+        noisy reward model.
       refine_passes: passes over the response: when a row reaches its end (or has no
         candidate left) before its generation budget is spent, it starts again from its first
         token, up to this many passes (1 = the paper's single pass).
@@ -99,6 +102,7 @@ class DecodeConfig:
     resample_excludes_current: bool = False
     positions_per_iteration: int = 1
     refine_passes: int = 1
+    accept_margin: float | None = None
 
     def __post_init__(self):
         def bad(name, want):
@@ -130,6 +134,9 @@ class DecodeConfig:
         g = self.dto_lr_gap
         if g is not None and not (_is_real(g) and g > 0):
             bad("dto_lr_gap", "None or a finite number > 0")
+        a = self.accept_margin
+        if a is not None and not (_is_real(a) and a >= 0):
+            bad("accept_margin", "None or a finite number ≥ 0")
         if not isinstance(self.dto, DTOConfig):
             bad("dto", "a DTOConfig")
         if self.dto_window is not None and (not _is_int(self.dto_window) or self.dto_window < 1):
@@ -179,6 +186,7 @@ class DecodeConfig:
             grad_quantile=f(self.grad_quantile or 0.0),
             grad_top_k=np.int32(self.grad_top_k or 1),
             dto_lr_gap=f(self.dto_lr_gap or 0.0),
+            accept_margin=f(self.accept_margin or 0.0),
             rollout=SamplingParams.of(self.rollout),
             resample=SamplingParams.of(self.resample),
             dto=self.dto.hyper(),
@@ -210,6 +218,7 @@ class DecodeConfig:
             grad_quantile=None if self.grad_quantile is None else 0.5,
             grad_top_k=None if self.grad_top_k is None else 1,
             dto_lr_gap=None if self.dto_lr_gap is None else 1.0,
+            accept_margin=None if self.accept_margin is None else 1.0,
             dto=self.dto.program(),
             stop_strings=(),
             eos_ids=None,
@@ -227,6 +236,7 @@ class DecodeHyper(NamedTuple):
     grad_quantile: Any
     grad_top_k: Any
     dto_lr_gap: Any
+    accept_margin: Any
     rollout: SamplingParams
     resample: SamplingParams
     dto: DTOHyper

@@ -315,7 +315,8 @@ def iteration(m: Models, state: RowState, h: DecodeHyper, tables: StopTables, *,
     cur_tokens = rm_input_length(
         state.rm_prefix_mask, resp.tokens, resp.length, state.rm_suffix_mask, tables
     )
-    accepted = proposing & (prop > cur) if prog.rejection_sampling else proposing
+    bar = cur if prog.accept_margin is None else cur + h.accept_margin
+    accepted = proposing & (prop > bar) if prog.rejection_sampling else proposing
 
     # 7. Commit.
     take = accepted | state.fresh
