@@ -200,3 +200,11 @@ def test_resume_of_another_run_is_refused(tmp_path, capsys):
     argv = ["bench", "accuracy", "--methods", "greedy", "--num-problems", "2", "--seed", "5",
             "--lm", MISSING, "--output", str(path)]  # fmt: skip
     _fails(argv, capsys, "holds results of a different run")
+
+
+def test_oracle_acceptance_needs_a_task_with_an_oracle(tmp_path, capsys):
+    problems = tmp_path / "p.jsonl"
+    problems.write_text('{"question": "What is 1+1?", "answer": "2"}\n')
+    argv = ["bench", "accuracy", "--task", "math", "--problems", str(problems), "--methods",
+            "greedy", "--acceptance", "oracle", "--output", str(tmp_path / "r.jsonl")]  # fmt: skip
+    _fails(argv + ["--lm", MISSING], capsys, "the math task has no oracle")
