@@ -39,6 +39,17 @@ VARIANTS = {
     "excl-margin1": {"resample_excludes_current": True, "accept_margin": 1.0},
     "excl-margin2": {"resample_excludes_current": True, "accept_margin": 2.0},
     "excl-margin4": {"resample_excludes_current": True, "accept_margin": 4.0},
+    "excl-margin3": {"resample_excludes_current": True, "accept_margin": 3.0},
+    "excl-passes-margin2": {
+        "resample_excludes_current": True,
+        "refine_passes": 8,
+        "accept_margin": 2.0,
+    },
+    "excl-passes-margin3": {
+        "resample_excludes_current": True,
+        "refine_passes": 8,
+        "accept_margin": 3.0,
+    },
     "paper-margin1": {"accept_margin": 1.0},
 }
 
@@ -153,6 +164,10 @@ def cmd_summary(args) -> None:
     summary = summarize_dir(args.out, args.split)
     with open(args.json, "w") as f:
         json.dump({"split": args.split, "runs": summary}, f, indent=1)
+    print(
+        "| run | accuracy [95% CI] | mean calls | mean generations | fixed/broken vs greedy | n |"
+    )
+    print("|---|---|---|---|---|---|")
     for name, s in summary.items():
         lo, hi = s["ci95"]
         vs = s.get("vs_greedy", {})

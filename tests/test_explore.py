@@ -199,3 +199,14 @@ def test_bootstrap_and_paired_comparison():
     assert paired_comparison(base, other) == dict(
         fixed=1, broken=1, unchanged_correct=1, unchanged_wrong=1, n=4
     )
+
+
+def test_explore_config_is_the_bundled_one_plus_the_chosen_options():
+    from pathlib import Path
+
+    from nabla_jax.bundled import bundled_decode_config
+    from nabla_jax.config_io import load_run_config
+
+    path = Path(__file__).parents[1] / "configs" / "arithmetic_explore.yaml"
+    chosen = dict(resample_excludes_current=True, accept_margin=4.0)
+    assert load_run_config(path)["decode"] == bundled_decode_config(**chosen)
