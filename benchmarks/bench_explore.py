@@ -51,6 +51,11 @@ VARIANTS = {
         "accept_margin": 3.0,
     },
     "paper-margin1": {"accept_margin": 1.0},
+    "excl-passes-16": {
+        "resample_excludes_current": True,
+        "refine_passes": 8,
+        "max_n_generations": 16,
+    },
 }
 
 
@@ -133,13 +138,14 @@ def plot(summary: dict, path: str, title: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7.5, 5))
-    bon = sorted(
-        (s["mean_model_calls"], 100 * s["accuracy"])
-        for k, s in summary.items()
-        if k.startswith("bon") and k.endswith("_rm")
-    )
-    if bon:
-        ax.plot(*zip(*bon), color="tab:blue", alpha=0.5, zorder=2)
+    for acc, style in (("_rm", "-"), ("_oracle", "--")):
+        bon = sorted(
+            (s["mean_model_calls"], 100 * s["accuracy"])
+            for k, s in summary.items()
+            if k.startswith("bon") and k.endswith(acc)
+        )
+        if bon:
+            ax.plot(*zip(*bon), style, color="tab:blue", alpha=0.5, zorder=2)
     for name, s in summary.items():
         oracle = name.endswith("_oracle")
         color = "tab:red" if name.startswith("nabla") else "tab:blue"
