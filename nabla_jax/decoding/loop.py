@@ -62,7 +62,7 @@ from nabla_jax.decoding.state import (
     insert_rows,
 )
 from nabla_jax.decoding.stopping import STOP_EOS, STOP_LENGTH, StopTables, hits_eos
-from nabla_jax.decoding.windows import prefix_caches, window_problems
+from nabla_jax.decoding.windows import prefix_caches, window_buckets, window_problems
 from nabla_jax.refine_program import grad_norms_padded, refine_padded, uses_rm
 
 __all__ = ["Models", "Report", "iteration", "run_chunk"]
@@ -132,20 +132,6 @@ def _probe_select(m: Models, state, cheap, committed, ready, h: DecodeHyper, pro
     init = (ready, committed, jnp.full_like(committed, n), c.probes, c.probe_calls, qual0)
     _, _, pos, probes, calls, qual = jax.lax.while_loop(cond, body, init)
     return pos, probes, calls, qual
-
-
-def window_buckets(window: int, length: int) -> tuple[tuple[int, int], ...]:
-    """The ``(window, tail)`` shapes a DTO call may take, smallest first: the rest of a response
-    from the selected position (window ++ tail) is bucketed to half a window, a window, or the
-    whole response length. Each is one compiled branch; a call takes the smallest that holds
-    the longest rest among its rows, so short rests do not pay for ``L``-slot reward inputs."""
-    shapes = []
-    for rest in (window // 2, window, length):
-        if rest >= 1:
-            shape = (min(window, rest), max(0, rest - window))
-            if shape not in shapes:
-                shapes.append(shape)
-    return tuple(shapes)
 
 
 def _refine_position(m: Models, state, at, chosen, h: DecodeHyper, prog: DecodeConfig):

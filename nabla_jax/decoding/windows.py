@@ -24,7 +24,7 @@ from nabla_jax.decoding.state import RowState
 from nabla_jax.refine_batching import PaddedProblems
 from nabla_jax.refine_context import PrefixCaches
 
-__all__ = ["prefix_caches", "window_problems"]
+__all__ = ["prefix_caches", "window_buckets", "window_problems"]
 
 
 def _gather(x, index):
@@ -95,3 +95,17 @@ def prefix_caches(lm, state: RowState, at, latents: bool) -> PrefixCaches:
         rm_key_mask=jnp.pad(rm_mask, ((0, 0), (0, rm_slots - q - n))),
         rm_write=q + at,
     )
+
+
+def window_buckets(window: int, length: int) -> tuple[tuple[int, int], ...]:
+    """The ``(window, tail)`` shapes a DTO call may take, smallest first: the rest of a response
+    from the selected position (window ++ tail) is bucketed to half a window, a window, or the
+    whole response length. Each is one compiled branch; a call takes the smallest that holds
+    the longest rest among its rows, so short rests do not pay for ``L``-slot reward inputs."""
+    shapes = []
+    for rest in (window // 2, window, length):
+        if rest >= 1:
+            shape = (min(window, rest), max(0, rest - window))
+            if shape not in shapes:
+                shapes.append(shape)
+    return tuple(shapes)
