@@ -10,11 +10,13 @@ transfers and no Python-side checks (those ran in ``make_refine`` and ``pack``).
 the reward and the optimizer are closed over; ``hyper`` (a ``DTOHyper``) carries the numbers,
 so ``jax.vmap`` over ``hyper.learning_rate`` sweeps learning rates in one program.
 
-Gradient caching under ``vmap``: ``refine_one`` runs the one-row program, whose ``lax.cond``
-skips the models when the row's cached gradient is valid. ``jax.vmap`` turns that ``cond`` into a
-``select`` that evaluates both branches, so under ``vmap`` the results are the same (caching stays
-correct) but the models run at every step. ``refine_rows`` (the batched program) keeps the skip:
-one ``cond`` per step over the whole batch. See docs/functional.md for the measured cost.
+Gradient caching under ``vmap``: the one-row program skips the models with a ``lax.cond`` while
+the row's cached gradient is valid, and JAX's generic batching would turn that ``cond`` into a
+``select`` that runs both branches. So ``refine_one`` carries its own batching rule
+(``jax.custom_batching.custom_vmap``): ``jax.vmap`` over prompts runs the batched program
+``refine_rows`` (one ``cond`` per step for all rows, the skip kept), and a ``vmap`` over
+``hyper`` falls back to generic batching. ``jax.grad`` differentiates the plain one-row program
+(a ``custom_jvp``). docs/functional.md gives the measured costs.
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ from __future__ import annotations
 import dataclasses
 
 import jax
+import jax.numpy as jnp
 import optax
+from jax.custom_batching import custom_vmap
 
 from nabla_jax.dto_config import DTOConfig, DTOHyper
 from nabla_jax.functional.checks import check_models, rm_embedding_table
@@ -56,7 +60,7 @@ def _as_reward(reward, reward_table):
 
 def make_refine(lm, reward, cfg: DTOConfig | None = None,
                 optimizer: optax.GradientTransformation | None = None, *, reward_table=None,
-                rm_embed=None):  # fmt: skip
+                rm_embed=None, vmap_rule: bool = True):  # fmt: skip
     """A pure one-prompt refinement closed over the models, the config and the optimizer.
 
     Args:
@@ -70,6 +74,11 @@ def make_refine(lm, reward, cfg: DTOConfig | None = None,
         carries its own numbers: build it inside your vmapped function to sweep them.
       reward_table: ``[V_lm, D]`` the embedding rows a callable reward reads.
       rm_embed: ``[V_lm, D_rm]`` aligned RM embeddings when the tokenizers differ.
+      vmap_rule: under ``jax.vmap`` over prompts, run the batched program ``refine_rows`` (one
+        ``lax.cond`` per step for all rows keeps the gradient-caching skip; the layout is the
+        decoder's). False: JAX's generic batching of the one-row program, whose ``cond``
+        becomes a ``select`` that runs the models at every step. Either way the numbers are the
+        same, and ``jax.grad`` differentiates the one-row program.
 
     Returns:
       ``refine_one(packed, key, hyper=None) -> (logits [K, V] float32, RefineTrace [S])`` — pure;
@@ -93,14 +102,46 @@ def make_refine(lm, reward, cfg: DTOConfig | None = None,
     table = rm_embedding_table(lm, rm, rm_embed)
     default_hyper = cfg.hyper()
 
+    def rows_program(packed, keys, h):
+        """``refine_rows`` on ``[B]`` rows, trace as ``[B, S]``."""
+        logits, _, trace = refine_rows(lm, rm, table, packed, keys, h, cfg, None, optimizer)
+        return logits, RefineTrace(*(a.T for a in trace))
+
+    def one_row(packed, key, h):
+        rows = jax.tree.map(lambda a: a[None], packed)
+        logits, trace = rows_program(rows, key[None], h)
+        return logits[0], RefineTrace(*(a[0] for a in trace))
+
+    @custom_vmap
+    def batched_aware(packed, key, h):
+        return one_row(packed, key, h)
+
+    @batched_aware.def_vmap
+    def _vmap_rule(axis_size, in_batched, packed, key, h):
+        packed_b, key_b, h_b = in_batched
+        out_batched = (True, RefineTrace(*([True] * len(RefineTrace._fields))))
+        if any(jax.tree.leaves(h_b)):  # a sweep over hyperparameters: vmap the one-row program
+            axes = jax.tree.map(lambda b: 0 if b else None, (packed_b, key_b, h_b))
+            return jax.vmap(one_row, in_axes=axes)(packed, key, h), out_batched
+        grow = lambda a, b: a if b else jnp.broadcast_to(a, (axis_size,) + a.shape)  # noqa: E731
+        packed = jax.tree.map(grow, packed, packed_b)
+        key = grow(key, key_b)
+        return rows_program(packed, key, h), out_batched
+
+    @jax.custom_jvp
+    def refine_core(packed, key, h):
+        return batched_aware(packed, key, h) if vmap_rule else one_row(packed, key, h)
+
+    @refine_core.defjvp
+    def _jvp(primals, tangents):  # differentiate the plain one-row program
+        return jax.jvp(one_row, primals, tangents)
+
     def refine_one(packed: PaddedProblems, key, hyper: DTOHyper | None = None):
         """One prompt: ``packed`` without a prompt axis, ``key`` a PRNG key (Gumbel noise).
 
         Returns ``(logits [K, V] float32, RefineTrace with [S] fields)``.
         """
         h = default_hyper if hyper is None else hyper
-        rows = jax.tree.map(lambda a: a[None], packed)
-        logits, _, trace = refine_rows(lm, rm, table, rows, key[None], h, cfg, None, optimizer)
-        return logits[0], RefineTrace(*(a[:, 0] for a in trace))
+        return refine_core(packed, key, jax.tree.map(jnp.asarray, h))
 
     return refine_one

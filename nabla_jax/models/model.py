@@ -195,7 +195,7 @@ class _Model:
         if position_ids.shape != (b, t):
             raise ValueError(f"position_ids must have shape {(b, t)}, got {position_ids.shape}")
         if _is_concrete(position_ids) and position_ids.size:
-            top = int(position_ids.max())
+            top = int(np.max(np.asarray(position_ids)))  # concrete: read on the host
             if top >= c.max_position_embeddings:
                 raise ValueError(
                     f"position {top} exceeds the model's {c.max_position_embeddings} positions; "
