@@ -301,19 +301,19 @@ def _agreement(jres, tres) -> dict:
 
 
 def _compiled(lm, rm, probs, cfg, batch_size):
-    """AOT-compile ``refine_padded_jit`` for these problems: (compiled, seconds, args)."""
+    """AOT-compile ``refine_rows_jit`` for these problems: (compiled, seconds, args)."""
     import jax
     import jax.numpy as jnp
 
-    from nabla_jax.refine import rm_embedding_table
-    from nabla_jax.refine_batching import pad_problems
-    from nabla_jax.refine_program import refine_padded_jit
+    from nabla_jax.functional.checks import rm_embedding_table
+    from nabla_jax.functional.packing import pad_problems
+    from nabla_jax.functional.program import refine_rows_jit
 
     batch = pad_problems(lm, probs, cfg, batch_size)
     keys = jnp.stack([jax.random.key(0)] * batch_size)
     table = rm_embedding_table(lm, rm, None)
     t0 = time.perf_counter()
-    compiled = refine_padded_jit.lower(
+    compiled = refine_rows_jit.lower(
         lm, rm, table, batch, keys, cfg.hyper(), cfg=cfg.program()
     ).compile()
     return compiled, time.perf_counter() - t0, (lm, rm, table, batch, keys)

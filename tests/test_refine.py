@@ -198,7 +198,7 @@ def test_mixed_lengths_compile_one_program_per_bucket(pair):
                  s=int(rng.randint(1, 5)), k=int(rng.randint(1, 9)))
         for i in range(40)
     ]  # fmt: skip
-    from nabla_jax.refine_batching import shape_key
+    from nabla_jax.functional.packing import shape_key
 
     buckets = {shape_key(p) for p in probs}
     before = compiled_programs()
