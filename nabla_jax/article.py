@@ -22,6 +22,8 @@ from nabla_jax.models.model import CausalLM, RewardModel
 from nabla_jax.objectives import kl_ref_theta
 from nabla_jax.ste import ste_argmax_embed
 
+__all__ = ["KL_COLLAPSE_NATS", "optimize_reasoning_sequence"]
+
 KL_COLLAPSE_NATS = 2.0  # the article: KL above 2 nats indicates distributional collapse
 
 

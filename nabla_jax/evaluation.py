@@ -29,7 +29,6 @@ ABLATIONS = {
     "nabla-nodto": {"use_dto": False},
     "nabla-nocache": {"dto": {"grad_caching": False}},
 }
-DEFAULT_METHODS = ("greedy", "cot", "bon:4", "bon:8", "sc:4", "sc:8") + tuple(ABLATIONS)
 
 
 def parse_methods(spec: str | Sequence[str]) -> list[str]:

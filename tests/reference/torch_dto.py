@@ -1,4 +1,5 @@
-"""PyTorch reference twins of the two DTO loops (written from ALGORITHM.md §1 and §2).
+"""PyTorch reference twins of the two DTO loops (written from the descriptions in
+docs/algorithm.md#the-articles-sketch and docs/algorithm.md#the-papers-dto).
 
 One prompt at a time, plain torch + Hugging Face PyTorch models, float32. The JAX ``refine`` is held
 to these.
