@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -82,7 +83,7 @@ def test_vmap_rule_runs_the_batched_program_and_keeps_the_skip(models):
         conds = str(jax.make_jaxpr(fn)(packed, keys)).count("cond[")
         assert conds == (1 if rule else 0), (rule, conds)
     assert _rel(out[True][0], out[False][0]) <= TOL
-    np.testing.assert_array_equal(out[True][1].full_step, out[False][1].full_step)
+    chex.assert_trees_all_close(out[True][1], out[False][1], rtol=1e-4, atol=1e-5)
 
 
 def test_grad_through_the_refinement_matches_finite_differences(models):
@@ -254,6 +255,9 @@ def test_make_refine_errors(models):
         F.make_refine(lm, 3, nj.DTOConfig())
     with pytest.raises(ValueError, match="reward_form='score'"):
         F.make_refine(lm, rm, nj.DTOConfig(reward_form="mean_last_logits"))
+    refine_one = F.make_refine(lm, rm, nj.DTOConfig(num_steps=1))
+    with pytest.raises(AssertionError, match="one row of a pack"):
+        refine_one(F.pack(lm, PROBLEMS[:1]), jax.random.key(0))  # the pack itself, not a row
 
 
 def test_nonfinite_halts_the_row_inside_a_trace(models):

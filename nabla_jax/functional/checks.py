@@ -18,7 +18,8 @@ def check_models(lm, rm, cfg: DTOConfig, *, stacklevel: int = 3) -> None:
     """The policy, the reward and the config fit together (types, objective, reward form).
 
     Raises:
-      TypeError / ValueError naming what is wrong and what to pass instead.
+      TypeError: a model or config of the wrong type (the message names what to pass).
+      ValueError: pieces that do not fit together (the message names what to change).
     """
     if not isinstance(cfg, DTOConfig):
         raise TypeError(

@@ -18,6 +18,7 @@ the window (and the RM suffix) only.
 
 from __future__ import annotations
 
+import chex
 import jax
 import jax.numpy as jnp
 import optax
@@ -35,11 +36,28 @@ from nabla_jax.functional.step import (
 )
 
 __all__ = [
+    "check_batch",
     "grad_norms_rows",
     "grad_norms_rows_jit",
     "refine_rows",
     "refine_rows_jit",
 ]
+
+
+def check_batch(batch: PaddedProblems) -> None:
+    """Static shape and dtype checks of a batch of rows (at trace time, before any compute)."""
+    chex.assert_rank(
+        [batch.lm_prefix_ids, batch.rm_prefix_ids, batch.rm_suffix_ids, batch.init,
+         batch.window_mask, batch.ref_logits, batch.row_valid],
+        [2, 2, 2, 3, 2, 3, 1],
+    )  # fmt: skip
+    chex.assert_equal_shape([batch.lm_prefix_ids, batch.lm_prefix_mask])
+    chex.assert_equal_shape([batch.rm_prefix_ids, batch.rm_prefix_mask])
+    chex.assert_equal_shape([batch.rm_suffix_ids, batch.rm_suffix_mask])
+    chex.assert_equal_shape_prefix([batch.init, batch.window_mask, batch.ref_logits], 2)
+    chex.assert_equal_shape_prefix([batch.lm_prefix_ids, batch.init, batch.row_valid], 1)
+    chex.assert_type([batch.lm_prefix_ids, batch.rm_prefix_ids, batch.rm_suffix_ids], int)
+    chex.assert_type([batch.init, batch.ref_logits], float)
 
 
 def refine_rows(lm, rm, rm_table, batch: PaddedProblems, keys, h: DTOHyper, cfg: DTOConfig,
@@ -64,6 +82,7 @@ def refine_rows(lm, rm, rm_table, batch: PaddedProblems, keys, h: DTOHyper, cfg:
     Returns:
       ``(logits [B, K, V] float32, final DTOState, RefineTrace [S, B])``.
     """
+    check_batch(batch)
     ctx = prepare_context(lm, rm, batch, cfg, prefixes, rm_table)
     tx = paper_optimizer(cfg, h) if optimizer is None else optimizer
     state0 = init_state(lm, batch, cfg, tx)
@@ -83,6 +102,7 @@ def grad_norms_rows(lm, rm, rm_table, batch: PaddedProblems, keys, h: DTOHyper, 
     The probe of the gradient-selection rule: one forward and backward of the models' loss at
     ``y = relax(init)``, differentiated with respect to ``y`` itself (traceable).
     """
+    check_batch(batch)
     ctx = prepare_context(lm, rm, batch, cfg, prefixes, rm_table)
     y = relax_window(window_logits(lm, batch.init.astype(cfg.window_dtype), cfg), keys, 0, cfg, h)
 

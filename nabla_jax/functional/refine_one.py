@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import chex
 import jax
 import jax.numpy as jnp
 import optax
@@ -86,8 +87,9 @@ def make_refine(lm, reward, cfg: DTOConfig | None = None,
       row and sets ``trace.nonfinite`` (there is no host to raise from).
 
     Raises:
-      TypeError / ValueError before anything is traced: wrong model types, a reward form that
-      does not fit the reward, a callable reward without its table.
+      TypeError: a model, reward or optimizer of the wrong type (before anything is traced).
+      ValueError: a reward form that does not fit the reward, a callable reward without its
+        table, a table of the wrong size.
     """
     cfg = DTOConfig() if cfg is None else cfg
     rm = _as_reward(reward, reward_table)
@@ -141,6 +143,11 @@ def make_refine(lm, reward, cfg: DTOConfig | None = None,
 
         Returns ``(logits [K, V] float32, RefineTrace with [S] fields)``.
         """
+        chex.assert_rank(
+            [packed.init, packed.window_mask, packed.lm_prefix_ids], [2, 1, 1],
+            custom_message="refine_one takes one row of a pack: index it (packed[i]) or "
+            "jax.vmap over the pack's leading axis",
+        )  # fmt: skip
         h = default_hyper if hyper is None else hyper
         return refine_core(packed, key, jax.tree.map(jnp.asarray, h))
 
