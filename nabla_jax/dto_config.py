@@ -85,8 +85,6 @@ class DTOConfig:
       gumbel_scale: Gumbel noise scale on the logits (0 = off, the default).
       update_postfix: False — only ahead position 0 receives gradient (the paper's default).
       grad_caching: reuse ∂loss/∂y while no argmax in the window changes (no model calls).
-      prefix_cache: compute the committed prefix's keys/values once per call (else every step
-        re-runs the whole sequence; same numbers, used to measure the saving).
       kl_warn_threshold: KL (nats) above which a step is flagged as collapse (article: 2).
       ste_warn_steps: the article's bound on straight-through steps; more steps with the
         article objective triggers a warning.
@@ -120,7 +118,6 @@ class DTOConfig:
     gumbel_scale: float = 0.0
     update_postfix: bool = False
     grad_caching: bool = True
-    prefix_cache: bool = True
     kl_warn_threshold: float = 2.0
     ste_warn_steps: int = 8
     on_nonfinite: str = "raise"
@@ -170,7 +167,7 @@ class DTOConfig:
                 lambda v: is_int(v) and 0 <= v < self.num_steps,
                 f"an int in [0, num_steps={self.num_steps})",
             )
-        for name in ("hard", "update_postfix", "grad_caching", "prefix_cache"):
+        for name in ("hard", "update_postfix", "grad_caching"):
             check(name, lambda v: isinstance(v, bool), "True or False")
         check("ste_warn_steps", lambda v: is_int(v) and v >= 0, "an int ≥ 0")
         check("kl_warn_threshold", finite_pos, "a finite number > 0")

@@ -102,7 +102,7 @@ def prepare_context(lm, rm, batch: PaddedProblems, cfg: DTOConfig, given=None,
         if given is not None:
             lm_cache, lm_write, lm_last = given.lm_cache, given.lm_write, given.lm_last
             lm_key_mask = _open_slots(given.lm_key_mask, lm_write, win)
-        elif cfg.prefix_cache and not fn_lm:
+        elif not fn_lm:
             lm_key_mask = jnp.concatenate([batch.lm_prefix_mask, win], axis=1)
             out = lm.forward(
                 batch.lm_prefix_ids,
@@ -131,7 +131,7 @@ def prepare_context(lm, rm, batch: PaddedProblems, cfg: DTOConfig, given=None,
         if given is not None:
             rm_cache, rm_write = given.rm_cache, given.rm_write
             rm_key_mask = _open_slots(given.rm_key_mask, rm_write, new_mask)
-        elif cfg.prefix_cache and q > 0 and not isinstance(rm, EmbeddingReward):
+        elif q > 0 and not isinstance(rm, EmbeddingReward):
             rm_key_mask = jnp.concatenate([batch.rm_prefix_mask, new_mask], axis=1)
             out = rm.forward(
                 batch.rm_prefix_ids,
