@@ -135,9 +135,9 @@ def child(args) -> dict:
 
     import nabla_jax as nj
     from nabla_jax import sharding
-    from nabla_jax.refine import rm_embedding_table
-    from nabla_jax.refine_batching import pad_problems
-    from nabla_jax.refine_program import refine_padded_jit
+    from nabla_jax.functional.checks import rm_embedding_table
+    from nabla_jax.functional.packing import pad_problems
+    from nabla_jax.functional.program import refine_rows_jit
 
     n = jax.device_count()
     meshes = [(n // m, m) for m in (1, 2, 4, 8) if n % m == 0 and m <= n]
@@ -177,7 +177,7 @@ def child(args) -> dict:
         keys = jax.numpy.stack([key] * args.batch)
         batch, keys = sharding.shard_batch((batch, keys), mesh)
         hlo = (
-            refine_padded_jit.lower(slm, srm, table, batch, keys, cfg.hyper(), cfg=cfg.program())
+            refine_rows_jit.lower(slm, srm, table, batch, keys, cfg.hyper(), cfg=cfg.program())
             .compile()
             .as_text()
         )

@@ -1,4 +1,12 @@
-"""nabla-jax: ∇-Reasoner in JAX — test-time reasoning by gradient descent on text."""
+"""nabla-jax: ∇-Reasoner in JAX — test-time reasoning by gradient descent on text.
+
+The names below are the public API (``__all__``): models and their loading, the straight-through
+estimators and loss terms, DTO refinement (``refine`` / ``refine_batch``), the ∇-Reasoner decoder
+and the baselines, vocabulary and template helpers, and device meshes. The subpackages and
+modules listed in ``__all__`` (``decoding``, ``models``, ``tasks``, ``sharding``, ``revisions``,
+``profiling``, ``compilation_cache``, ``vocab``) hold the rest; see the documentation site
+(docs/index.md) for a tour.
+"""
 
 from nabla_jax import compilation_cache, models, profiling, sharding
 from nabla_jax.decoding.sampling import SamplingConfig, filter_logits, sample_token
@@ -36,7 +44,12 @@ from nabla_jax.vocab import (
 )
 
 __version__ = "0.1.0"
-from nabla_jax import revisions  # revision_events, print_revisions (rich imported on use)
+from nabla_jax import (
+    decoding,
+    revisions,  # revision_events, print_revisions (rich imported on use)
+    tasks,
+    vocab,
+)
 from nabla_jax.article import optimize_reasoning_sequence
 from nabla_jax.decoding import DecodeConfig, DecodeResult, NablaDecoder
 from nabla_jax.decoding.baselines import (
@@ -56,6 +69,75 @@ from nabla_jax.refine import (
     window_grad_norms,
 )
 from nabla_jax.sharding import make_mesh
+
+__all__ = [
+    # Models: loading, building, and what they return.
+    "CausalLM",
+    "CheckpointMismatchError",
+    "KVCache",
+    "ModelConfig",
+    "RewardModel",
+    "UnsupportedModelError",
+    "init_causal_lm",
+    "init_reward_model",
+    "load_causal_lm",
+    "load_reward_model",
+    # Vocabularies and chat templates of an LM / RM pair.
+    "ChatTemplateError",
+    "OutOfVocabularyError",
+    "TokenizationMismatchError",
+    "VocabMismatchError",
+    "VocabSizeMismatchError",
+    "align_rm_embeddings",
+    "check_vocab_compatibility",
+    "lm_prompt_ids",
+    "rm_prefix_suffix_ids",
+    # Straight-through estimators and loss terms.
+    "LossTerms",
+    "article_loss",
+    "article_reward",
+    "kl_divergence",
+    "kl_ref_theta",
+    "kl_theta_ref",
+    "paper_loglik",
+    "paper_loss",
+    "st_softmax",
+    "st_softmax_embed",
+    "ste_argmax",
+    "ste_argmax_embed",
+    # DTO refinement.
+    "DTOConfig",
+    "RefineProblem",
+    "RefineResult",
+    "RefineTrace",
+    "optimize_reasoning_sequence",
+    "refine",
+    "refine_batch",
+    "window_grad_norms",
+    # Decoding: sampling, the ∇-Reasoner decoder, baselines.
+    "DecodeConfig",
+    "DecodeResult",
+    "NablaDecoder",
+    "SamplingConfig",
+    "best_of_n",
+    "filter_logits",
+    "greedy_cot",
+    "majority_vote",
+    "sample_token",
+    "sampled_cot",
+    "self_consistency",
+    # Devices.
+    "make_mesh",
+    # Modules and subpackages.
+    "compilation_cache",
+    "decoding",
+    "models",
+    "profiling",
+    "revisions",
+    "sharding",
+    "tasks",
+    "vocab",
+]
 
 # The persistent compilation cache is on by default (see nabla_jax.compilation_cache).
 compilation_cache.enable()

@@ -4,54 +4,46 @@ Each step: ``onehot = ste_argmax(Z)`` (identity backward); the reward network re
 ``onehot @ E_rm`` as ``inputs_embeds`` (here a gather forward, a matmul backward);
 ``reward = mean(logits[:, -1, :])`` of a causal-LM reward network, or the mean score of a
 sequence-classification RM; ``kl = KL(p_ref ‖ p_θ)`` with torch's ``batchmean`` (÷ T);
-``loss = -reward + λ·kl``; one Adam step (torch defaults). All steps run in one jitted ``lax.scan``.
+``loss = -reward + λ·kl``; one Adam step (torch defaults). It is the refinement core with
+``DTOConfig(objective="article")`` — every position updated, a constant learning rate, the models
+at every step — on a window with no prefix, so all steps run in one jitted ``lax.scan``.
 As in the article, ``prompt_ids`` and ``lm_model`` do not enter the loss (kept for the signature).
 """
 
 from __future__ import annotations
 
-import functools
 import warnings
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
+from nabla_jax.dto_config import DTOConfig
+from nabla_jax.functional.packing import PaddedProblems
+from nabla_jax.functional.program import refine_rows_jit
 from nabla_jax.models.model import CausalLM, RewardModel
-from nabla_jax.objectives import kl_ref_theta
-from nabla_jax.ste import ste_argmax_embed
+
+__all__ = ["KL_COLLAPSE_NATS", "optimize_reasoning_sequence"]
 
 KL_COLLAPSE_NATS = 2.0  # the article: KL above 2 nats indicates distributional collapse
 
 
-def _reward(reward_model, emb):
-    """Scalar reward of ``emb [T, D]`` read as one sequence."""
-    x = emb[None]
-    if isinstance(reward_model, RewardModel):
-        return jnp.mean(reward_model.score(inputs_embeds=x))
-    hidden = reward_model.hidden_states(inputs_embeds=x)
-    return jnp.mean(reward_model.head_logits(hidden[:, -1, :]))
-
-
-@functools.partial(jax.jit, static_argnames=("num_steps",))
-def _optimize(init_logits, reward_model, ref_logits, lambda_kl, learning_rate, num_steps):
-    tx = optax.adam(learning_rate, b1=0.9, b2=0.999, eps=1e-8)
-    table = reward_model.embed_matrix()
-
-    def loss_fn(z):
-        reward = _reward(reward_model, ste_argmax_embed(z, table))
-        kl = kl_ref_theta(z, ref_logits)
-        return -reward + lambda_kl * kl, (reward, kl)
-
-    def step(carry, _):
-        z, state = carry
-        (loss, (reward, kl)), g = jax.value_and_grad(loss_fn, has_aux=True)(z)
-        updates, state = tx.update(g, state, z)
-        return (optax.apply_updates(z, updates), state), (loss, reward, kl)
-
-    (z, _), trace = jax.lax.scan(step, (init_logits, tx.init(init_logits)), None, length=num_steps)
-    return z, trace
+def _window_only(init_logits, ref_logits) -> PaddedProblems:
+    """One row whose reward input is the window alone (no LM prefix is read: article objective)."""
+    t = init_logits.shape[0]
+    ids = jnp.zeros((1, 0), jnp.int32)
+    return PaddedProblems(
+        lm_prefix_ids=jnp.zeros((1, 1), jnp.int32),
+        lm_prefix_mask=jnp.ones((1, 1), jnp.int32),
+        rm_prefix_ids=ids,
+        rm_prefix_mask=ids,
+        rm_suffix_ids=ids,
+        rm_suffix_mask=ids,
+        init=init_logits[None],
+        window_mask=jnp.ones((1, t), jnp.int32),
+        ref_logits=ref_logits[None],
+        row_valid=jnp.ones((1,), jnp.float32),
+    )
 
 
 def optimize_reasoning_sequence(
@@ -107,9 +99,25 @@ def optimize_reasoning_sequence(
             "to exceed the reward signal (the article's guidance)",
             stacklevel=2,
         )
-    z, (loss, reward, kl) = _optimize(
-        init_logits, reward_model, ref_logits, lambda_kl, learning_rate, num_steps
+    cfg = DTOConfig(
+        objective="article",
+        num_steps=num_steps,
+        learning_rate=float(learning_rate),
+        schedule="constant",
+        lambda_kl=float(lambda_kl),
+        reward_form="score" if isinstance(reward_model, RewardModel) else "mean_last_logits",
+        update_postfix=True,
+        grad_caching=False,
+        on_nonfinite="flag",
     )
+    batch = _window_only(init_logits, ref_logits)
+    keys = jax.random.split(jax.random.key(0), 1)
+    logits, _, trace = refine_rows_jit(
+        None, reward_model, reward_model.embed_matrix(), batch, keys, cfg.hyper(),
+        cfg=cfg.program(),
+    )  # fmt: skip
+    z = logits[0]
+    loss, reward, kl = (np.asarray(a)[:, 0] for a in (trace.loss, trace.reward, trace.kl))
     bad = np.flatnonzero(~np.isfinite(np.asarray(loss)))
     if bad.size:
         raise FloatingPointError(

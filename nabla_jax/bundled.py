@@ -8,6 +8,15 @@ from nabla_jax.decoding.config import DecodeConfig
 from nabla_jax.decoding.sampling import SamplingConfig
 from nabla_jax.dto_config import DTOConfig
 
+__all__ = [
+    "ASSETS",
+    "BUNDLED_LM",
+    "BUNDLED_RM",
+    "bundled_baseline_sampling",
+    "bundled_decode_config",
+    "load_bundled",
+]
+
 ASSETS = Path(__file__).parent / "assets"
 BUNDLED_LM = ASSETS / "lm"
 BUNDLED_RM = ASSETS / "rm"

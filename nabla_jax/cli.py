@@ -18,6 +18,8 @@ from nabla_jax.cli_checks import (
     same_file,
 )
 
+__all__ = ["build_parser", "cmd_bench_accuracy", "cmd_decode", "cmd_demo", "main"]
+
 
 def _load_models(args, models_cfg: dict | None = None):
     from nabla_jax.bundled import BUNDLED_LM, BUNDLED_RM

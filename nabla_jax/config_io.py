@@ -25,6 +25,8 @@ from nabla_jax.decoding.config import DecodeConfig
 from nabla_jax.decoding.sampling import SamplingConfig
 from nabla_jax.dto_config import DTOConfig
 
+__all__ = ["TOP_LEVEL_KEYS", "ConfigError", "decode_config_from_dict", "load_run_config"]
+
 TOP_LEVEL_KEYS = ("decode", "models", "mesh", "task", "baselines", "compilation_cache")
 
 

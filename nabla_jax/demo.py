@@ -17,6 +17,17 @@ from pathlib import Path
 
 from nabla_jax.bundled import ASSETS
 
+__all__ = [
+    "BENCHMARK_SUMMARY",
+    "CHANGED",
+    "METHOD_LABELS",
+    "benchmark_table",
+    "changed_problems",
+    "load_benchmark_summary",
+    "method_label",
+    "run_demo",
+]
+
 BENCHMARK_SUMMARY = ASSETS / "benchmark" / "accuracy_seed0.summary.json"
 #: Problem ids of that run where ∇'s grade differed from greedy's (see :func:`changed_problems`).
 CHANGED = ASSETS / "benchmark" / "accuracy_seed0.changed.json"

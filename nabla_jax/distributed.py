@@ -16,6 +16,18 @@ from types import SimpleNamespace
 import jax
 import numpy as np
 
+__all__ = [
+    "DEFAULT_CONNECT_TIMEOUT",
+    "ENV_VARS",
+    "CoordinatorUnreachableError",
+    "allgather_json",
+    "generate_across_hosts",
+    "is_main_process",
+    "maybe_initialize",
+    "owned_indices",
+    "wait_for_coordinator",
+]
+
 ENV_VARS = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
 
 

@@ -1,6 +1,6 @@
 """``DTOConfig``: every knob of differentiable textual optimization, validated on construction.
 
-Defaults are the paper's public MATH-500 settings (ALGORITHM.md §2–3): 20 steps, lr 0.01, Adam with
+Defaults are the paper's public MATH-500 settings (docs/algorithm.md): 20 steps, lr 0.01, Adam with
 L2 weight decay 0, cosine schedule with floor 0.1 and no warmup, reward_coeff 1, nll_coeff 1e-3,
 hard straight-through softmax at tau 1 without Gumbel noise, only ahead position 0 updated,
 gradient caching on. ``objective="article"`` switches to the article's sketch (reward + λ·KL).
@@ -12,7 +12,18 @@ import dataclasses
 import math
 from typing import Any, NamedTuple
 
-import optax
+__all__ = [
+    "KL_DIRECTIONS",
+    "MODES",
+    "OBJECTIVES",
+    "ON_NONFINITE",
+    "OPTIMIZERS",
+    "REWARD_FORMS",
+    "SCHEDULES",
+    "WINDOW_DTYPES",
+    "DTOConfig",
+    "DTOHyper",
+]
 
 OBJECTIVES = ("paper", "article")
 MODES = ("logits", "latents")
@@ -21,6 +32,7 @@ SCHEDULES = ("cosine", "linear", "constant")
 KL_DIRECTIONS = ("ref_theta", "theta_ref")
 ON_NONFINITE = ("raise", "flag")
 WINDOW_DTYPES = ("float32", "bfloat16")
+REWARD_FORMS = ("score", "mean_last_logits")
 
 
 class DTOHyper(NamedTuple):
@@ -73,8 +85,6 @@ class DTOConfig:
       gumbel_scale: Gumbel noise scale on the logits (0 = off, the default).
       update_postfix: False — only ahead position 0 receives gradient (the paper's default).
       grad_caching: reuse ∂loss/∂y while no argmax in the window changes (no model calls).
-      prefix_cache: compute the committed prefix's keys/values once per call (else every step
-        re-runs the whole sequence; same numbers, used to measure the saving).
       kl_warn_threshold: KL (nats) above which a step is flagged as collapse (article: 2).
       ste_warn_steps: the article's bound on straight-through steps; more steps with the
         article objective triggers a warning.
@@ -108,7 +118,6 @@ class DTOConfig:
     gumbel_scale: float = 0.0
     update_postfix: bool = False
     grad_caching: bool = True
-    prefix_cache: bool = True
     kl_warn_threshold: float = 2.0
     ste_warn_steps: int = 8
     on_nonfinite: str = "raise"
@@ -132,7 +141,7 @@ class DTOConfig:
         choice("optimizer", OPTIMIZERS)
         choice("schedule", SCHEDULES)
         choice("kl_direction", KL_DIRECTIONS)
-        choice("reward_form", ("score", "mean_last_logits"))
+        choice("reward_form", REWARD_FORMS)
         choice("on_nonfinite", ON_NONFINITE)
         choice("window_dtype", WINDOW_DTYPES)
         import numbers
@@ -158,7 +167,7 @@ class DTOConfig:
                 lambda v: is_int(v) and 0 <= v < self.num_steps,
                 f"an int in [0, num_steps={self.num_steps})",
             )
-        for name in ("hard", "update_postfix", "grad_caching", "prefix_cache"):
+        for name in ("hard", "update_postfix", "grad_caching"):
             check(name, lambda v: isinstance(v, bool), "True or False")
         check("ste_warn_steps", lambda v: is_int(v) and v >= 0, "an int ≥ 0")
         check("kl_warn_threshold", finite_pos, "a finite number > 0")
@@ -224,16 +233,18 @@ class DTOConfig:
             ste_warn_steps=8,
         )
 
-    def lr_multiplier(self, step, hyper: DTOHyper | None = None):
+    def schedule_multiplier(self, step, warmup, min_lr_ratio):
         """Schedule multiplier at optimizer step ``step`` (0-based), as torch ``LambdaLR``.
 
-        ``hyper`` supplies the (possibly traced) warmup and floor; default: this config's.
+        Args:
+          step: the step (int or traced).
+          warmup: warmup steps (float32, possibly traced).
+          min_lr_ratio: floor of the multiplier after warmup (cosine and linear).
         """
         import jax.numpy as jnp
 
-        h = self.hyper() if hyper is None else hyper
         step = jnp.asarray(step, jnp.float32)
-        warm = jnp.asarray(h.warmup, jnp.float32)
+        warm = jnp.asarray(warmup, jnp.float32)
         total = float(self.num_steps)
         warm_mult = step / jnp.maximum(1.0, warm)
         if self.schedule == "constant":
@@ -244,20 +255,16 @@ class DTOConfig:
                 after = 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
             else:
                 after = (total - step) / jnp.maximum(1.0, total - warm)
-            after = jnp.maximum(h.min_lr_ratio, after)
+            after = jnp.maximum(min_lr_ratio, after)
         return jnp.where(step < warm, warm_mult, after)
 
+    def lr_multiplier(self, step, hyper: DTOHyper | None = None):
+        """:meth:`schedule_multiplier` with the warmup and floor of ``hyper`` (default: this
+        config's)."""
+        h = self.hyper() if hyper is None else hyper
+        return self.schedule_multiplier(step, h.warmup, h.min_lr_ratio)
+
     def learning_rate_at(self, step, hyper: DTOHyper | None = None):
+        """The scheduled learning rate at optimizer step ``step``."""
         h = self.hyper() if hyper is None else hyper
         return h.learning_rate * self.lr_multiplier(step, h)
-
-    def optax_transform(self, hyper: DTOHyper | None = None) -> optax.GradientTransformation:
-        """The optimizer, built from optax parts, with the schedule folded in; its numbers come
-        from ``hyper`` (traced inside a compiled program), default this config's."""
-        h = self.hyper() if hyper is None else hyper
-        adam = optax.scale_by_adam(b1=h.b1, b2=h.b2, eps=h.eps)
-        lr = optax.scale_by_learning_rate(lambda step: self.learning_rate_at(step, h))
-        if self.optimizer == "adam":
-            # torch Adam: grad += wd·param before the moments (L2 regularisation).
-            return optax.chain(optax.add_decayed_weights(h.weight_decay), adam, lr)
-        return optax.chain(adam, optax.add_decayed_weights(h.weight_decay), lr)

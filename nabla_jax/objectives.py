@@ -3,7 +3,7 @@
 All functions are pure functions over arrays. Units: logits and log-probabilities in nats; KL in
 nats (per first-dim row, see :func:`kl_ref_theta`); rewards in the reward model's own units.
 
-Two loss forms (ALGORITHM.md §1, §2):
+Two loss forms (docs/algorithm.md, "The objective"):
 
 * article (the sketch): ``loss = -reward + lambda_kl * kl`` with
   ``reward = article_reward(rm_logits)`` and ``kl = kl_ref_theta(logits, ref_logits)`` (PyTorch
@@ -28,8 +28,10 @@ __all__ = [
     "article_reward",
     "article_terms",
     "kl_divergence",
+    "kl_positions",
     "kl_ref_theta",
     "kl_theta_ref",
+    "loglik_positions",
     "paper_loglik",
     "paper_loss",
     "paper_terms",
@@ -145,9 +147,7 @@ def kl_ref_theta(logits, ref_logits):
       scalar KL in nats per first-dim row.
     """
     logits, ref_logits = _check_kl_pair(logits, ref_logits)
-    p_ref = jax.nn.softmax(jax.lax.stop_gradient(ref_logits), axis=-1)
-    log_q = jax.nn.log_softmax(logits, axis=-1)
-    return jnp.sum(xlogy(p_ref, p_ref) - p_ref * log_q) / logits.shape[0]
+    return jnp.sum(kl_positions(logits, ref_logits, "ref_theta")) / logits.shape[0]
 
 
 def kl_theta_ref(logits, ref_logits):
@@ -165,11 +165,32 @@ def kl_theta_ref(logits, ref_logits):
       scalar KL in nats per first-dim row.
     """
     logits, ref_logits = _check_kl_pair(logits, ref_logits)
-    log_p_ref = jax.nn.log_softmax(jax.lax.stop_gradient(ref_logits), axis=-1)
+    return jnp.sum(kl_positions(logits, ref_logits, "theta_ref")) / logits.shape[0]
+
+
+def kl_positions(logits, ref_logits, direction="ref_theta"):
+    """Per-position KL ``[...]`` over the last (vocabulary) axis: the one KL implementation.
+
+    ``"ref_theta"``: ``Σ_v p_ref (log p_ref - log p_θ)`` (``p_ref = 0`` entries contribute 0, as
+    ``xlogy``); ``"theta_ref"``: ``Σ_v p_θ (log p_θ - log p_ref)`` in log space, so the gradient
+    stays finite where ``p_θ`` underflows. ``ref_logits`` is a constant (``stop_gradient``).
+    No shape checks (traced inside the refinement); the scalar forms above check and reduce.
+
+    Args:
+      logits: ``[..., V]`` logits of p_θ.
+      ref_logits: ``[..., V]`` reference logits.
+
+    Returns:
+      ``[...]`` KL in nats per position.
+    """
     log_q = jax.nn.log_softmax(logits, axis=-1)
+    log_p_ref = jax.nn.log_softmax(jax.lax.stop_gradient(ref_logits), axis=-1)
+    if direction == "ref_theta":
+        p_ref = jnp.exp(log_p_ref)
+        return jnp.sum(xlogy(p_ref, p_ref) - p_ref * log_q, axis=-1)
     q = jnp.exp(log_q)
     diff = jnp.where(q > 0, log_q - log_p_ref, jnp.zeros_like(log_q))
-    return jnp.sum(q * diff) / logits.shape[0]
+    return jnp.sum(q * diff, axis=-1)
 
 
 KL_DIRECTIONS = ("ref_theta", "theta_ref")
@@ -220,13 +241,25 @@ def paper_loglik(y, pred_logits, nll_coeff=1e-3, mask=None):
         )
     if y.ndim < 2:
         raise ValueError(f"y must be [K, V] (or [..., K, V]), got shape {y.shape}")
-    per_pos = jnp.sum(y * jax.nn.log_softmax(pred_logits, axis=-1), axis=-1)
+    per_pos = loglik_positions(y, pred_logits)
     if mask is not None:
         mask = jnp.asarray(mask)
         if mask.shape != y.shape[:-1]:
             raise ValueError(f"mask must have shape {y.shape[:-1]} (y without V), got {mask.shape}")
         per_pos = per_pos * mask.astype(per_pos.dtype)
     return nll_coeff * jnp.sum(per_pos)
+
+
+def loglik_positions(y, pred_logits):
+    """Per-position log-likelihood ``[..., K]``: ``Σ_v y · log_softmax(pred_logits)``.
+
+    The one implementation of the LM term (no checks: traced inside the refinement).
+
+    Args:
+      y: ``[..., K, V]`` token choices (straight-through one-hots or soft).
+      pred_logits: ``[..., K, V]`` the LM's predicted logits for those positions.
+    """
+    return jnp.sum(y * jax.nn.log_softmax(pred_logits, axis=-1), axis=-1)
 
 
 # --------------------------------------------------------------------------------------------

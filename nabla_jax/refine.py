@@ -1,10 +1,11 @@
 """Differentiable textual optimization (DTO), host API: ``refine``, ``refine_batch``, the probe.
 
 ``refine`` optimizes one ahead window; ``refine_batch`` many at once. Both validate and pad the
-problems on the host (:mod:`nabla_jax.refine_batching`) and run the compiled program of
-:mod:`nabla_jax.refine_program`: every optimizer step of every prompt is one iteration of a
-``lax.scan`` inside one ``jax.jit``, with the hyperparameters as run-time values (a sweep over
-learning rates or coefficients reuses the program).
+problems on the host (:mod:`nabla_jax.functional.packing`), run the functional core's compiled
+program (:func:`nabla_jax.functional.refine_rows`: every optimizer step of every prompt is one
+iteration of a ``lax.scan`` inside one ``jax.jit``, with the hyperparameters as run-time values),
+and bring the results back to the host, raising on a non-finite loss when asked to. For a pure
+function to put under your own ``jit`` / ``vmap``, use :func:`nabla_jax.functional.make_refine`.
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ import numpy as np
 
 from nabla_jax import sharding
 from nabla_jax.dto_config import DTOConfig
-from nabla_jax.models.model import CausalLM, RewardModel
-from nabla_jax.refine_batching import pad_problems, plan_chunks
-from nabla_jax.refine_program import RefineTrace, grad_norms_padded_jit, refine_padded_jit
+from nabla_jax.functional.checks import check_models, check_rm_ids, rm_embedding_table
+from nabla_jax.functional.packing import pad_problems, plan_chunks
+from nabla_jax.functional.program import grad_norms_rows_jit, refine_rows_jit
+from nabla_jax.functional.step import RefineTrace
+from nabla_jax.models.model import CausalLM
 
 __all__ = [
     "RefineProblem",
@@ -30,7 +33,6 @@ __all__ = [
     "compiled_programs",
     "refine",
     "refine_batch",
-    "rm_embedding_table",
     "window_grad_norms",
 ]
 
@@ -86,74 +88,30 @@ class RefineResult(NamedTuple):
     batch_full_steps: Any = None
 
 
-def rm_embedding_table(lm, rm, rm_embed=None):
-    """The RM embedding rows indexed by LM token id ``[V_lm, D_rm]``."""
-    if rm is None:
-        return None
-    if rm_embed is not None:
-        rm_embed = jnp.asarray(rm_embed)
-        if rm_embed.shape != (lm.config.vocab_size, rm.config.hidden_size):
-            raise ValueError(
-                f"rm_embed must be [V_lm, D_rm] = {(lm.config.vocab_size, rm.config.hidden_size)}"
-                f", got {rm_embed.shape}; build it with nj.align_rm_embeddings"
-            )
-        return rm_embed
-    if rm.config.vocab_size != lm.config.vocab_size:
-        from nabla_jax.vocab import VocabSizeMismatchError
-
-        raise VocabSizeMismatchError(
-            f"LM vocabulary ({lm.config.vocab_size}) and RM vocabulary ({rm.config.vocab_size}) "
-            "differ: pass rm_embed=nj.align_rm_embeddings(...) to align the RM's embeddings to "
-            "the LM's tokens, or use models that share a tokenizer"
-        )
-    return rm.embed_matrix()
-
-
-def _check_models(lm, rm, cfg: DTOConfig):
-    if not isinstance(cfg, DTOConfig):
-        raise TypeError(
-            f"cfg must be a nabla_jax DTOConfig, got {type(cfg).__name__}; e.g. "
-            "nj.DTOConfig(learning_rate=0.05)"
-        )
+def _check_host_api(lm, rm, cfg: DTOConfig) -> None:
+    """The host API takes nabla-jax models (functions of embeddings: nj.functional)."""
+    check_models(lm, rm, cfg, stacklevel=4)
     if not isinstance(lm, CausalLM):
-        raise TypeError(f"lm must be a nabla_jax CausalLM, got {type(lm).__name__}")
-    if rm is None and cfg.objective == "article":
-        raise ValueError("the article objective needs a reward network (rm)")
-    if rm is None and cfg.reward_coeff != 0:
-        raise ValueError(
-            f"rm is None but reward_coeff={cfg.reward_coeff}: the reward term needs a reward "
-            "model; pass one, or set DTOConfig(reward_coeff=0.0) to refine on the LM term alone"
+        raise TypeError(
+            f"lm must be a nabla_jax CausalLM, got {type(lm).__name__}; for an EmbeddingLM use "
+            "nj.functional.make_refine"
         )
-    if rm is not None and not isinstance(rm, (RewardModel, CausalLM)):
-        raise TypeError(f"rm must be a RewardModel or CausalLM, got {type(rm).__name__}")
-    if isinstance(rm, CausalLM) and cfg.reward_form != "mean_last_logits":
-        raise ValueError(
-            "a causal-LM reward network needs reward_form='mean_last_logits' (the article's "
-            "reward); a sequence-classification RM uses reward_form='score'"
-        )
-    if cfg.objective == "article" and cfg.num_steps > cfg.ste_warn_steps:
-        warnings.warn(
-            f"{cfg.num_steps} straight-through steps: the article bounds useful STE refinement at "
-            f"{cfg.ste_warn_steps}; beyond it the estimator's error tends to dominate the reward "
-            "signal",
-            stacklevel=3,
+    if rm is not None and not hasattr(rm, "config"):
+        raise TypeError(
+            f"rm must be a nabla-jax RewardModel or CausalLM here, got {type(rm).__name__}; for "
+            "a callable reward use nj.functional.make_refine"
         )
 
 
-def _check_rm_ids(rm, problems: list[RefineProblem]) -> None:
-    """RM prefix / suffix ids must index the RM's embedding table (checked before compute)."""
-    if rm is None:
-        return
-    v = rm.config.vocab_size
-    for i, pr in enumerate(problems):
-        for name in ("rm_prefix_ids", "rm_suffix_ids"):
-            ids = np.asarray(getattr(pr, name))
-            if ids.size and (ids.min() < 0 or ids.max() >= v):
-                bad = int(ids.min()) if ids.min() < 0 else int(ids.max())
-                raise ValueError(
-                    f"problem {i}: {name} holds id {bad}, outside the reward model's vocabulary "
-                    f"[0, {v}); check the RM tokenizer produced these ids"
-                )
+def _place_models(lm, rm, rm_embed, mesh, batch_size):
+    """``(lm, rm, rm_table)``, split over ``mesh`` ("data", "model") when one is given."""
+    if mesh is not None:
+        sharding.check_batch_divisible(batch_size, mesh)
+        lm, rm, _ = sharding.shard_refine_models(lm, rm, None, mesh)
+    table = rm_embedding_table(lm, rm, rm_embed)
+    if mesh is not None:
+        _, _, table = sharding.shard_refine_models(None, None, table, mesh)
+    return lm, rm, table
 
 
 def _check_result(trace: RefineTrace, cfg: DTOConfig, rows: list[int]):
@@ -212,21 +170,16 @@ def refine_batch(
         raise ValueError("refine_batch needs at least one RefineProblem")
     if batch_size < 1:
         raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
-    _check_models(lm, rm, cfg)
-    _check_rm_ids(rm, problems)
-    if mesh is not None:
-        sharding.check_batch_divisible(batch_size, mesh)
-        lm, rm, _ = sharding.shard_refine_models(lm, rm, None, mesh)
-    table = rm_embedding_table(lm, rm, rm_embed)
-    if mesh is not None:
-        _, _, table = sharding.shard_refine_models(None, None, table, mesh)
+    _check_host_api(lm, rm, cfg)
+    check_rm_ids(rm, problems)
+    lm, rm, table = _place_models(lm, rm, rm_embed, mesh, batch_size)
     results: list[RefineResult | None] = [None] * len(problems)
     for rows in plan_chunks(problems, batch_size):
         batch = pad_problems(lm, [problems[i] for i in rows], cfg, batch_size)
         keys = _chunk_keys(key, problem_keys, rows, batch_size, len(problems))
         if mesh is not None:
             batch, keys = sharding.shard_batch((batch, keys), mesh)
-        logits, final, trace = refine_padded_jit(
+        logits, final, trace = refine_rows_jit(
             lm, rm, table, batch, keys, cfg.hyper(), cfg=cfg.program()
         )
         host = jax.tree.map(np.asarray, trace)
@@ -268,6 +221,7 @@ def window_grad_norms(
     *,
     batch_size: int = 8,
     rm_embed=None,
+    mesh=None,
     problem_keys=None,
 ) -> list[np.ndarray]:
     """The gradient-selection probe: ``‖∂loss/∂y_k‖₂`` for every window position.
@@ -282,6 +236,7 @@ def window_grad_norms(
     Args:
       lm, rm, problems, cfg, batch_size, rm_embed: as in :func:`refine_batch`.
       key: ``jax.random`` key for Gumbel noise (unused without it; default key 0).
+      mesh: as in :func:`refine_batch`.
       problem_keys: optional per-problem keys, used instead of ``key``.
     Returns:
       one ``[K]`` float32 numpy array per problem, in input order.
@@ -290,16 +245,18 @@ def window_grad_norms(
         raise ValueError("window_grad_norms needs at least one RefineProblem")
     if batch_size < 1:
         raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
-    _check_models(lm, rm, cfg)
-    _check_rm_ids(rm, problems)
-    table = rm_embedding_table(lm, rm, rm_embed)
+    _check_host_api(lm, rm, cfg)
+    check_rm_ids(rm, problems)
+    lm, rm, table = _place_models(lm, rm, rm_embed, mesh, batch_size)
     key = jax.random.key(0) if key is None else key
     out: list[np.ndarray | None] = [None] * len(problems)
     for rows in plan_chunks(problems, batch_size):
         batch = pad_problems(lm, [problems[i] for i in rows], cfg, batch_size)
         keys = _chunk_keys(key, problem_keys, rows, batch_size, len(problems))
+        if mesh is not None:
+            batch, keys = sharding.shard_batch((batch, keys), mesh)
         norms = np.asarray(
-            grad_norms_padded_jit(lm, rm, table, batch, keys, cfg.hyper(), cfg=cfg.program())
+            grad_norms_rows_jit(lm, rm, table, batch, keys, cfg.hyper(), cfg=cfg.program())
         )
         for j, i in enumerate(rows):
             out[i] = norms[j, : np.asarray(problems[i].init).shape[0]]
@@ -313,4 +270,4 @@ def refine(lm: CausalLM, rm, problem: RefineProblem, cfg: DTOConfig, key, *, rm_
 
 def compiled_programs() -> int:
     """How many refinement programs have been compiled in this process (for tests)."""
-    return refine_padded_jit._cache_size()
+    return refine_rows_jit._cache_size()

@@ -1,41 +1,16 @@
 """Device mesh, batch sharding and parameter partition rules (``jax.sharding``, GSPMD).
 
 A mesh has two axes: ``"data"`` (rows of a batch) and ``"model"`` (tensor parallelism inside each
-layer). Parameters are replicated over ``"data"`` and split over ``"model"`` by the rules below;
+layer). Parameters are replicated over ``"data"`` and split over ``"model"`` by the family's rules;
 batches are split over ``"data"`` on their leading axis. Nothing else changes: the same jitted
 functions run on sharded arguments and XLA's SPMD partitioner inserts the collectives, so results
 equal the single-device run up to floating-point summation order.
 
-Partition rules (``L`` layers on axis 0, kernels ``[in, out]``; ``m`` = model axis size; ``-`` =
-not split; "rep" = replicated on every device):
-
-  parameter                                   spec               condition / note
-  decoder embed_tokens [V, D]                 ("model", -)       V % m == 0, else rep
-  decoder lm_head [D, V]                      (-, "model")       V % m == 0, else rep
-  score [D, C] (both families)                rep                tiny
-  self_attn/q_proj kernel [L, D, H*Dh]        (-, -, "model")    H % m == 0, else ValueError
-  self_attn/q_proj bias [L, H*Dh]             (-, "model")
-  self_attn/{k,v}_proj kernel, bias           like q_proj        Hkv % m == 0, else rep
-  self_attn/o_proj kernel [L, H*Dh, D]        (-, "model", -)    input (heads) axis
-  self_attn/o_proj bias [L, D], {q,k}_norm    rep
-  mlp/{gate,up}_proj kernel [L, D, F]         (-, -, "model")    F % m == 0, else ValueError
-  mlp/{gate,up}_proj bias [L, F]              (-, "model")
-  mlp/down_proj kernel [L, F, D]              (-, "model", -)    input axis
-  mlp/down_proj bias [L, D], every norm       rep
-  GPT-2 wte [V, D] / lm_head [D, V]           as decoder         V % m == 0, else rep
-  GPT-2 wpe [P, D], ln_1 / ln_2 / ln_f        rep
-  GPT-2 h/attn/c_attn kernel [L, D, 3D]       (-, "model", -)    row-parallel (below); D % m
-  GPT-2 h/attn/c_attn bias [L, 3D]            rep
-  GPT-2 h/attn/c_proj kernel [L, D, D]        (-, "model", -)    input (heads) axis; H % m
-  GPT-2 h/c_fc kernel [L, D, F]; bias [L, F]  (-, -, "model"); (-, "model")
-  GPT-2 h/c_proj kernel [L, F, D]; bias       (-, "model", -); rep
-
-GPT-2's fused ``c_attn`` output axis is ``[q | k | v]`` concatenated: splitting it over ``"model"``
-would hand a device the end of q and the start of k, so heads would not line up with ``c_proj``'s
-split and XLA would have to reshuffle activations. We split ``c_attn`` on its *input* axis instead
-(row parallelism): each device holds ``1/m`` of the kernel, the fused output stays whole, and the
-cost is one all-reduce of ``[B, T, 3D]`` per layer (attention itself then runs replicated). A
-column split aligned to heads would need the kernel stored as ``[L, D, 3, H, Dh]``.
+Partition rules are family facts: each family declares them (``partition_rules`` of its
+``ModelFamily``, e.g. ``models/decoder/hf.py``, ``models/gpt2.py``) as ``(path regex, spec)``
+pairs for a given model axis size ``m``, Megatron-style: projections into heads or the MLP width
+split on their output axis, projections out of them on their input axis, the embedding over
+vocabulary rows when ``V % m == 0``, norms and small heads replicated. This module applies them.
 
 Correctness never depends on these rules (GSPMD computes the same function for any sharding of the
 inputs); they decide memory per device and communication.
@@ -53,10 +28,12 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from nabla_jax.models.convert import flatten_tree
+from nabla_jax.models.convert import flatten_tree, unflatten_tree
+from nabla_jax.models.family import DATA_AXIS, MODEL_AXIS
+from nabla_jax.models.registry import family_of
 
-DATA = "data"
-MODEL = "model"
+DATA = DATA_AXIS
+MODEL = MODEL_AXIS
 AXES = (DATA, MODEL)
 
 __all__ = [
@@ -67,6 +44,7 @@ __all__ = [
     "batch_sharding",
     "check_batch_divisible",
     "make_mesh",
+    "mesh_of",
     "param_partition_specs",
     "param_shardings",
     "parse_mesh_spec",
@@ -75,6 +53,7 @@ __all__ = [
     "shard_model",
     "shard_params",
     "shard_refine_models",
+    "shard_rows_like",
 ]
 
 
@@ -195,14 +174,6 @@ def axis_size(mesh: Mesh | None, axis: str) -> int:
 # -- parameter rules ------------------------------------------------------------------------
 
 
-def _unflatten_like(tree: Mapping, flat: Mapping, prefix="") -> dict:
-    out = {}
-    for k, v in tree.items():
-        path = f"{prefix}{k}"
-        out[k] = _unflatten_like(v, flat, path + "/") if isinstance(v, Mapping) else flat[path]
-    return out
-
-
 def _valid_model_sizes(dims: dict[str, int]) -> list[int]:
     g = 0
     for d in dims.values():
@@ -221,55 +192,6 @@ def _require(dims: dict[str, int], m: int):
         )
 
 
-def _decoder_rule(path: str, c, m: int) -> P | None:
-    split_kv = c.num_kv_heads % m == 0
-    split_vocab = c.vocab_size % m == 0
-    rep = P()
-    if path == "embed_tokens":
-        return P(MODEL, None) if split_vocab else rep
-    if path == "lm_head":
-        return P(None, MODEL) if split_vocab else rep
-    if path in ("score", "norm/scale") or path.endswith("layernorm/scale"):
-        return rep
-    m_ = re.fullmatch(r"layers/self_attn/([qkvo])_proj/(kernel|bias)", path)
-    if m_:
-        which, kind = m_.groups()
-        if which == "o":
-            return P(None, MODEL, None) if kind == "kernel" else rep
-        if which in "kv" and not split_kv:
-            return rep
-        return P(None, None, MODEL) if kind == "kernel" else P(None, MODEL)
-    if re.fullmatch(r"layers/self_attn/[qk]_norm/scale", path):
-        return rep
-    m_ = re.fullmatch(r"layers/mlp/(gate|up|down)_proj/(kernel|bias)", path)
-    if m_:
-        which, kind = m_.groups()
-        if which == "down":
-            return P(None, MODEL, None) if kind == "kernel" else rep
-        return P(None, None, MODEL) if kind == "kernel" else P(None, MODEL)
-    return None
-
-
-def _gpt2_rule(path: str, c, m: int) -> P | None:
-    split_vocab = c.vocab_size % m == 0
-    rep = P()
-    if path == "wte":
-        return P(MODEL, None) if split_vocab else rep
-    if path == "lm_head":
-        return P(None, MODEL) if split_vocab else rep
-    if path in ("wpe", "score") or re.fullmatch(r"(h/ln_[12]|ln_f)/(scale|bias)", path):
-        return rep
-    m_ = re.fullmatch(r"h/(attn/c_attn|attn/c_proj|c_fc|c_proj)/(kernel|bias)", path)
-    if m_:
-        which, kind = m_.groups()
-        if kind == "bias":
-            return P(None, MODEL) if which == "c_fc" else rep
-        if which == "c_fc":
-            return P(None, None, MODEL)
-        return P(None, MODEL, None)  # c_attn (row-parallel), attn c_proj, mlp c_proj: input axis
-    return None
-
-
 def param_partition_specs(config, params, mesh: Mesh | None = None, *, model_axis_size=None):
     """A ``PartitionSpec`` for every parameter leaf (same tree structure as ``params``).
 
@@ -285,24 +207,21 @@ def param_partition_specs(config, params, mesh: Mesh | None = None, *, model_axi
     m = int(model_axis_size) if model_axis_size is not None else axis_size(mesh, MODEL)
     if m < 1:
         raise ValueError(f"model axis size must be ≥ 1, got {m}")
-    dims = {"num_heads": config.num_heads, "intermediate_size": config.intermediate_size}
-    if config.family == "gpt2":
-        dims["hidden_size"] = config.hidden_size
-    _require(dims, m)
-    rule = _gpt2_rule if config.family == "gpt2" else _decoder_rule
-    flat = flatten_tree(params)
+    family = family_of(config)
+    _require(family.parallel_dims(config), m)
+    rules = family.partition_rules(config, m)
     specs = {}
-    for path, leaf in flat.items():
-        spec = rule(path, config, m)
+    for path, leaf in flatten_tree(params).items():
+        spec = next((s for pattern, s in rules if re.fullmatch(pattern, path)), None)
         if spec is None:
             raise ValueError(
                 f"no partition rule for parameter {path!r} of the {config.family} family; add one "
-                "to nabla_jax/sharding.py"
+                f"to the {family.name} family's partition_rules"
             )
         if len(spec) > len(leaf.shape):
             raise ValueError(f"rule {spec} for {path!r} has more axes than its shape {leaf.shape}")
         specs[path] = spec
-    return _unflatten_like(params, specs)
+    return unflatten_tree(specs)
 
 
 def _is_spec(x) -> bool:

@@ -1,10 +1,12 @@
 """Chat-template rendering: LM prompt ids, and the RM prefix / suffix around a response.
 
 * :func:`lm_prompt_ids` — the LM's chat template applied to the prompt with
-  ``add_generation_prompt=True``: the ids the LM continues from (ALGORITHM.md §2.2, §3.1).
+  ``add_generation_prompt=True``: the ids the LM continues from.
 * :func:`rm_prefix_suffix_ids` — the RM's chat template rendered around a placeholder assistant
   reply and split there, so that ``prefix ++ response ++ suffix`` is the whole conversation the
-  reward model scores (ALGORITHM.md §2.3).
+  reward model scores.
+
+docs/algorithm.md#templates-what-each-model-reads shows where each part is used.
 
 A prompt is either a user message string or a list of ``{"role": ..., "content": ...}`` dicts.
 """

@@ -4,7 +4,8 @@
 ``y @ E_rm``. That is only meaningful when LM token id ``v`` *means* the same text as RM token id
 ``v``. :func:`check_vocab_compatibility` verifies that (sizes, tokenization of sample strings, ids
 in range) before any compute is spent; when the tokenizers differ, :func:`align_rm_embeddings`
-builds an RM embedding table indexed by LM ids (ALGORITHM.md §2.3):
+builds an RM embedding table indexed by LM ids
+(docs/algorithm.md#vocabularies-and-cross-tokenizer-alignment):
 
     E_rm_aligned[v] = E_rm[rm_vocab.get(lm_token_string(v), fallback_id)]
 
@@ -274,7 +275,7 @@ def align_rm_embeddings(
     *,
     fallback_id: int | None = None,
 ) -> jax.Array:
-    """RM input-embedding table re-indexed by LM token ids (ALGORITHM.md §2.3).
+    """RM input-embedding table re-indexed by LM token ids; pass it as ``rm_embed=``.
 
     Args:
       lm_tokenizer, rm_tokenizer: Hugging Face tokenizers.

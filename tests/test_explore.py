@@ -210,3 +210,24 @@ def test_explore_config_is_the_bundled_one_plus_the_chosen_options():
     path = Path(__file__).parents[1] / "configs" / "arithmetic_explore.yaml"
     chosen = dict(resample_excludes_current=True, accept_margin=4.0)
     assert load_run_config(path)["decode"] == bundled_decode_config(**chosen)
+
+
+def test_row_scaled_optimizer_gives_each_row_its_learning_rate():
+    from nabla_jax.decoding.explore import row_scaled_optimizer
+    from nabla_jax.functional.optimizer import paper_optimizer
+
+    cfg = dataclasses.replace(BASE, dto_lr_gap=1.0)
+    h, prog = cfg.hyper(), cfg.program()
+    lrs = jnp.asarray([0.1, 0.3], jnp.float32)
+    grads = jax.random.normal(jax.random.key(3), (2, 3, 5))
+    params = jax.random.normal(jax.random.key(4), (2, 3, 5))
+    tx = row_scaled_optimizer(prog, h, lrs)
+    state = tx.init(params)
+    for _ in range(3):
+        both, state = tx.update(grads, state, params)
+    for r in range(2):
+        one = paper_optimizer(prog.dto, h.dto._replace(learning_rate=lrs[r]))
+        s1 = one.init(params[r : r + 1])
+        for _ in range(3):
+            want, s1 = one.update(grads[r : r + 1], s1, params[r : r + 1])
+        np.testing.assert_allclose(np.asarray(both[r]), np.asarray(want[0]), rtol=1e-5)

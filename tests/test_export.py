@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import jax
@@ -44,16 +45,32 @@ def _assert_same_params(a, b):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=str(path))
 
 
-ARCH = {"qwen2": "Qwen2", "llama": "Llama", "qwen3": "Qwen3", "mistral": "Mistral"}
-CASES = [("qwen2", False), ("qwen2", True), ("llama", False), ("qwen3", True), ("mistral", False)]
+ARCH = {
+    "qwen2": "Qwen2ForCausalLM",
+    "llama": "LlamaForCausalLM",
+    "qwen3": "Qwen3ForCausalLM",
+    "mistral": "MistralForCausalLM",
+    "gpt2": "GPT2LMHeadModel",
+}
+CASES = [
+    ("qwen2", False),
+    ("qwen2", True),
+    ("llama", False),
+    ("qwen3", True),
+    ("mistral", False),
+    ("gpt2", True),
+    ("gpt2", False),
+]
 
 
 @pytest.mark.parametrize("family,tied", CASES)
 def test_causal_lm_round_trip(tmp_path, family, tied):
-    lm = _randomize(nj.init_causal_lm(hf_config(family, tied=tied), jax.random.key(1)))
+    raw = hf_config(family, tied=tied)
+    raw.tie_word_embeddings = tied  # hf_config ties GPT-2 always
+    lm = _randomize(nj.init_causal_lm(raw, jax.random.key(1)))
     save_pretrained(lm, tmp_path)
     cfg = json.loads((tmp_path / "config.json").read_text())
-    assert cfg["architectures"] == [ARCH[family] + "ForCausalLM"]
+    assert cfg["architectures"] == [ARCH[family]]
     assert cfg["tie_word_embeddings"] is tied and cfg["torch_dtype"] == "float32"
     names = set(read_safetensors(str(tmp_path / "model.safetensors")))
     assert ("lm_head.weight" in names) is (not tied)
@@ -75,7 +92,7 @@ def test_causal_lm_round_trip(tmp_path, family, tied):
     np.testing.assert_allclose(ours[valid], theirs[valid], atol=TOL, rtol=0)
 
 
-@pytest.mark.parametrize("family,tied", [("qwen2", True), ("llama", False)])
+@pytest.mark.parametrize("family,tied", [("qwen2", True), ("llama", False), ("gpt2", True)])
 def test_reward_model_round_trip(tmp_path, family, tied):
     rm = _randomize(nj.init_reward_model(hf_config(family, tied=tied), jax.random.key(2)))
     save_pretrained(rm, tmp_path)
@@ -118,10 +135,12 @@ def test_tokenizer_files_written(tmp_path):
     )
 
 
-def test_unsupported_family_is_named():
+def test_setting_a_family_cannot_express_is_named():
+    # GPT-2 is exported too now; what its config cannot say (grouped kv heads) is refused.
     lm = nj.init_causal_lm(hf_config("gpt2"), jax.random.key(0))
+    cfg = dataclasses.replace(lm.config, num_kv_heads=2)
     with pytest.raises(nj.UnsupportedModelError, match="gpt2"):
-        to_hf_dict(lm.config)
+        to_hf_dict(cfg)
 
 
 def test_reward_model_needs_pad_id():

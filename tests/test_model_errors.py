@@ -126,6 +126,16 @@ def test_missing_layer_weight(qwen_dir, tmp_path):
         nj.load_causal_lm(path)
 
 
+def test_checkpoint_with_more_layers_than_the_config(qwen_dir, tmp_path):
+    path = _copy(qwen_dir, tmp_path / "m")
+    _edit_config(path, num_hidden_layers=1)  # the checkpoint has layers 0 and 1
+    with pytest.raises(nj.CheckpointMismatchError) as err:
+        nj.load_causal_lm(path)
+    unused = str(err.value).split("checkpoint keys with no parameter:")[1].split("\n")[0]
+    assert "model.layers.1.mlp.down_proj.weight" in unused
+    assert "model.layers.0." not in unused
+
+
 def test_wrong_shape(qwen_dir, tmp_path):
     path = _copy(qwen_dir, tmp_path / "m")
     _edit_config(path, hidden_size=64)  # the weights are 32 wide

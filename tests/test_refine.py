@@ -163,16 +163,23 @@ def test_refine_batch_equals_per_prompt_refine(pair):
         assert got.full_steps == alone.full_steps
 
 
-def test_prefix_cache_gives_the_same_numbers(pair):
+def test_prefix_recomputed_every_step_gives_the_same_numbers(pair):
+    """The models as functions of embeddings (no kept keys/values: the prefix runs with the
+    window at every full step) give the numbers of the cached path."""
+    from nabla_jax import functional as F
+
     _, _, lm, rm = pair
     prob = _problem(30)
-    a = refine(lm, rm, prob, DTOConfig(num_steps=6, learning_rate=0.3), jax.random.key(0))
-    b = refine(
-        lm, rm, prob, DTOConfig(num_steps=6, learning_rate=0.3, prefix_cache=False),
-        jax.random.key(0),
-    )  # fmt: skip
-    np.testing.assert_allclose(a.trace.loss, b.trace.loss, rtol=1e-5, atol=1e-6)
-    np.testing.assert_array_equal(np.asarray(a.tokens), np.asarray(b.tokens))
+    cfg = DTOConfig(num_steps=6, learning_rate=0.3)
+    a = refine(lm, rm, prob, cfg, jax.random.key(0))
+    lm_fn = F.EmbeddingLM(lambda e, m: lm.logits(inputs_embeds=e, attention_mask=m),
+                          lm.embed_matrix())  # fmt: skip
+    rm_fn = F.EmbeddingReward(lambda e, m: rm.score(inputs_embeds=e, attention_mask=m),
+                              rm.embed_matrix())  # fmt: skip
+    row = jax.tree.map(lambda x: x[0], F.pack(lm, [prob], cfg))
+    logits, trace = jax.jit(F.make_refine(lm_fn, rm_fn, cfg))(row, jax.random.key(0))
+    np.testing.assert_allclose(trace.loss, a.trace.loss, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(np.argmax(logits[:5], -1), np.asarray(a.tokens))
 
 
 def test_gradient_caching_skips_model_calls(pair):
@@ -198,7 +205,7 @@ def test_mixed_lengths_compile_one_program_per_bucket(pair):
                  s=int(rng.randint(1, 5)), k=int(rng.randint(1, 9)))
         for i in range(40)
     ]  # fmt: skip
-    from nabla_jax.refine_batching import shape_key
+    from nabla_jax.functional.packing import shape_key
 
     buckets = {shape_key(p) for p in probs}
     before = compiled_programs()

@@ -11,17 +11,19 @@ zero where a method has no such part, plus ``stop_reason``, ``method``, ``sample
 and ``trace`` (one dict per sample: ``sample``, ``text``, ``token_ids``, ``generated_tokens``,
 ``stop_reason``, and ``score`` for Best-of-N, ``answer`` for self-consistency).
 
-Model calls (per prompt, ALGORITHM.md §3, as in the decoder): one per generated token of every
-sample (``rollout_calls``), one per reward-model scoring of a candidate (``score_calls``);
-``model_calls`` is their sum.
+Model calls (per prompt, counted as the decoder counts them,
+docs/algorithm.md#counting-model-calls): one per generated token of every sample
+(``rollout_calls``), one per reward-model scoring of a candidate (``score_calls``); ``model_calls``
+is their sum.
 
-Randomness (DESIGN.md): a prompt's keys derive from ``key`` folded with ``crc32`` of the prompt's
-chat messages — the decoder's prompt id — then with the decoder's rollout stream and the sample
-index ``i``: ``fold_in(fold_in(fold_in(key, prompt_id), ROLLOUT), i)``. So a prompt's samples do
-not depend on its batch company, sample ``i`` of Best-of-N and of self-consistency are the same
-rollout for the same key, and sample 0 is :func:`sampled_cot`'s response — which is also the
-∇-Reasoner decoder's initial rollout under the same key and rollout sampling settings (common
-random numbers across methods). Identical prompts in one call get identical samples.
+Randomness (:mod:`nabla_jax.decoding.keys`, docs/algorithm.md#randomness): a prompt's keys derive
+from ``key`` folded with ``crc32`` of the prompt's chat messages — the decoder's prompt id — then
+with the decoder's rollout stream and the sample index ``i``: ``fold_in(fold_in(fold_in(key,
+prompt_id), ROLLOUT), i)``. So a prompt's samples do not depend on its batch company, sample ``i``
+of Best-of-N and of self-consistency are the same rollout for the same key, and sample 0 is
+:func:`sampled_cot`'s response — which is also the ∇-Reasoner decoder's initial rollout under the
+same key and rollout sampling settings (common random numbers across methods). Identical prompts in
+one call get identical samples.
 """
 
 from __future__ import annotations

@@ -33,7 +33,9 @@ def _is_real(v) -> bool:
 class DecodeConfig:
     """Settings of the ∇-Reasoner loop, validated on construction.
 
-    Defaults follow the public ∇-Reasoner MATH-500 script (see the docs' algorithm page).
+    Defaults are the paper-faithful MATH-500 settings (``configs/qwen2.5-7b-math500.yaml``);
+    docs/algorithm.md#where-nabla-jax-differs-and-why lists where they depart from the public
+    script, and why.
 
     Attributes:
       max_length: most generated tokens per response.

@@ -14,16 +14,19 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from nabla_jax.decoding.config import DecodeConfig, DecodeHyper
 from nabla_jax.decoding.indexing import take_at
 from nabla_jax.decoding.sampling import sample_token
+from nabla_jax.functional.optimizer import paper_optimizer
 
 __all__ = [
     "gap_learning_rate",
     "rank_threshold",
     "resample_several",
     "resample_tokens",
+    "row_scaled_optimizer",
     "window_store",
 ]
 
@@ -54,12 +57,24 @@ def window_store(lm, resp, at, width: int, latents: bool):
 
 
 def gap_learning_rate(logits, h: DecodeHyper, prog: DecodeConfig):
-    """Per-row DTO learning rate ``[B, 1, 1]`` sized to the top-1/top-2 gap of the selected
+    """Per-row DTO learning rate ``[B]`` sized to the top-1/top-2 gap of the selected
     position's ``logits [B, V]``: ``dto_lr_gap × gap / num_steps`` (floored at 1e-6). Adam moves
     a logit by about the learning rate per step, so the steps together can close the gap."""
     top2 = jax.lax.top_k(logits, 2)[0]
     lr = h.dto_lr_gap * (top2[:, 0] - top2[:, 1]) / prog.dto.num_steps
-    return jnp.maximum(lr, 1e-6)[:, None, None]
+    return jnp.maximum(lr, 1e-6)
+
+
+def row_scaled_optimizer(prog: DecodeConfig, h: DecodeHyper, lr_rows):
+    """The paper's DTO optimizer (schedule, Adam) with row ``b``'s updates scaled so that its
+    peak learning rate is ``lr_rows[b]`` instead of ``h.dto.learning_rate``; ``lr_rows [B]``."""
+    ratio = (lr_rows / h.dto.learning_rate)[:, None, None]
+
+    def scale(updates, params=None):
+        del params
+        return jax.tree.map(lambda u: u * ratio.astype(u.dtype), updates)
+
+    return optax.chain(paper_optimizer(prog.dto, h.dto), optax.stateless(scale))
 
 
 def resample_tokens(keys, logits, current, h: DecodeHyper, prog: DecodeConfig):

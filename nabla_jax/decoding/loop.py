@@ -8,7 +8,7 @@ one step of the algorithm, with per-row masks instead of Python control flow:
    probability ≤ the confidence threshold, entropy ≥ the entropy threshold, and — when the probe
    is on — a gradient norm ≥ the threshold, probing window after window); commit the tokens
    before it; rows with no candidate commit everything and finish ("converged");
-3. **refine** the window at the selected position (:func:`~nabla_jax.refine_program.refine_padded`,
+3. **refine** the window at the selected position (:func:`~nabla_jax.functional.refine_rows`,
    skipped by ``lax.cond`` when no row selected one);
 4. **resample** that position from the refined logits;
 5. **roll out** ``committed ++ [new token]`` for rows whose token changed (a proposal), and the
@@ -47,6 +47,7 @@ from nabla_jax.decoding.explore import (
     rank_threshold,
     resample_several,
     resample_tokens,
+    row_scaled_optimizer,
     window_store,
 )
 from nabla_jax.decoding.indexing import first_index, put_at, take_at
@@ -63,7 +64,8 @@ from nabla_jax.decoding.state import (
 )
 from nabla_jax.decoding.stopping import STOP_EOS, STOP_LENGTH, StopTables, hits_eos
 from nabla_jax.decoding.windows import prefix_caches, window_buckets, window_problems
-from nabla_jax.refine_program import grad_norms_padded, refine_padded, uses_rm
+from nabla_jax.functional.program import grad_norms_rows, refine_rows
+from nabla_jax.functional.step import uses_rm
 
 __all__ = ["Models", "Report", "iteration", "run_chunk"]
 
@@ -108,7 +110,7 @@ def _probe_select(m: Models, state, cheap, committed, ready, h: DecodeHyper, pro
         problems, wmask = window_problems(m.lm, state, cand, searching, k, latents)
         given = prefix_caches(m.lm, state, cand, latents)
         keys = stream_keys(state.base_key, PROBE, probes)
-        norms = grad_norms_padded(m.lm, m.rm, m.rm_table, problems, keys, h.dto, prog.dto, given)
+        norms = grad_norms_rows(m.lm, m.rm, m.rm_table, problems, keys, h.dto, prog.dto, given)
         offsets = cand[:, None] + jnp.arange(k)[None, :]
         in_cheap = jnp.take_along_axis(cheap, jnp.clip(offsets, 0, n - 1), axis=1)
         ok = in_cheap & (norms >= h.grad_threshold) & (wmask > 0)
@@ -144,10 +146,10 @@ def _refine_position(m: Models, state, at, chosen, h: DecodeHyper, prog: DecodeC
     if not prog.use_dto:
         logits = window_store(m.lm, state.resp, at, width, latents)
         return logits, zero, zero, jnp.zeros((b,), bool)
-    hdto = h.dto
+    tx = None  # the paper's optimizer
     if prog.dto_lr_gap is not None:
         here = window_store(m.lm, state.resp, at, 1, latents)[:, 0]
-        hdto = hdto._replace(learning_rate=gap_learning_rate(here, h, prog))
+        tx = row_scaled_optimizer(prog, h, gap_learning_rate(here, h, prog))
     given = prefix_caches(m.lm, state, at, latents)
     keys = stream_keys(state.base_key, DTO, state.counters.refinements)
     shapes = window_buckets(prog.window, state.resp.tokens.shape[1])
@@ -155,8 +157,8 @@ def _refine_position(m: Models, state, at, chosen, h: DecodeHyper, prog: DecodeC
     def branch(k, tail):
         def run(_):
             problems, wmask = window_problems(m.lm, state, at, chosen, k, latents, tail)
-            logits, final, trace = refine_padded(
-                m.lm, m.rm, m.rm_table, problems, keys, hdto, prog.dto, given
+            logits, final, trace = refine_rows(
+                m.lm, m.rm, m.rm_table, problems, keys, h.dto, prog.dto, given, tx
             )
             nonfinite = jnp.any(trace.nonfinite, axis=0)
             logits = logits[:, :width]

@@ -42,9 +42,9 @@ from nabla_jax.decoding.loop import Models, run_chunk
 from nabla_jax.decoding.results import DecodeResult, row_result
 from nabla_jax.decoding.state import Inserts, empty_state
 from nabla_jax.decoding.stopping import default_eos_ids, stop_tables
+from nabla_jax.functional.checks import rm_embedding_table
 from nabla_jax.models.model import CausalLM, RewardModel
 from nabla_jax.profiling import device_get
-from nabla_jax.refine import rm_embedding_table
 from nabla_jax.templates import (
     build_messages,
     lm_prompt_ids,

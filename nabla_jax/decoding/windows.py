@@ -1,7 +1,7 @@
 """DTO and probe windows cut from the loop's state on device, in fixed shapes.
 
 A window of row ``b`` starts at response index ``at[b]`` and spans ``K`` slots (the configured
-window, capped at the response end). Its problem, as :func:`nabla_jax.refine_program.refine_padded`
+window, capped at the response end). Its problem, as :func:`nabla_jax.functional.refine_rows`
 expects it:
 
 * LM prefix ``[B, P + L]``: the chat prompt ++ the response buffer, masked to the response's
@@ -21,8 +21,8 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from nabla_jax.decoding.state import RowState
-from nabla_jax.refine_batching import PaddedProblems
-from nabla_jax.refine_context import PrefixCaches
+from nabla_jax.functional.context import PrefixCaches
+from nabla_jax.functional.packing import PaddedProblems
 
 __all__ = ["prefix_caches", "window_buckets", "window_problems"]
 

@@ -1,19 +1,28 @@
 """One model configuration, read from a Hugging Face ``config.json``.
 
-``ModelConfig`` covers the decoder family (Llama, Qwen2, Qwen3, Mistral: config switches) and GPT-2.
-It is a frozen dataclass, hashable, so it can be a static argument of ``jax.jit``.
+``ModelConfig`` is the union of the settings of every family (decoder: Llama, Qwen2, Qwen3,
+Mistral through switches; GPT-2). Each family maps its own HF config onto it in both directions
+(``from_hf_config`` / ``to_hf_config`` in the family's module); the fields every family shares
+(labels, special token ids) are mapped here. It is a frozen dataclass, hashable, so it can be a
+static argument of ``jax.jit``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 from typing import Any
 
-DECODER_FAMILIES = ("llama", "qwen2", "qwen3", "mistral")
-SUPPORTED_FAMILIES = DECODER_FAMILIES + ("gpt2",)
+__all__ = [
+    "SUPPORTED_ROPE_TYPES",
+    "ModelConfig",
+    "UnsupportedModelError",
+    "common_from_hf",
+    "common_to_hf",
+    "read_hf_config",
+]
+
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
 
 
@@ -26,7 +35,7 @@ class ModelConfig:
     """Architecture of one model, independent of its weights.
 
     Attributes:
-      family: one of ``SUPPORTED_FAMILIES`` (Hugging Face ``model_type``).
+      family: the Hugging Face ``model_type`` (one of ``registry.SUPPORTED_MODEL_TYPES``).
       vocab_size: rows of the embedding table ``V``.
       hidden_size: model width ``D``.
       intermediate_size: MLP width ``F``.
@@ -81,10 +90,13 @@ class ModelConfig:
     scale_attn_by_inverse_layer_idx: bool = False
 
     def __post_init__(self):
-        if self.family not in SUPPORTED_FAMILIES:
+        from nabla_jax.models.registry import SUPPORTED_MODEL_TYPES
+
+        if self.family not in SUPPORTED_MODEL_TYPES:
             raise UnsupportedModelError(
                 f"model_type {self.family!r} is not supported; nabla-jax implements "
-                f"{', '.join(SUPPORTED_FAMILIES)}. Convert the checkpoint to one of these families."
+                f"{', '.join(SUPPORTED_MODEL_TYPES)}. Convert the checkpoint to one of these "
+                "families."
             )
         if self.rope_type not in SUPPORTED_ROPE_TYPES:
             raise UnsupportedModelError(
@@ -104,10 +116,6 @@ class ModelConfig:
             )
 
     @property
-    def is_decoder_family(self) -> bool:
-        return self.family in DECODER_FAMILIES
-
-    @property
     def eos_token_ids(self) -> tuple[int, ...]:
         if self.eos_token_id is None:
             return ()
@@ -125,165 +133,56 @@ class ModelConfig:
 
     @classmethod
     def from_hf(cls, hf: Any) -> ModelConfig:
-        """Build from an HF config: a ``PretrainedConfig``, a dict, or a ``config.json`` path."""
-        if isinstance(hf, (str, os.PathLike)):
-            path = os.fspath(hf)
-            if os.path.isdir(path):
-                path = os.path.join(path, "config.json")
-            with open(path) as f:
-                hf = json.load(f)
-        if not isinstance(hf, dict):
-            hf = hf.to_dict()
-        family = hf.get("model_type")
-        if family not in SUPPORTED_FAMILIES:
-            raise UnsupportedModelError(
-                f"model_type {family!r} (architectures {hf.get('architectures')}) is not "
-                f"supported; "
-                f"nabla-jax implements {', '.join(SUPPORTED_FAMILIES)}."
-            )
-        if family == "gpt2":
-            return _gpt2_from_hf(hf)
-        return _decoder_from_hf(family, hf)
+        """Build from an HF config: a ``PretrainedConfig``, a dict, or a ``config.json`` path.
+
+        The family of the config's ``model_type`` maps it (``ModelFamily.from_hf_config``).
+        """
+        from nabla_jax.models.registry import family_for_model_type
+
+        hf = read_hf_config(hf)
+        return family_for_model_type(hf.get("model_type"), hf).from_hf_config(hf)
 
 
-def _num_labels(hf: dict) -> int:
+def read_hf_config(hf: Any) -> dict:
+    """An HF config as a plain dict: from a ``PretrainedConfig``, a dict, a ``config.json`` path
+    or the directory holding it."""
+    if isinstance(hf, (str, os.PathLike)):
+        path = os.fspath(hf)
+        if os.path.isdir(path):
+            path = os.path.join(path, "config.json")
+        with open(path) as f:
+            hf = json.load(f)
+    if not isinstance(hf, dict):
+        hf = hf.to_dict()
+    return hf
+
+
+def common_from_hf(hf: dict) -> dict:
+    """``ModelConfig`` fields every family reads alike: score-head labels and special ids."""
     if "num_labels" in hf:
-        return int(hf["num_labels"])
-    return len(hf.get("id2label") or {0: 0, 1: 1})
-
-
-def _eos(hf: dict):
-    eos = hf.get("eos_token_id")
-    return tuple(eos) if isinstance(eos, list) else eos
-
-
-def _rope_settings(hf: dict) -> dict:
-    """Rotary settings from v5 ``rope_parameters`` or v4 ``rope_theta`` + ``rope_scaling``."""
-    params = dict(hf.get("rope_parameters") or {})
-    scaling = hf.get("rope_scaling") or {}
-    if scaling:
-        params = {**scaling, **params}
-    theta = params.get("rope_theta", hf.get("rope_theta", 10000.0))
-    rope_type = params.get("rope_type", params.get("type", "default"))
-    if params.get("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0)) != 1.0:
-        raise UnsupportedModelError("partial_rotary_factor != 1 is not supported")
-    out = dict(rope_theta=float(theta), rope_type=rope_type)
-    if rope_type in ("linear", "llama3"):
-        out["rope_factor"] = float(params["factor"])
-    if rope_type == "llama3":
-        out["rope_low_freq_factor"] = float(params["low_freq_factor"])
-        out["rope_high_freq_factor"] = float(params["high_freq_factor"])
-        out["rope_original_max_position"] = int(params["original_max_position_embeddings"])
-    return out
-
-
-def _decoder_from_hf(family: str, hf: dict) -> ModelConfig:
-    heads = int(hf["num_attention_heads"])
-    hidden = int(hf["hidden_size"])
-    head_dim = hf.get("head_dim") or hidden // heads
-    layers = int(hf["num_hidden_layers"])
-    # Which projections carry a bias, per Hugging Face's modeling files.
-    if family == "qwen2":
-        attention_bias, o_bias = True, False
-    elif family == "mistral":
-        attention_bias = o_bias = False
+        num_labels = int(hf["num_labels"])
     else:
-        attention_bias = o_bias = bool(hf.get("attention_bias", False))
-    sliding = hf.get("sliding_window")
-    layer_types = tuple(hf.get("layer_types") or ())
-    if family == "qwen2" or family == "qwen3":
-        if not hf.get("use_sliding_window", False):
-            sliding = None
-    if family == "mistral" and sliding is not None and not layer_types:
-        layer_types = ("sliding_attention",) * layers
-    if sliding is None:
-        layer_types = ()
-    elif not layer_types:
-        # Qwen2-style: layers from max_window_layers on use the window.
-        mwl = int(hf.get("max_window_layers", layers))
-        layer_types = tuple(
-            "sliding_attention" if i >= mwl else "full_attention" for i in range(layers)
-        )
-    act = hf.get("hidden_act", "silu")
-    if act not in ("silu", "gelu", "gelu_pytorch_tanh", "relu"):
-        raise UnsupportedModelError(f"hidden_act {act!r} is not supported")
-    return ModelConfig(
-        family=family,
-        vocab_size=int(hf["vocab_size"]),
-        hidden_size=hidden,
-        intermediate_size=int(hf["intermediate_size"]),
-        num_layers=layers,
-        num_heads=heads,
-        num_kv_heads=int(hf.get("num_key_value_heads") or heads),
-        head_dim=int(head_dim),
-        max_position_embeddings=int(hf.get("max_position_embeddings", 2048)),
-        norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
-        attention_bias=attention_bias,
-        o_bias=o_bias,
-        mlp_bias=bool(hf.get("mlp_bias", False)),
-        qk_norm=family == "qwen3",
-        sliding_window=int(sliding) if sliding is not None else None,
-        layer_types=layer_types,
-        tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
-        hidden_act=act,
-        num_labels=_num_labels(hf),
+        num_labels = len(hf.get("id2label") or {0: 0, 1: 1})
+    eos = hf.get("eos_token_id")
+    return dict(
+        num_labels=num_labels,
         pad_token_id=hf.get("pad_token_id"),
-        eos_token_id=_eos(hf),
+        eos_token_id=tuple(eos) if isinstance(eos, list) else eos,
         bos_token_id=hf.get("bos_token_id"),
-        **_rope_settings(hf),
     )
 
 
-def _gpt2_from_hf(hf: dict) -> ModelConfig:
-    hidden = int(hf["n_embd"])
-    heads = int(hf["n_head"])
-    act = hf.get("activation_function", "gelu_new")
-    if act not in ("gelu_new", "gelu", "relu", "gelu_pytorch_tanh"):
-        raise UnsupportedModelError(f"GPT-2 activation_function {act!r} is not supported")
-    if hf.get("reorder_and_upcast_attn", False):
-        raise UnsupportedModelError("GPT-2 reorder_and_upcast_attn=True is not supported")
-    return ModelConfig(
-        family="gpt2",
-        vocab_size=int(hf["vocab_size"]),
-        hidden_size=hidden,
-        intermediate_size=int(hf.get("n_inner") or 4 * hidden),
-        num_layers=int(hf["n_layer"]),
-        num_heads=heads,
-        num_kv_heads=heads,
-        head_dim=hidden // heads,
-        max_position_embeddings=int(hf["n_positions"]),
-        norm_eps=float(hf.get("layer_norm_epsilon", 1e-5)),
-        attention_bias=True,
-        o_bias=True,
-        mlp_bias=True,
-        tie_word_embeddings=bool(hf.get("tie_word_embeddings", True)),
-        hidden_act=act,
-        num_labels=_num_labels(hf),
-        pad_token_id=hf.get("pad_token_id"),
-        eos_token_id=_eos(hf),
-        bos_token_id=hf.get("bos_token_id"),
-        scale_attn_weights=bool(hf.get("scale_attn_weights", True)),
-        scale_attn_by_inverse_layer_idx=bool(hf.get("scale_attn_by_inverse_layer_idx", False)),
-    )
-
-
-def rope_inv_freq(cfg: ModelConfig):
-    """Rotary inverse frequencies ``[Dh/2]`` (float64 numpy), Hugging Face's formulas."""
-    import numpy as np
-
-    dim = cfg.head_dim
-    inv = 1.0 / (cfg.rope_theta ** (np.arange(0, dim, 2, dtype=np.int64).astype(np.float32) / dim))
-    inv = inv.astype(np.float32)
-    if cfg.rope_type == "linear":
-        inv = inv / np.float32(cfg.rope_factor)
-    elif cfg.rope_type == "llama3":
-        factor, lo, hi = cfg.rope_factor, cfg.rope_low_freq_factor, cfg.rope_high_freq_factor
-        old = cfg.rope_original_max_position
-        low_wl, high_wl = old / lo, old / hi
-        wavelen = 2 * math.pi / inv
-        scaled = np.where(wavelen > low_wl, inv / factor, inv)
-        smooth = (old / wavelen - lo) / (hi - lo)
-        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
-        medium = ~(wavelen < high_wl) & ~(wavelen > low_wl)
-        inv = np.where(medium, smoothed, scaled).astype(np.float32)
-    return inv
+def common_to_hf(cfg: ModelConfig) -> dict:
+    """The inverse of ``common_from_hf``, plus the float32 dtype the exported weights have."""
+    eos = cfg.eos_token_id
+    return {
+        "tie_word_embeddings": cfg.tie_word_embeddings,
+        "bos_token_id": cfg.bos_token_id,
+        "eos_token_id": list(eos) if isinstance(eos, tuple) else eos,
+        "pad_token_id": cfg.pad_token_id,
+        "num_labels": cfg.num_labels,
+        "id2label": {str(i): f"LABEL_{i}" for i in range(cfg.num_labels)},
+        "label2id": {f"LABEL_{i}": i for i in range(cfg.num_labels)},
+        "torch_dtype": "float32",
+        "dtype": "float32",
+    }

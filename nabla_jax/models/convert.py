@@ -1,14 +1,15 @@
-"""Hugging Face checkpoint tensors → nabla-jax parameter trees, one declarative key map per family.
+"""Hugging Face checkpoint tensors → nabla-jax parameter trees, and checkpoint file reading.
 
-Conversion is strict: every checkpoint key must match a rule (or an explicit ignore rule) and every
-model leaf must be filled, every layer of it. A silent mismatch would make a model quietly worse.
+Each family declares its checkpoint map as a ``KeyTable`` (``models/keys.py``) beside its module;
+this module applies the table. Conversion is strict: every checkpoint key must match a row (or an
+explicit ignore template) and every model leaf must be filled, every layer of it. A silent
+mismatch would make a model quietly worse.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 from collections.abc import Iterable, Mapping
 
 import jax
@@ -16,75 +17,30 @@ import ml_dtypes
 import numpy as np
 
 from nabla_jax.models.config import ModelConfig
+from nabla_jax.models.keys import apply_transpose
+from nabla_jax.models.registry import family_of
 
-# (checkpoint-key regex, target path, transform). In the target path "{1}" is replaced by the
-# regex's second group; a first group of digits is the layer index (leaf stacked on axis 0).
-# transform "T": transpose a torch Linear weight [out, in] into a kernel [in, out].
-_ATTN = "layers/self_attn"
-DECODER_KEY_MAP = (
-    (r"model\.embed_tokens\.weight", "embed_tokens", None),
-    (r"model\.layers\.(\d+)\.input_layernorm\.weight", "layers/input_layernorm/scale", None),
-    (
-        r"model\.layers\.(\d+)\.post_attention_layernorm\.weight",
-        "layers/post_attention_layernorm/scale",
-        None,
-    ),
-    (
-        r"model\.layers\.(\d+)\.self_attn\.([qkvo])_proj\.weight",
-        "layers/self_attn/{1}_proj/kernel",
-        "T",
-    ),
-    (
-        r"model\.layers\.(\d+)\.self_attn\.([qkvo])_proj\.bias",
-        "layers/self_attn/{1}_proj/bias",
-        None,
-    ),
-    (
-        r"model\.layers\.(\d+)\.self_attn\.([qk])_norm\.weight",
-        "layers/self_attn/{1}_norm/scale",
-        None,
-    ),
-    (r"model\.layers\.(\d+)\.mlp\.(gate|up|down)_proj\.weight", "layers/mlp/{1}_proj/kernel", "T"),
-    (r"model\.layers\.(\d+)\.mlp\.(gate|up|down)_proj\.bias", "layers/mlp/{1}_proj/bias", None),
-    (r"model\.norm\.weight", "norm/scale", None),
-    (r"lm_head\.weight", "lm_head", "T"),
-    (r"score\.weight", "score", "T"),
-)
-DECODER_TIED_ALIASES = {"lm_head.weight": "model.embed_tokens.weight"}
-DECODER_IGNORED = (r"model\.layers\.(\d+)\.self_attn\.rotary_emb\.inv_freq",)
-
-GPT2_KEY_MAP = (
-    (r"transformer\.wte\.weight", "wte", None),
-    (r"transformer\.wpe\.weight", "wpe", None),
-    (r"transformer\.h\.(\d+)\.ln_(1|2)\.weight", "h/ln_{1}/scale", None),
-    (r"transformer\.h\.(\d+)\.ln_(1|2)\.bias", "h/ln_{1}/bias", None),
-    # GPT-2's Conv1D stores [in, out]: no transpose.
-    (r"transformer\.h\.(\d+)\.attn\.(c_attn|c_proj)\.weight", "h/attn/{1}/kernel", None),
-    (r"transformer\.h\.(\d+)\.attn\.(c_attn|c_proj)\.bias", "h/attn/{1}/bias", None),
-    (r"transformer\.h\.(\d+)\.mlp\.(c_fc|c_proj)\.weight", "h/{1}/kernel", None),
-    (r"transformer\.h\.(\d+)\.mlp\.(c_fc|c_proj)\.bias", "h/{1}/bias", None),
-    (r"transformer\.ln_f\.weight", "ln_f/scale", None),
-    (r"transformer\.ln_f\.bias", "ln_f/bias", None),
-    (r"lm_head\.weight", "lm_head", "T"),
-    (r"score\.weight", "score", "T"),
-)
-GPT2_TIED_ALIASES = {"lm_head.weight": "transformer.wte.weight"}
-# Causal-mask buffers of old GPT-2 checkpoints: not parameters.
-GPT2_IGNORED = (r"transformer\.h\.(\d+)\.attn\.(bias|masked_bias)",)
+__all__ = [
+    "CheckpointMismatchError",
+    "CorruptCheckpointError",
+    "checkpoint_files",
+    "convert_tensors",
+    "convert_tensors_sharded",
+    "flatten_tree",
+    "plan_conversion",
+    "read_checkpoint",
+    "read_safetensors",
+    "to_device",
+    "unflatten_tree",
+]
 
 
 class CheckpointMismatchError(ValueError):
     """Checkpoint keys and model parameters do not correspond one to one."""
 
 
-def key_map(cfg: ModelConfig):
-    if cfg.family == "gpt2":
-        return GPT2_KEY_MAP, GPT2_TIED_ALIASES, GPT2_IGNORED
-    return DECODER_KEY_MAP, DECODER_TIED_ALIASES, DECODER_IGNORED
-
-
 def flatten_tree(tree: Mapping, prefix="") -> dict:
-    """A nested parameter mapping as ``{"a/b/c": leaf}`` (the paths the key maps match)."""
+    """A nested parameter mapping as ``{"a/b/c": leaf}`` (the paths key tables name)."""
     out = {}
     for k, v in tree.items():
         path = f"{prefix}{k}"
@@ -95,7 +51,8 @@ def flatten_tree(tree: Mapping, prefix="") -> dict:
     return out
 
 
-def _unflatten(flat: Mapping) -> dict:
+def unflatten_tree(flat: Mapping) -> dict:
+    """The inverse of ``flatten_tree``: ``{"a/b/c": leaf}`` → nested dicts."""
     tree: dict = {}
     for path, v in flat.items():
         node = tree
@@ -106,24 +63,11 @@ def _unflatten(flat: Mapping) -> dict:
     return tree
 
 
-def route(key: str, rules) -> tuple[str, int | None, str | None] | None:
-    """Target path, layer index (or None) and transform of one checkpoint key; None if no rule."""
-    for pattern, target, transform in rules:
-        m = re.fullmatch(pattern, key)
-        if m is None:
-            continue
-        groups = m.groups()
-        layer = int(groups[0]) if groups and groups[0].isdigit() else None
-        path = target.replace("{1}", groups[1]) if len(groups) > 1 else target
-        return path, layer, transform
-    return None
-
-
 def plan_conversion(cfg: ModelConfig, keys: Iterable[str], shapes: Mapping) -> dict:
     """Map each checkpoint key to (path, layer, transform), checking the key sets correspond.
 
     Args:
-      cfg: the model's config (selects the family's key map).
+      cfg: the model's config (selects the family's key table).
       keys: checkpoint tensor names.
       shapes: the model's parameter tree of ``ShapeDtypeStruct`` (from ``param_shapes``).
     Returns:
@@ -131,25 +75,29 @@ def plan_conversion(cfg: ModelConfig, keys: Iterable[str], shapes: Mapping) -> d
     Raises:
       CheckpointMismatchError: naming unused checkpoint keys and unfilled parameter leaves.
     """
-    rules, aliases, ignored = key_map(cfg)
+    table = family_of(cfg).keys
     flat = flatten_tree(shapes)
     plan, unused = {}, []
     filled: dict[str, set] = {p: set() for p in flat}
     for key in keys:
-        if any(re.fullmatch(p, key) for p in ignored):
+        if table.is_ignored(key):
             continue
-        routed = route(key, rules)
-        if routed is not None and routed[0] in flat:
-            path, layer, transform = routed
-            filled[path].add(layer)
-            plan[key] = routed
-        elif key in aliases and cfg.tie_word_embeddings:
-            plan[key] = ("<tied>", None, aliases[key])
+        routed = table.route(key)
+        if routed is not None and routed[0].path in flat:
+            row, layer = routed
+            if layer is not None and layer >= cfg.num_layers:
+                unused.append(key)
+                continue
+            filled[row.path].add(layer)
+            plan[key] = (row.path, layer, "T" if row.transpose else None)
+        elif table.tied_source(key) is not None and cfg.tie_word_embeddings:
+            plan[key] = ("<tied>", None, table.tied_source(key))
         else:
             unused.append(key)
     missing = []
     for path, layers in filled.items():
-        stacked = path.startswith(("layers/", "h/"))
+        row = table.row_for(path)
+        stacked = row is not None and row.stacked
         want = set(range(cfg.num_layers)) if stacked else {None}
         if layers != want:
             lacking = sorted(want - layers, key=lambda x: -1 if x is None else x)
@@ -184,9 +132,7 @@ def convert_tensors(
     for key, (path, layer, transform) in plan.items():
         if path == "<tied>":
             continue
-        x = tensors[key]
-        if transform == "T":
-            x = np.swapaxes(x, -1, -2)
+        x = apply_transpose(tensors[key], transform == "T")
         want = flat_shapes[path].shape
         if layer is not None:
             if path not in flat:
@@ -203,7 +149,7 @@ def convert_tensors(
                 )
             flat[path] = _cast(x, dtype)
     _check_tied(plan, tensors)
-    return _unflatten(flat)
+    return unflatten_tree(flat)
 
 
 def _check_tied(plan: Mapping, tensors: Mapping):
@@ -226,7 +172,7 @@ def convert_tensors_sharded(
     asked for one device's index (a tuple of slices of the converted leaf) and slices the
     (memory-mapped) checkpoint tensors accordingly, layer by layer and after the transpose (a
     view), so a device receives only its shard and no full copy of a split leaf is ever made on
-    a device. Same key map, strictness and shape checks as the host path.
+    a device. Same key table, strictness and shape checks as the host path.
 
     Args:
       shardings: tree of ``jax.sharding.Sharding`` matching ``shapes``.
@@ -249,8 +195,7 @@ def convert_tensors_sharded(
     target = _cast(np.zeros(()), dtype).dtype
 
     def view(key, transform):
-        x = tensors[key]
-        return np.swapaxes(x, -1, -2) if transform == "T" else x
+        return apply_transpose(tensors[key], transform == "T")
 
     def leaf(path):
         shape = flat_shapes[path].shape
@@ -268,7 +213,7 @@ def convert_tensors_sharded(
 
         return jax.make_array_from_callback(shape, flat_shardings[path], callback, dtype=target)
 
-    return _unflatten({path: leaf(path) for path in flat_shapes})
+    return unflatten_tree({path: leaf(path) for path in flat_shapes})
 
 
 # -- safetensors -----------------------------------------------------------------------------

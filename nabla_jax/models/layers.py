@@ -1,4 +1,5 @@
-"""Blocks shared by the model families: norms, rotary embedding, masked attention, KV cache.
+"""Blocks shared by the model families: norms, rotary embedding, masked attention, KV cache,
+the layer stack, and the embedding and output heads (pure functions of the parameter arrays).
 
 Conventions follow Hugging Face so that checkpoints need no surgery: half-split rotary embedding
 with sin/cos computed in float32, unscaled query projections (the 1/sqrt(Dh) scale is applied to the
@@ -7,13 +8,38 @@ scores), softmax in float32.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+__all__ = [
+    "INIT",
+    "HEADS",
+    "KVCache",
+    "LayerNorm",
+    "RMSNorm",
+    "TransformerBase",
+    "activation",
+    "apply_rotary",
+    "attention_allowed",
+    "dot_product_attention",
+    "embed_tokens",
+    "init_kv_cache",
+    "layer_unroll",
+    "lm_logits",
+    "output_matrix",
+    "rotary_cos_sin",
+    "scan_layers",
+    "score_logits",
+    "write_cache",
+]
+
+# Initializer of every matrix (embeddings, kernels, heads): normal with std 0.02.
+INIT = nn.initializers.normal(0.02)
+HEADS = ("lm", "score")
 # Large negative used instead of -inf so a fully masked row (a padding query) stays finite.
 _MASK_VALUE = -1e30
 
@@ -37,6 +63,7 @@ class KVCache(NamedTuple):
 
 
 def init_kv_cache(num_layers, batch, max_len, num_kv_heads, head_dim, dtype) -> KVCache:
+    """Zeroed buffers ``[L, B, S, Hkv, Dh]`` for keys and values."""
     shape = (num_layers, batch, max_len, num_kv_heads, head_dim)
     return KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
 
@@ -141,6 +168,7 @@ def write_cache(buffer, new, write_index):
 
 
 def activation(name: str):
+    """The elementwise activation called ``name`` in Hugging Face configs."""
     if name == "silu":
         return jax.nn.silu
     if name in ("gelu_new", "gelu_pytorch_tanh"):
@@ -155,3 +183,64 @@ def activation(name: str):
 def layer_unroll(num_layers: int) -> int:
     """Unroll shallow stacks fully (XLA fuses across layers); scan deep ones (compile time)."""
     return num_layers if num_layers <= 8 else 1
+
+
+def scan_layers(block: type, cfg, dtype, name: str):
+    """``block`` repeated ``cfg.num_layers`` times by ``nn.scan``: parameters stacked on axis 0,
+    the hidden state as carry; per-layer inputs on axis 0, shared inputs broadcast."""
+    scanned = nn.scan(
+        block,
+        variable_axes={"params": 0},
+        split_rngs={"params": True},
+        in_axes=(0, nn.broadcast),
+        length=cfg.num_layers,
+        unroll=layer_unroll(cfg.num_layers),
+    )
+    return scanned(cfg, dtype, name=name)
+
+
+class TransformerBase(nn.Module):
+    """Fields every family's Flax module has, and the head parameters they all declare.
+
+    Attributes:
+      cfg: the architecture (``ModelConfig``).
+      dtype: parameter and activation dtype (float32 or bfloat16).
+      head: "lm" (causal-LM head: ``lm_head [D, V]`` unless tied to the embedding) or "score"
+        (sequence-classification head ``score [D, C]``).
+    The heads are applied outside Flax by ``lm_logits`` / ``score_logits`` on the parameters.
+    """
+
+    cfg: Any
+    dtype: Any = jnp.float32
+    head: str = "lm"
+
+    def declare_head(self):
+        """Create the head parameter; called last in a family's ``setup``."""
+        c = self.cfg
+        if self.head not in HEADS:
+            raise ValueError(f"head must be one of {HEADS}, got {self.head!r}")
+        if self.head == "lm" and not c.tie_word_embeddings:
+            self.param("lm_head", INIT, (c.hidden_size, c.vocab_size), self.dtype)
+        if self.head == "score":
+            self.param("score", INIT, (c.hidden_size, c.num_labels), self.dtype)
+
+
+def embed_tokens(table, input_ids):
+    """``[B, T]`` ids → ``[B, T, D]`` rows of the embedding ``table [V, D]`` (a gather)."""
+    return jnp.take(table, input_ids, axis=0)
+
+
+def output_matrix(embedding, lm_head=None):
+    """``[V, D]`` output projection: the embedding itself when tied (``lm_head`` None), else the
+    LM head kernel ``[D, V]`` transposed."""
+    return embedding if lm_head is None else lm_head.T
+
+
+def lm_logits(hidden, matrix):
+    """``hidden [..., D]`` times the output projection ``[V, D]`` → float32 ``[..., V]``."""
+    return jnp.einsum("...d,vd->...v", hidden, matrix, preferred_element_type=jnp.float32)
+
+
+def score_logits(hidden, score):
+    """``hidden [..., D]`` times the score head ``[D, C]`` → float32 ``[..., C]``."""
+    return jnp.einsum("...d,dc->...c", hidden, score, preferred_element_type=jnp.float32)

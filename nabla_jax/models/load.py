@@ -18,6 +18,15 @@ from nabla_jax.models.convert import (
     to_device,
 )
 from nabla_jax.models.model import CausalLM, RewardModel, param_shapes, resolve_dtype
+from nabla_jax.models.registry import family_of
+
+__all__ = [
+    "check_finite",
+    "load_causal_lm",
+    "load_reward_model",
+    "load_tokenizer",
+    "read_model_config",
+]
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
 
@@ -63,14 +72,15 @@ def read_model_config(path) -> ModelConfig:
         ) from None
 
 
-def check_finite(params, path) -> None:
-    """Raise ``CorruptCheckpointError`` naming the first parameter holding NaN or ±inf."""
+def check_finite(params, path, layer_stack: str = "layers") -> None:
+    """Raise ``CorruptCheckpointError`` naming the first parameter holding NaN or ±inf (and,
+    for a leaf under ``layer_stack``, stacked ``[L, …]``, the first bad layer)."""
     leaves = jax.tree_util.tree_leaves_with_path(params)
     finite = [jnp.isfinite(leaf).all() for _, leaf in leaves]
     for (key, leaf), ok in zip(leaves, jax.device_get(finite)):
         if not ok:
             name = jax.tree_util.keystr(key)
-            if getattr(key[0], "key", None) == "layers":  # stacked over layers: name the layer
+            if getattr(key[0], "key", None) == layer_stack:  # stacked: name the layer
                 bad = ~np.asarray(jnp.isfinite(leaf).reshape(leaf.shape[0], -1).all(-1))
                 name += f" (layer {int(np.argmax(bad))})"
             raise CorruptCheckpointError(
@@ -103,7 +113,7 @@ def _load(path, dtype, head, allow_pickle, tokenizer, mesh=None):
 
         shardings = param_shardings(cfg, shapes, mesh)
         params = convert_tensors_sharded(cfg, tensors, shapes, dtype, shardings)
-    check_finite(params, path)
+    check_finite(params, path, family_of(cfg).layer_stack)
     tok = load_tokenizer(path) if tokenizer is True else tokenizer or None
     return cfg, params, tok, dtype
 

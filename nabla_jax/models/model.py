@@ -14,9 +14,31 @@ import jax.numpy as jnp
 import numpy as np
 
 from nabla_jax.models.config import ModelConfig
-from nabla_jax.models.decoder import DecoderTransformer
-from nabla_jax.models.gpt2 import GPT2Transformer
-from nabla_jax.models.layers import KVCache, init_kv_cache
+from nabla_jax.models.family import ModelFamily
+from nabla_jax.models.layers import (
+    KVCache,
+    embed_tokens,
+    init_kv_cache,
+    lm_logits,
+    output_matrix,
+    score_logits,
+)
+from nabla_jax.models.registry import family_of
+
+__all__ = [
+    "DTYPES",
+    "CausalLM",
+    "ModelOutput",
+    "RewardModel",
+    "build_module",
+    "default_positions",
+    "init_causal_lm",
+    "init_params",
+    "init_reward_model",
+    "last_valid_index",
+    "param_shapes",
+    "resolve_dtype",
+]
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -30,9 +52,8 @@ def resolve_dtype(dtype) -> str:
 
 
 def build_module(cfg: ModelConfig, dtype: str, head: str):
-    """The Flax module of ``cfg.family`` with the given head ("lm" or "score")."""
-    cls = GPT2Transformer if cfg.family == "gpt2" else DecoderTransformer
-    return cls(cfg, DTYPES[dtype], head)
+    """The Flax module of ``cfg``'s family with the given head ("lm" or "score")."""
+    return family_of(cfg).module(cfg, DTYPES[dtype], head)
 
 
 class ModelOutput(NamedTuple):
@@ -105,19 +126,23 @@ class _Model:
 
     # -- plumbing -----------------------------------------------------------------------------
     @property
-    def module(self):
-        return build_module(self.config, self.dtype, self.head)
+    def family(self) -> ModelFamily:
+        """The model family (module, key table, partition rules) of this model's config."""
+        return family_of(self.config)
 
-    def _apply(self, method, *args):
-        return self.module.apply({"params": self.params}, *args, method=method)
+    @property
+    def module(self):
+        """The Flax module; ``module.apply({"params": params}, inputs_embeds, …)`` runs the
+        blocks (see ``forward``)."""
+        return build_module(self.config, self.dtype, self.head)
 
     def embed_matrix(self):
         """``[V, D]`` input embedding table."""
-        return self._apply("embed_matrix")
+        return self.params[self.family.embedding]
 
     def embed(self, input_ids):
         """``[B, T]`` ids → ``[B, T, D]``."""
-        return self._apply("embed", input_ids)
+        return embed_tokens(self.embed_matrix(), input_ids)
 
     def init_cache(self, batch: int, max_len: int) -> KVCache:
         """Empty KV buffers for ``batch`` rows of ``max_len`` slots.
@@ -170,7 +195,7 @@ class _Model:
         if position_ids.shape != (b, t):
             raise ValueError(f"position_ids must have shape {(b, t)}, got {position_ids.shape}")
         if _is_concrete(position_ids) and position_ids.size:
-            top = int(position_ids.max())
+            top = int(np.max(np.asarray(position_ids)))  # concrete: read on the host
             if top >= c.max_position_embeddings:
                 raise ValueError(
                     f"position {top} exceeds the model's {c.max_position_embeddings} positions; "
@@ -239,11 +264,12 @@ class CausalLM(_Model):
 
     def head_logits(self, hidden):
         """Apply the LM head: ``[..., D]`` → float32 ``[..., V]`` (latents mode)."""
-        return self._apply("lm_logits", hidden)
+        return lm_logits(hidden, self.head_matrix())
 
     def head_matrix(self):
         """``[V, D]`` output projection; the embedding table itself when tied."""
-        return self._apply("head_matrix")
+        tied = self.config.tie_word_embeddings
+        return output_matrix(self.embed_matrix(), None if tied else self.params["lm_head"])
 
 
 class RewardModel(_Model):
@@ -271,7 +297,7 @@ class RewardModel(_Model):
 
     def score_hidden(self, hidden):
         """Score head on pooled hidden states ``[..., D]`` → ``[...]`` (or ``[..., C]``)."""
-        out = self._apply("score_logits", hidden)
+        out = score_logits(hidden, self.params["score"])
         return out[..., 0] if self.config.num_labels == 1 else out
 
 
@@ -279,7 +305,9 @@ class RewardModel(_Model):
 def _forward(model, ids, embeds, positions, key_mask, cache, write_index) -> ModelOutput:
     if embeds is None:
         embeds = model.embed(ids)
-    hidden, cache = model._apply("__call__", embeds, positions, key_mask, cache, write_index)
+    hidden, cache = model.module.apply(
+        {"params": model.params}, embeds, positions, key_mask, cache, write_index
+    )
     return ModelOutput(hidden, cache)
 
 
@@ -294,22 +322,25 @@ def _pooled_score(model, hidden, index):
     return model.score_hidden(pooled)
 
 
+def _init_fn(cfg: ModelConfig, dtype: str, head: str):
+    """``key → params``: the module's init on a two-token dummy input (every parameter is
+    declared in ``setup``, so one call creates them all)."""
+    module = build_module(cfg, dtype, head)
+    embeds = jnp.zeros((1, 2, cfg.hidden_size), DTYPES[dtype])
+    positions = jnp.arange(2, dtype=jnp.int32)[None]
+    mask = jnp.ones((1, 2), jnp.int32)
+    return lambda key: module.init(key, embeds, positions, mask, None, 0)["params"]
+
+
 def init_params(cfg: ModelConfig, key, dtype="float32", head="lm") -> dict:
     """Random parameters (normal(0.02) kernels, unit norms) for ``cfg``."""
-    module = build_module(cfg, resolve_dtype(dtype), head)
-    ids = jnp.zeros((1, 2), jnp.int32)
     # Jitted: Flax's eager init dispatches op by op through nn.scan (seconds even for tiny models).
-    init = jax.jit(lambda k, i: module.init(k, i, method="init_all")["params"])
-    return init(key, ids)
+    return jax.jit(_init_fn(cfg, resolve_dtype(dtype), head))(key)
 
 
 def param_shapes(cfg: ModelConfig, dtype="float32", head="lm") -> dict:
     """Shapes/dtypes of every parameter leaf, without allocating them."""
-    module = build_module(cfg, resolve_dtype(dtype), head)
-    ids = jax.ShapeDtypeStruct((1, 2), jnp.int32)
-    return jax.eval_shape(lambda i: module.init(jax.random.key(0), i, method="init_all"), ids)[
-        "params"
-    ]
+    return jax.eval_shape(_init_fn(cfg, resolve_dtype(dtype), head), jax.random.key(0))
 
 
 def init_causal_lm(hf_config, key, dtype="float32", tokenizer=None) -> CausalLM:

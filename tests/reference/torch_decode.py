@@ -1,10 +1,11 @@
 """Eager PyTorch twin of the whole ∇-Reasoner decode loop, one prompt at a time.
 
-Written from the module docstring of ``nabla_jax/decoding/nabla.py`` (ALGORITHM.md §3) and run the
-way the public ∇-Reasoner code runs: Hugging Face ``transformers`` models in float32, Hugging Face
-``generate`` with its KV cache for every rollout, the DTO twin (``torch_dto.paper_dto``) for the
-refinement, the sequence-classification head for the acceptance test. Only the token ids of the
-chat templates come from ``nabla_jax.templates`` (the same ids both sides feed their models).
+Written from the module docstring of ``nabla_jax/decoding/nabla.py`` and
+docs/algorithm.md#the-decoding-loop, and run the way the public ∇-Reasoner code runs: Hugging Face
+``transformers`` models in float32, Hugging Face ``generate`` with its KV cache for every rollout,
+the DTO twin (``torch_dto.paper_dto``) for the refinement, the sequence-classification head for the
+acceptance test. Only the token ids of the chat templates come from ``nabla_jax.templates`` (the
+same ids both sides feed their models).
 
 Per prompt:
 

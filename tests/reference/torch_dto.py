@@ -1,4 +1,5 @@
-"""PyTorch reference twins of the two DTO loops (written from ALGORITHM.md §1 and §2).
+"""PyTorch reference twins of the two DTO loops (written from the descriptions in
+docs/algorithm.md#the-articles-sketch and docs/algorithm.md#the-papers-dto).
 
 One prompt at a time, plain torch + Hugging Face PyTorch models, float32. The JAX ``refine`` is held
 to these.
@@ -239,6 +240,7 @@ def paper_dto(
     rm_embed: torch.Tensor | None = None,
     return_grads: bool = False,
     param_dtype: torch.dtype = torch.float32,
+    clip_grad_norm: float | None = None,
 ) -> dict:
     """The paper's DTO on one ahead window, no Gumbel noise.
 
@@ -261,6 +263,7 @@ def paper_dto(
     3. ``loss.backward()``; unless ``update_postfix`` the parameter's gradient is zeroed at every
        position but 0 (torch Adam's ``weight_decay`` still adds ``wd · param`` at all positions, and
        AdamW still decays all positions).
+    3b. With ``clip_grad_norm``: ``torch.nn.utils.clip_grad_norm_`` of the (masked) gradient.
     4. ``optimizer.step()`` (``torch.optim.Adam(weight_decay=wd)``, L2 into the gradient, or
        ``torch.optim.AdamW(weight_decay=wd)``; ``betas``, ``eps``, default (0.9, 0.999), 1e-8);
        ``scheduler.step()`` (``LambdaLR`` with :func:`lr_multiplier`).
@@ -351,6 +354,8 @@ def paper_dto(
             if not update_postfix:
                 with torch.no_grad():
                     param.grad[1:] = 0.0
+            if clip_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_([param], clip_grad_norm)
             if return_grads:
                 grads.append(param.grad.detach().clone())
             lrs.append(float(opt.param_groups[0]["lr"]))

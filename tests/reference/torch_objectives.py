@@ -1,4 +1,8 @@
-"""PyTorch reference twins of ``nabla_jax.objectives`` (written from ALGORITHM.md §1 and §2)."""
+"""PyTorch reference twins of ``nabla_jax.objectives``.
+
+Written from the loss descriptions in docs/algorithm.md#the-loss and
+docs/algorithm.md#the-articles-sketch.
+"""
 
 from __future__ import annotations
 

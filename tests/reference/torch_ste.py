@@ -1,4 +1,5 @@
-"""PyTorch reference twins of ``nabla_jax.ste`` (written from ALGORITHM.md §1.1 and §2.1).
+"""PyTorch reference twins of ``nabla_jax.ste`` (written from
+docs/algorithm.md#the-straight-through-relaxation).
 
 These are deliberately the plain, dense formulations: ``one_hot @ E`` as a matmul, and the
 paper's ``y_hard - y_soft.detach() + y_soft`` straight-through softmax.

@@ -3,19 +3,22 @@
 :func:`prepare_context` computes, once per refinement call, the committed prefixes' keys/values
 (LM and RM) — or takes them from :class:`PrefixCaches` when the caller keeps them (the decoder
 does) — and the constant embeddings of the RM suffix. :func:`lm_loglik` and :func:`rm_reward`
-then run the models on the window only, every full step.
+then run the models on the window only, every full step. An :class:`EmbeddingLM` or
+:class:`EmbeddingReward` (functions of embeddings) keeps no keys/values: the prefix's embeddings
+are computed once and the function runs on prefix ++ window (++ suffix) every full step.
 """
 
 from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-import jax
 import jax.numpy as jnp
 
 from nabla_jax.dto_config import DTOConfig
-from nabla_jax.models.model import RewardModel, default_positions, last_valid_index
-from nabla_jax.refine_batching import PaddedProblems
+from nabla_jax.functional.packing import PaddedProblems
+from nabla_jax.functional.pluggable import EmbeddingLM, EmbeddingReward
+from nabla_jax.models.model import default_positions, last_valid_index
+from nabla_jax.objectives import kl_positions, loglik_positions
 from nabla_jax.ste import ste_argmax_embed
 
 __all__ = ["Context", "PrefixCaches", "kl_rows", "lm_loglik", "prepare_context", "rm_reward"]
@@ -23,12 +26,7 @@ __all__ = ["Context", "PrefixCaches", "kl_rows", "lm_loglik", "prepare_context",
 
 def kl_rows(z, ref, mask, direction):
     """Per-row KL ``[B]``: masked mean over window positions of the per-position KL."""
-    logp = jax.nn.log_softmax(z, axis=-1)
-    logr = jax.nn.log_softmax(jax.lax.stop_gradient(ref), axis=-1)
-    if direction == "ref_theta":
-        per = jnp.sum(jnp.exp(logr) * (logr - logp), axis=-1)
-    else:
-        per = jnp.sum(jnp.exp(logp) * (logp - logr), axis=-1)
+    per = kl_positions(z, ref, direction)
     m = mask.astype(z.dtype)
     return jnp.sum(per * m, axis=-1) / jnp.maximum(jnp.sum(m, axis=-1), 1.0)
 
@@ -67,6 +65,7 @@ class Context(NamedTuple):
     rm_suffix_embeds: Any
     rm_prefix_embeds: Any
     rm_score_index: Any
+    rm_table: Any  # [V_lm, D_rm] the reward's embedding rows for the window's tokens
 
 
 def _open_slots(key_mask, write, new_mask):
@@ -82,8 +81,16 @@ def _take_rows(x, index):
     return jnp.take_along_axis(x, index[:, None, None], axis=1)[:, 0]
 
 
-def prepare_context(lm, rm, batch: PaddedProblems, cfg: DTOConfig, given=None) -> Context:
-    """Prefix keys/values once per call: computed here, or taken from ``given`` (PrefixCaches)."""
+def prepare_context(lm, rm, batch: PaddedProblems, cfg: DTOConfig, given=None,
+                    rm_table=None) -> Context:  # fmt: skip
+    """Prefix keys/values once per call: computed here, or taken from ``given`` (PrefixCaches).
+
+    ``rm_table [V_lm, D_rm]`` embeds the window's tokens for the reward (an
+    :class:`EmbeddingReward` brings its own ``table``).
+    """
+    if isinstance(rm, EmbeddingReward):
+        rm_table = rm.table
+    fn_lm = isinstance(lm, EmbeddingLM)
     b, p = batch.lm_prefix_ids.shape
     k = batch.window_mask.shape[1]
     win = batch.window_mask
@@ -95,7 +102,7 @@ def prepare_context(lm, rm, batch: PaddedProblems, cfg: DTOConfig, given=None) -
         if given is not None:
             lm_cache, lm_write, lm_last = given.lm_cache, given.lm_write, given.lm_last
             lm_key_mask = _open_slots(given.lm_key_mask, lm_write, win)
-        elif cfg.prefix_cache:
+        elif not fn_lm:
             lm_key_mask = jnp.concatenate([batch.lm_prefix_mask, win], axis=1)
             out = lm.forward(
                 batch.lm_prefix_ids,
@@ -124,7 +131,7 @@ def prepare_context(lm, rm, batch: PaddedProblems, cfg: DTOConfig, given=None) -
         if given is not None:
             rm_cache, rm_write = given.rm_cache, given.rm_write
             rm_key_mask = _open_slots(given.rm_key_mask, rm_write, new_mask)
-        elif cfg.prefix_cache and q > 0:
+        elif q > 0 and not isinstance(rm, EmbeddingReward):
             rm_key_mask = jnp.concatenate([batch.rm_prefix_mask, new_mask], axis=1)
             out = rm.forward(
                 batch.rm_prefix_ids,
@@ -141,6 +148,7 @@ def prepare_context(lm, rm, batch: PaddedProblems, cfg: DTOConfig, given=None) -
     return Context(
         lm_cache, lm_write, lm_key_mask, lm_positions, lm_last, lm_prefix_embeds,
         rm_cache, rm_write, rm_key_mask, rm_positions, rm_suffix, rm_prefix_embeds, rm_index,
+        rm_table,
     )  # fmt: skip
 
 
@@ -172,21 +180,36 @@ def lm_loglik(lm, ctx: Context, batch, y, cfg, nll_coeff):
         positions = jnp.concatenate(
             [default_positions(batch.lm_prefix_mask), ctx.lm_positions], axis=1
         )
-        hidden = lm.forward(
-            inputs_embeds=full, attention_mask=ctx.lm_key_mask, position_ids=positions
-        ).hidden
-        first = _take_rows(hidden, last_valid_index(batch.lm_prefix_mask))[:, None]
-        pred = lm.head_logits(jnp.concatenate([first, hidden[:, p : p + k - 1]], axis=1))
-    per_pos = jnp.sum(y * jax.nn.log_softmax(pred, axis=-1), axis=-1)
+        first_index = last_valid_index(batch.lm_prefix_mask)
+        if isinstance(lm, EmbeddingLM):
+            logits = lm.fn(full, ctx.lm_key_mask)
+            first = _take_rows(logits, first_index)[:, None]
+            pred = jnp.concatenate([first, logits[:, p : p + k - 1]], axis=1)
+        else:
+            hidden = lm.forward(
+                inputs_embeds=full, attention_mask=ctx.lm_key_mask, position_ids=positions
+            ).hidden
+            first = _take_rows(hidden, first_index)[:, None]
+            pred = lm.head_logits(jnp.concatenate([first, hidden[:, p : p + k - 1]], axis=1))
+    per_pos = loglik_positions(y, pred)
     return nll_coeff * jnp.sum(per_pos * batch.window_mask, axis=-1)
 
 
-def rm_reward(rm, ctx: Context, batch, y, rm_table, cfg):
-    """Reward per row ``[B]`` of RM prefix ++ window ++ suffix, read at the last real token."""
-    emb = _embed_window(y, rm_table, cfg.hard)
+def rm_reward(rm, ctx: Context, batch, y, cfg):
+    """Reward per row ``[B]`` of RM prefix ++ window ++ suffix, read at the last real token.
+
+    ``cfg.reward_form`` decides the head of a nabla-jax model: ``"score"`` — the
+    sequence-classification score (the mean over labels when there are several);
+    ``"mean_last_logits"`` — the mean of a causal LM's logits there (the article's reward
+    network). An :class:`EmbeddingReward` returns its function's value.
+    """
+    emb = _embed_window(y, ctx.rm_table, cfg.hard)
     new = jnp.concatenate([emb, ctx.rm_suffix_embeds.astype(emb.dtype)], axis=1)
     new_mask = jnp.concatenate([batch.window_mask, batch.rm_suffix_mask], axis=1)
     q = batch.rm_prefix_ids.shape[1]
+    if isinstance(rm, EmbeddingReward):
+        full = jnp.concatenate([ctx.rm_prefix_embeds.astype(new.dtype), new], axis=1)
+        return rm.fn(full, ctx.rm_key_mask).astype(jnp.float32)
     if ctx.rm_cache is not None:
         hidden = rm.forward(
             inputs_embeds=new,
@@ -205,7 +228,7 @@ def rm_reward(rm, ctx: Context, batch, y, rm_table, cfg):
             inputs_embeds=full, attention_mask=ctx.rm_key_mask, position_ids=positions
         ).hidden[:, q:]
     pooled = _take_rows(hidden, ctx.rm_score_index)
-    if isinstance(rm, RewardModel):
+    if cfg.reward_form == "score":
         score = rm.score_hidden(pooled)
         return score if score.ndim == 1 else jnp.mean(score, axis=-1)
     return jnp.mean(rm.head_logits(pooled), axis=-1)  # the sketch's causal-LM reward network

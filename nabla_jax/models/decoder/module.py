@@ -1,38 +1,72 @@
 """Decoder-only transformer: Llama, Qwen2, Qwen3 and Mistral through config switches.
 
 Parameter names mirror Hugging Face's module names (``embed_tokens``, ``layers/self_attn/q_proj`` …)
-so the checkpoint key map in ``convert.py`` stays declarative. Layers are stacked on a leading axis
-(``nn.scan``): one compiled block serves every layer, and the KV cache is one ``[L, …]`` array.
+so the family's key table (``decoder/hf.py``) is one row per tensor. Layers are stacked on a
+leading axis (``nn.scan``): one compiled block serves every layer, and the KV cache is one
+``[L, …]`` array.
 """
 
 from __future__ import annotations
 
+import math
+
 import flax.linen as nn
 import jax.numpy as jnp
+import numpy as np
 
-from nabla_jax.models.config import ModelConfig, rope_inv_freq
+from nabla_jax.models.config import ModelConfig
 from nabla_jax.models.layers import (
+    INIT,
     KVCache,
     RMSNorm,
+    TransformerBase,
     activation,
     apply_rotary,
     attention_allowed,
     dot_product_attention,
-    layer_unroll,
     rotary_cos_sin,
+    scan_layers,
     write_cache,
 )
 
-_init = nn.initializers.normal(0.02)
+__all__ = [
+    "DecoderAttention",
+    "DecoderBlock",
+    "DecoderMLP",
+    "DecoderTransformer",
+    "rope_inv_freq",
+]
+
+
+def rope_inv_freq(cfg: ModelConfig) -> np.ndarray:
+    """Rotary inverse frequencies ``[Dh/2]`` (float32 numpy), Hugging Face's formulas."""
+    dim = cfg.head_dim
+    inv = 1.0 / (cfg.rope_theta ** (np.arange(0, dim, 2, dtype=np.int64).astype(np.float32) / dim))
+    inv = inv.astype(np.float32)
+    if cfg.rope_type == "linear":
+        inv = inv / np.float32(cfg.rope_factor)
+    elif cfg.rope_type == "llama3":
+        factor, lo, hi = cfg.rope_factor, cfg.rope_low_freq_factor, cfg.rope_high_freq_factor
+        old = cfg.rope_original_max_position
+        low_wl, high_wl = old / lo, old / hi
+        wavelen = 2 * math.pi / inv
+        scaled = np.where(wavelen > low_wl, inv / factor, inv)
+        smooth = (old / wavelen - lo) / (hi - lo)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = ~(wavelen < high_wl) & ~(wavelen > low_wl)
+        inv = np.where(medium, smoothed, scaled).astype(np.float32)
+    return inv
 
 
 def _dense(features, use_bias, dtype, name):
     return nn.Dense(
-        features, use_bias=use_bias, dtype=dtype, param_dtype=dtype, kernel_init=_init, name=name
+        features, use_bias=use_bias, dtype=dtype, param_dtype=dtype, kernel_init=INIT, name=name
     )
 
 
 class DecoderAttention(nn.Module):
+    """Grouped-query attention with rotary positions (optional q/k norms, biases, window)."""
+
     cfg: ModelConfig
     dtype: jnp.dtype
 
@@ -63,6 +97,8 @@ class DecoderAttention(nn.Module):
 
 
 class DecoderMLP(nn.Module):
+    """Gated MLP: ``down(act(gate(x)) * up(x))``."""
+
     cfg: ModelConfig
     dtype: jnp.dtype
 
@@ -100,45 +136,17 @@ class DecoderBlock(nn.Module):
         return x, (k, v)
 
 
-class DecoderTransformer(nn.Module):
-    """Embedding, stacked blocks, final norm and one head.
-
-    Attributes:
-      cfg: the architecture.
-      dtype: parameter and activation dtype (float32 or bfloat16).
-      head: "lm" (causal-LM head, tied or untied) or "score" (sequence-classification head).
-    """
-
-    cfg: ModelConfig
-    dtype: jnp.dtype = jnp.float32
-    head: str = "lm"
+class DecoderTransformer(TransformerBase):
+    """Embedding table, stacked blocks, final norm and one head (fields: ``TransformerBase``)."""
 
     def setup(self):
         c = self.cfg
         self.embed_tokens = self.param(
-            "embed_tokens", _init, (c.vocab_size, c.hidden_size), self.dtype
+            "embed_tokens", INIT, (c.vocab_size, c.hidden_size), self.dtype
         )
-        block = nn.scan(
-            DecoderBlock,
-            variable_axes={"params": 0},
-            split_rngs={"params": True},
-            in_axes=(0, nn.broadcast),
-            length=c.num_layers,
-            unroll=layer_unroll(c.num_layers),
-        )
-        self.layers = block(c, self.dtype, name="layers")
+        self.layers = scan_layers(DecoderBlock, c, self.dtype, "layers")
         self.norm = RMSNorm(c.norm_eps, self.dtype, name="norm")
-        if self.head == "lm" and not c.tie_word_embeddings:
-            self.lm_head = self.param("lm_head", _init, (c.hidden_size, c.vocab_size), self.dtype)
-        if self.head == "score":
-            self.score = self.param("score", _init, (c.hidden_size, c.num_labels), self.dtype)
-
-    def embed(self, input_ids):
-        """``[B, T]`` ids → ``[B, T, D]`` embeddings (a gather)."""
-        return jnp.take(self.embed_tokens, input_ids, axis=0)
-
-    def embed_matrix(self):
-        return self.embed_tokens
+        self.declare_head()
 
     def __call__(self, inputs_embeds, positions, key_mask, cache: KVCache | None, write_index):
         """Run the blocks.
@@ -163,30 +171,3 @@ class DecoderTransformer(nn.Module):
         )
         x = self.norm(x)
         return x, (KVCache(k, v) if cache is not None else None)
-
-    def head_matrix(self):
-        """``[V, D]`` output projection (the embedding itself when tied)."""
-        if self.cfg.tie_word_embeddings:
-            return self.embed_tokens
-        return self.lm_head.T
-
-    def lm_logits(self, hidden):
-        """``[..., D]`` → float32 ``[..., V]``."""
-        w = self.head_matrix()
-        return jnp.einsum("...d,vd->...v", hidden, w, preferred_element_type=jnp.float32)
-
-    def score_logits(self, hidden):
-        """``[..., D]`` → float32 ``[..., num_labels]``."""
-        return jnp.einsum("...d,dc->...c", hidden, self.score, preferred_element_type=jnp.float32)
-
-    def init_all(self, input_ids):
-        """Touch every parameter (used by ``init``)."""
-        b, t = input_ids.shape
-        h, _ = self(
-            self.embed(input_ids),
-            jnp.broadcast_to(jnp.arange(t), (b, t)),
-            jnp.ones((b, t), jnp.int32),
-            None,
-            0,
-        )
-        return self.lm_logits(h) if self.head == "lm" else self.score_logits(h)
