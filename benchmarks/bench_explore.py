@@ -26,7 +26,11 @@ import json
 import os
 import time
 
-#: DecodeConfig overrides of each variant, applied to the bundled settings.
+#: The paper's loop on the bundled task: the bundled settings without their two exploration
+#: options (the default since this sweep chose them); every variant starts from it.
+PAPER_LOOP = {"resample_excludes_current": False, "accept_margin": None}
+
+#: DecodeConfig overrides of each variant, applied to the bundled settings after PAPER_LOOP.
 VARIANTS = {
     "paper": {},
     "excl": {"resample_excludes_current": True},
@@ -84,7 +88,7 @@ def cmd_run(args) -> None:
         for v in [v for v in args.variants.split(",") if v]:
             jobs.append(("nabla", f"nabla-{v}", VARIANTS[v], acc))
     for method, label, overrides, acc in jobs:
-        cfg = bundled_decode_config(**overrides)
+        cfg = bundled_decode_config(**{**PAPER_LOOP, **overrides})
         path = os.path.join(args.out, f"{args.split}_{label}_{acc}.jsonl")
         prov = evaluation.provenance(
             seed=args.seed, methods=[method], cfg=cfg, baseline_sampling=sampling,

@@ -88,7 +88,7 @@ def changed_problems(results_path: str | Path) -> dict:
         for line in f:
             if line.strip():
                 row = json.loads(line)
-                if row["method"] in by:
+                if row.get("method") in by:  # (the provenance line has no method)
                     by[row["method"]][row["problem_id"]] = bool(row["correct"])
     g, n = by["greedy"], by["nabla"]
     both = [pid for pid in n if pid in g]
@@ -129,7 +129,8 @@ def run_demo(
 
     ``num_problems`` fresh test problems (``seed``), then ``changed`` problems of the committed
     benchmark run on which ∇'s answer was graded differently from greedy's (alternately one it
-    fixed and one it broke — selected, so not typical; the table at the end is the whole story).
+    fixed and one it broke while there are both — selected, so not typical; the table at the end
+    is the whole story).
     ``max_length``: response tokens per problem (default: the bundled config's).
     """
     import jax
@@ -200,7 +201,7 @@ def run_demo(
     if selected:
         console.print(
             "* chosen from the committed run because ∇'s answer was graded differently from "
-            "greedy's there (one it fixed, one it broke, ...): selected, not typical. Decoded "
+            "greedy's there (fixed or broken): selected, not typical. Decoded "
             "again now with that run's key, so a different outcome means the decoder changed."
         )
 

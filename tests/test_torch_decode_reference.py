@@ -35,11 +35,20 @@ COUNTERS = (
 
 
 @pytest.mark.slow
-def test_decode_matches_torch_twin():
+@pytest.mark.parametrize(
+    "explore",
+    [
+        dict(resample_excludes_current=False, accept_margin=None),  # the paper's loop
+        dict(resample_excludes_current=True, accept_margin=0.05),  # the bundled exploration
+    ],
+    ids=["paper", "exclude-current-margin"],
+)
+def test_decode_matches_torch_twin(explore):
     cfg = bundled_decode_config(
         resample=SamplingConfig(temperature=0.0),
         dto=nj.DTOConfig(num_steps=10, learning_rate=0.3),
         batch_size=4,
+        **explore,
     )
     prompts = [format_prompt(p) for p in fresh_test_problems(4, seed=1)]
     torch.set_num_threads(1)

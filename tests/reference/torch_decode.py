@@ -19,10 +19,12 @@ Per prompt:
    * **refine** the window of ``dto_window`` ahead tokens from there (DTO twin; 4 calls per full
      step): the LM sees ``prompt ++ committed ++ window``, the RM ``prefix ++ committed ++ window ++
      argmax(rest of the ahead logits) ++ suffix``;
-   * **resample** position 0 of the refined logits (``torch_sampling`` filters; greedy at τ 0);
+   * **resample** position 0 of the refined logits (``torch_sampling`` filters; greedy at τ 0),
+     without the current token when ``resample_excludes_current`` is set;
    * if the token changed, **propose**: roll out ``committed ++ [token]`` (one more generation;
      none for an EOS token or an exhausted budget) and accept iff the RM scores
-     ``committed ++ [token] ++ continuation`` above ``committed ++ ahead`` (both rendered as RM
+     ``committed ++ [token] ++ continuation`` above ``committed ++ ahead`` (by more than
+     ``accept_margin`` when set; both rendered as RM
      prefix ++ response ++ suffix, a trailing EOS dropped; 2 model calls). Accepted: commit the
      token, the continuation becomes the ahead. Otherwise commit the current token 0;
    * stop on EOS in the committed tokens, at ``max_length``, or when the ahead is used up.
@@ -181,8 +183,11 @@ class TorchNablaDecoder:
         )
         return res["logits"][0], res["model_calls"]
 
-    def resample(self, logits: torch.Tensor, gen: torch.Generator) -> int:
+    def resample(self, logits: torch.Tensor, current: int, gen: torch.Generator) -> int:
         s = self.cfg.resample
+        if self.cfg.resample_excludes_current:  # every selected position proposes
+            logits = logits.clone()
+            logits[current] = float("-inf")
         if s.temperature == 0:
             return int(logits.argmax())
         filtered = torch_sampling.filter_logits(logits, s.temperature, s.top_k, s.top_p)
@@ -236,8 +241,8 @@ class TorchNablaDecoder:
                 self._count(st, "dto_calls", calls)
             else:
                 logits0 = ah.logits[ah.offset]
-            new = self.resample(logits0, gen)
             old = ah.tokens[ah.offset]
+            new = self.resample(logits0, old, gen)
             event = dict(position=len(st["committed"]), old_token=old, new_token=old)
             event.update(proposed=False, accepted=None, score_current=None, score_proposed=None)
             if new != old:
@@ -307,7 +312,8 @@ class TorchNablaDecoder:
         cur, prop = self.score(current), self.score(proposed)
         self._count(st, "score_calls", 2)
         st["stats"]["rewarded_tokens"] += len(current) + len(proposed)
-        return prop > cur, cur, prop
+        margin = 0.0 if self.cfg.accept_margin is None else self.cfg.accept_margin
+        return prop > cur + margin, cur, prop
 
     def _check_stop(self, st: dict, final: bool = False) -> None:
         committed = st["committed"]
