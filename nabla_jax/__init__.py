@@ -46,6 +46,7 @@ from nabla_jax.vocab import (
 __version__ = "0.1.0"
 from nabla_jax import (
     decoding,
+    functional,  # the refinement core as pure functions (make_refine, pack, refine_rows, ...)
     revisions,  # revision_events, print_revisions (rich imported on use)
     tasks,
     vocab,
@@ -131,6 +132,7 @@ __all__ = [
     # Modules and subpackages.
     "compilation_cache",
     "decoding",
+    "functional",
     "models",
     "profiling",
     "revisions",

@@ -154,7 +154,8 @@ def main(models_dir: str | None = None) -> int:
         return 1
     import nabla_jax as nj
     from nabla_jax import sharding
-    from nabla_jax.refine import refine_batch
+    from nabla_jax.decoding import SamplingConfig, rollout
+    from nabla_jax.refine import refine_batch, window_grad_norms
 
     cfg = nj.DTOConfig(num_steps=6, learning_rate=0.01, update_postfix=True)
     probs = problems()
@@ -169,6 +170,10 @@ def main(models_dir: str | None = None) -> int:
         base_tokens = np.stack([np.asarray(r.tokens) for r in base])
         base_logits = np.stack([np.asarray(r.logits) for r in base])
         changed = int(sum(np.asarray(r.trace.tokens_changed).sum() for r in base))
+        base_norms = np.stack(window_grad_norms(lm0, rm0, probs, cfg, key, batch_size=8))
+        greedy = SamplingConfig(temperature=0.0)
+        prompts = [list(p.lm_prefix_ids) for p in probs]
+        base_roll = rollout(lm0, prompts, None, max_new_tokens=6, sampling=greedy).tokens
         print(f"baseline: {changed} token changes over the refinement ({time.time() - t0:.1f}s)")
         check(
             changed > 0, "the baseline refinement changes tokens (the token check is not vacuous)"
@@ -211,6 +216,16 @@ def main(models_dir: str | None = None) -> int:
                 f"(mismatched rows {np.nonzero((tokens != base_tokens).any(-1))[0].tolist()})",
             )
             check(diff <= TOL, f"{tag}: max |logits - single-device| = {diff:.2e} <= {TOL}")
+            norms = np.stack(window_grad_norms(lm0, rm0, probs, cfg, key, batch_size=8, mesh=mesh))
+            check(
+                float(np.max(np.abs(norms - base_norms))) <= TOL * max(1.0, base_norms.max()),
+                f"{tag}: window_grad_norms(mesh=) equals the single-device probe",
+            )
+            roll = rollout(lm0, prompts, None, max_new_tokens=6, sampling=greedy, mesh=mesh)
+            check(
+                np.array_equal(np.asarray(roll.tokens), np.asarray(base_roll)),
+                f"{tag}: rollout(mesh=) gives the single-device tokens",
+            )
             out_sharding = res[0].logits.sharding
             print(f"   {tag}: {time.time() - t1:.1f}s; result sharding {out_sharding}")
     print(f"total {time.time() - t0:.1f}s")

@@ -238,6 +238,7 @@ def rollout(
     return_hidden: bool = False,
     buckets: int | Sequence[int] | None = None,
     skip_special_tokens: bool = False,
+    mesh=None,
 ) -> RolloutResult:
     """Sample a continuation of each prompt, all rows in lockstep.
 
@@ -254,10 +255,18 @@ def rollout(
       return_logits / return_hidden: keep per-position logits ``[B, N, V]`` / hidden ``[B, N, D]``.
       buckets: length buckets for ``P`` and ``N`` (see :func:`nabla_jax.buckets.bucket_length`).
       skip_special_tokens: passed to ``tokenizer.decode``.
+      mesh: a ``jax.sharding.Mesh`` ("data", "model"), as everywhere in nabla-jax: the LM's
+        weights are split over "model" and the rows over "data" (when their number divides it;
+        otherwise they are replicated). Without it a model loaded or sharded onto a mesh runs
+        where it lies.
 
     Returns:
       A :class:`RolloutResult`.
     """
+    if mesh is not None:
+        from nabla_jax.sharding import shard_model
+
+        lm = shard_model(lm, mesh)
     cfg = lm.config
     tokenizer = tokenizer if tokenizer is not None else lm.tokenizer
     if isinstance(prompts, np.ndarray) and prompts.ndim == 2:
