@@ -98,3 +98,14 @@ def save_chat_pair(lm_dir, rm_dir, *, hidden=32, heads=4, kv_heads=2, intermedia
         rm_dir
     )
     tok.save_pretrained(rm_dir)
+
+
+def saved_qwen2_pair(directory, lm_seed: int = 11, rm_seed: int = 12):
+    """``(lm_torch, rm_torch, lm, rm)``: a random Qwen2 LM and reward model as HF torch models,
+    saved to ``directory`` and loaded back as nabla-jax models (same weights on both sides)."""
+    import nabla_jax as nj
+
+    lm_t, rm_t = hf_model("qwen2", "lm", seed=lm_seed), hf_model("qwen2", "score", seed=rm_seed)
+    lm_t.save_pretrained(directory / "lm")
+    rm_t.save_pretrained(directory / "rm")
+    return lm_t, rm_t, nj.load_causal_lm(directory / "lm"), nj.load_reward_model(directory / "rm")

@@ -12,32 +12,20 @@ import dataclasses
 import jax
 import pytest
 
-import nabla_jax as nj
 from nabla_jax import profiling
 from nabla_jax.buckets import bucket_length
-from nabla_jax.decoding import DecodeConfig, NablaDecoder, SamplingConfig
+from nabla_jax.decoding import NablaDecoder, SamplingConfig
 from nabla_jax.templates import lm_prompt_ids
-from tests.hf_models import save_chat_pair
+from tests.tiny_decode import TINY_DECODE, load_chat_pair
 
-CFG = DecodeConfig(
-    max_length=12,
-    max_n_generations=4,
-    rollout=SamplingConfig(temperature=1.0),
-    resample=SamplingConfig(temperature=1.5),
-    grad_threshold=None,
-    dto=nj.DTOConfig(num_steps=3, learning_rate=0.05),
-    dto_window=6,
-    batch_size=4,
-)
+CFG = TINY_DECODE
 # Prompts of different lengths that share one prompt bucket (16 tokens and fewer).
 WORDS = ["Hi?", "What is 2 + 2?", "Solve 3x + 5 = 20.", "Why?", "Add 7 and 8.", "Go on."]
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    lm_dir, rm_dir = tmp_path_factory.mktemp("lm"), tmp_path_factory.mktemp("rm")
-    save_chat_pair(lm_dir, rm_dir)
-    return nj.load_causal_lm(lm_dir), nj.load_reward_model(rm_dir)
+    return load_chat_pair(tmp_path_factory)
 
 
 def _tracked(decoder, prompts, key=0, **kw):

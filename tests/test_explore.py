@@ -11,8 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import nabla_jax as nj
-from nabla_jax.decoding import DecodeConfig, NablaDecoder, SamplingConfig
+from nabla_jax.decoding import NablaDecoder
 from nabla_jax.decoding.explore import gap_learning_rate, rank_threshold, resample_tokens
 from nabla_jax.decoding.registry import method_runner, parse_methods, run_baseline
 from nabla_jax.oracle import OracleScorer
@@ -20,26 +19,14 @@ from nabla_jax.stats import bootstrap_ci, paired_comparison
 from nabla_jax.tasks import generate, get_task
 from nabla_jax.tasks.arithmetic_oracle import oracle_score, reference_steps
 from nabla_jax.templates import rm_prefix_suffix_ids
-from tests.hf_models import save_chat_pair
+from tests.tiny_decode import PROMPTS, TINY_DECODE, load_chat_pair
 
-PROMPTS = ["What is 2 + 2?", "Solve 3x + 5 = 20.", "Let's think step by step."]
-BASE = DecodeConfig(
-    max_length=12,
-    max_n_generations=4,
-    rollout=SamplingConfig(temperature=1.0),
-    resample=SamplingConfig(temperature=1.5),
-    grad_threshold=None,
-    dto=nj.DTOConfig(num_steps=3, learning_rate=0.05),
-    dto_window=6,
-    batch_size=4,
-)
+BASE = TINY_DECODE
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    lm_dir, rm_dir = tmp_path_factory.mktemp("lm"), tmp_path_factory.mktemp("rm")
-    save_chat_pair(lm_dir, rm_dir)
-    return nj.load_causal_lm(lm_dir), nj.load_reward_model(rm_dir)
+    return load_chat_pair(tmp_path_factory)
 
 
 def _decode(models, cfg, prompts=PROMPTS, **kw):

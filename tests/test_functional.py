@@ -15,7 +15,7 @@ import torch
 import nabla_jax as nj
 import nabla_jax.functional as F
 from nabla_jax import profiling
-from tests.hf_models import VOCAB, hf_config, hf_model
+from tests.hf_models import VOCAB, hf_config, saved_qwen2_pair
 from tests.reference import torch_dto as td
 
 TOL = 1e-5
@@ -157,11 +157,7 @@ def test_embedding_lm_equals_the_causal_lm(models):
 
 @pytest.fixture(scope="module")
 def torch_pair(tmp_path_factory):
-    d = tmp_path_factory.mktemp("pair")
-    lm_t, rm_t = hf_model("qwen2", "lm", seed=11), hf_model("qwen2", "score", seed=12)
-    lm_t.save_pretrained(d / "lm")
-    rm_t.save_pretrained(d / "rm")
-    return lm_t, rm_t, nj.load_causal_lm(d / "lm"), nj.load_reward_model(d / "rm")
+    return saved_qwen2_pair(tmp_path_factory.mktemp("pair"))
 
 
 def test_custom_optax_chain_matches_torch_twin(torch_pair):

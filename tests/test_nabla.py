@@ -9,31 +9,19 @@ import numpy as np
 import pytest
 
 import nabla_jax as nj
-from nabla_jax.decoding import DecodeConfig, NablaDecoder, SamplingConfig
+from nabla_jax.decoding import DecodeConfig, NablaDecoder
 from nabla_jax.refine import window_grad_norms
 from nabla_jax.templates import rm_prefix_suffix_ids
-from tests.hf_models import save_chat_pair
+from tests.tiny_decode import PROMPTS, TINY_DECODE, load_chat_pair
 from tests.tokenizer_utils import make_chatml_tokenizer
 
-PROMPTS = ["What is 2 + 2?", "Solve 3x + 5 = 20.", "Let's think step by step."]
-DTO = nj.DTOConfig(num_steps=3, learning_rate=0.05)
-BASE = DecodeConfig(
-    max_length=12,
-    max_n_generations=4,
-    rollout=SamplingConfig(temperature=1.0),
-    resample=SamplingConfig(temperature=1.5),
-    grad_threshold=None,
-    dto=DTO,
-    dto_window=6,
-    batch_size=4,
-)
+BASE = TINY_DECODE
+DTO = BASE.dto
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    lm_dir, rm_dir = tmp_path_factory.mktemp("lm"), tmp_path_factory.mktemp("rm")
-    save_chat_pair(lm_dir, rm_dir)
-    return nj.load_causal_lm(lm_dir), nj.load_reward_model(rm_dir)
+    return load_chat_pair(tmp_path_factory)
 
 
 def _decode(models, cfg=BASE, prompts=PROMPTS, key=0, **kw):

@@ -13,7 +13,7 @@ import torch
 import nabla_jax as nj
 from nabla_jax.dto_config import DTOConfig
 from nabla_jax.refine import RefineProblem, compiled_programs, refine, refine_batch
-from tests.hf_models import VOCAB, hf_model
+from tests.hf_models import VOCAB, saved_qwen2_pair
 from tests.reference import torch_dto as td
 
 STEPS = 20
@@ -22,11 +22,7 @@ STEPS = 20
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory):
     """A tiny random Qwen2 LM and reward model, as HF torch models and as nabla-jax models."""
-    d = tmp_path_factory.mktemp("pair")
-    lm_t, rm_t = hf_model("qwen2", "lm", seed=11), hf_model("qwen2", "score", seed=12)
-    lm_t.save_pretrained(d / "lm")
-    rm_t.save_pretrained(d / "rm")
-    return lm_t, rm_t, nj.load_causal_lm(d / "lm"), nj.load_reward_model(d / "rm")
+    return saved_qwen2_pair(tmp_path_factory.mktemp("pair"))
 
 
 def _problem(seed, p=9, q=6, s=3, k=5, width=VOCAB, scale=0.5):
