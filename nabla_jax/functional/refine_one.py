@@ -145,8 +145,8 @@ def make_refine(lm, reward, cfg: DTOConfig | None = None,
         """
         chex.assert_rank(
             [packed.init, packed.window_mask, packed.lm_prefix_ids], [2, 1, 1],
-            custom_message="refine_one takes one row of a pack: index it (packed[i]) or "
-            "jax.vmap over the pack's leading axis",
+            custom_message="refine_one takes one row of a pack: take it with "
+            "jax.tree.map(lambda a: a[i], packed), or jax.vmap over the pack's leading axis",
         )  # fmt: skip
         h = default_hyper if hyper is None else hyper
         return refine_core(packed, key, jax.tree.map(jnp.asarray, h))
