@@ -15,6 +15,7 @@ import torch
 import nabla_jax as nj
 import nabla_jax.functional as F
 from nabla_jax import profiling
+from tests import tolerances as tol
 from tests.hf_models import VOCAB, hf_config, saved_qwen2_pair
 from tests.reference import torch_dto as td
 
@@ -57,17 +58,43 @@ def test_jit_vmap_refine_one_equals_refine_batch(models, caching):
     packed = F.pack(lm, PROBLEMS, cfg)
     keys = jnp.stack([key] * len(PROBLEMS))
     logits, trace = jax.jit(jax.vmap(refine_one))(packed, keys)
+    # The two programs batch the prompts differently (3 rows against 2 + 2), so XLA orders
+    # their reductions differently, and Adam amplifies that rounding on near-zero gradient
+    # entries: the bound is this refinement's own sensitivity inside float32's backward-error
+    # ball (tests/tolerances.py), measured with refine_batch itself.
+    rel = tol.gamma(tol.longest_contraction(lm, rm, extra=packed.lm_prefix_ids.shape[1]))
+
+    def run(ms):
+        res = nj.refine_batch(ms[0], ms[1], PROBLEMS, cfg, key, batch_size=2)
+        return tuple(r.logits for r in res) + tuple(r.trace.loss for r in res)
+
+    n = len(PROBLEMS)
+    floors = (VOCAB,) * n + tuple(VOCAB * w.logits.shape[0] for w in want)
+    bounds = tol.ball_tolerance(run, (lm, rm), rel, floors)
     for i, w in enumerate(want):
         k = w.logits.shape[0]
-        # max-norm relative error: Adam's per-entry normalisation turns float32 reduction-order
-        # noise in a near-zero gradient entry into ~3e-5 absolute on logits of size ~7
-        assert _rel(logits[i, :k], w.logits) <= TOL
+        tol.assert_within(logits[i, :k], w.logits, bounds[i], f"row {i} logits")
+        tol.assert_within(trace.loss[i], w.trace.loss, bounds[n + i], f"row {i} losses")
         np.testing.assert_array_equal(jnp.argmax(logits[i, :k], -1), w.tokens)
-        assert _rel(trace.loss[i], w.trace.loss) <= TOL
         # caching decides the same full steps under vmap (cond became select; same results)
         np.testing.assert_array_equal(trace.full_step[i], w.trace.full_step)
     if caching:
         assert not np.all(np.asarray(trace.full_step)), "some steps reuse the cached gradient"
+
+
+def test_jit_vmap_refine_one_is_the_batched_program(models):
+    """Under the vmap rule, vmap(refine_one) on a pack runs refine_rows on that pack: the same
+    program on the same inputs, so the same bits (no tolerance)."""
+    lm, rm = models
+    cfg = nj.DTOConfig(num_steps=8, learning_rate=0.5, update_postfix=True)
+    packed = F.pack(lm, PROBLEMS, cfg)
+    keys = jnp.stack([jax.random.key(3)] * len(PROBLEMS))
+    logits, trace = jax.jit(jax.vmap(F.make_refine(lm, rm, cfg)))(packed, keys)
+    table = F.rm_embedding_table(lm, rm, None)
+    rows = jax.jit(lambda p, k: F.refine_rows(lm, rm, table, p, k, cfg.hyper(), cfg, None, None))
+    want_logits, _, want_trace = rows(packed, keys)
+    np.testing.assert_array_equal(np.asarray(logits), np.asarray(want_logits))
+    np.testing.assert_array_equal(np.asarray(trace.loss), np.asarray(want_trace.loss).T)
 
 
 def test_vmap_rule_runs_the_batched_program_and_keeps_the_skip(models):

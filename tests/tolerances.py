@@ -1,0 +1,135 @@
+"""Tolerances derived from float32 rounding, not fitted to one machine.
+
+Two computations of the same mathematics — JAX against its PyTorch twin, a batched program
+against the one-row program, one core against two — differ only in the order their reductions
+run and in the last bits of their transcendental functions. Two bounds cover every comparison
+in the suite:
+
+* **Closed form (short computations).** A sum or dot product of ``n`` float32 terms, evaluated in
+  any order, is within ``gamma(n) · Σ|terms|`` of the exact value (Higham, *Accuracy and
+  Stability of Numerical Algorithms*, §3.1), so two orders are within twice that.
+  ``exp``/``log``/``tanh`` add a few ulps each (XLA's and PyTorch's CPU kernels are accurate
+  to ≤ 4 ulps: :data:`ULPS_PER_TRANSCENDENTAL`). :func:`reduction_bound` applies this.
+
+* **Backward-error ball (deep computations: a transformer, a multi-step refinement).** The
+  classical backward-error result for a reordered dot product of length ``n`` says: the
+  computed value is the *exact* value for inputs perturbed elementwise by at most
+  ``gamma(n)`` relative. So every reduction order the hardware may choose lies inside a ball
+  of relative radius ``gamma(n)`` around the weights, with ``n`` the longest contraction of
+  the model. How far the output moves inside that ball is the computation's own sensitivity,
+  which no closed form gives for Adam steps on near-zero gradients (Adam divides by the
+  gradient's running size, so rounding noise on a near-zero entry is amplified up to
+  ``lr / eps``). :func:`ball_sensitivity` measures it by re-running the reference
+  computation with the weights at random points of that ball (stochastic arithmetic, as in
+  Vignes' CESTAC method); a comparison then allows :data:`BALL_SAFETY` times the largest
+  deviation seen, plus the closed-form floor of the output's own rounding.
+
+Both hold on any x86 CPU, any core count: they depend on the computation's shapes and values,
+never on one run's observed difference.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+#: float32 unit roundoff (round to nearest): 2^-24.
+U32 = 2.0**-24
+
+#: ulps of error of one exp / log / tanh / rsqrt evaluation in XLA's and PyTorch's CPU kernels.
+ULPS_PER_TRANSCENDENTAL = 4
+
+#: Perturbed re-runs per :func:`ball_sensitivity` call.
+BALL_SAMPLES = 3
+
+#: A reorder is one point of the ball, its twin another: their distance is up to the ball's
+#: diameter (2×), and a random point reaches less far than the worst direction does; 8× the
+#: largest of three random deviations covers both with margin.
+BALL_SAFETY = 8.0
+
+
+def gamma(n: int) -> float:
+    """Higham's ``γ_n = n·u / (1 − n·u)``: relative error bound of an ``n``-term float32 sum."""
+    nu = n * U32
+    assert nu < 0.5, f"γ_{n} is not small in float32: the bound does not apply"
+    return nu / (1.0 - nu)
+
+
+def reduction_bound(abs_sum, n: int, transcendentals: int = 0) -> float:
+    """Bound on ``|a − b|`` for two evaluations of an ``n``-term reduction whose terms have
+    ``abs_sum = Σ|term|``, each term carrying ``transcendentals`` exp/log evaluations:
+    ``2·(γ_n + transcendentals·ULPS·u)·Σ|terms|``."""
+    per_term = transcendentals * ULPS_PER_TRANSCENDENTAL * U32
+    return float(2.0 * (gamma(n) + per_term) * float(abs_sum))
+
+
+def longest_contraction(*models, extra: int = 0) -> int:
+    """The longest reduction of a forward/backward pass of these models: hidden width, MLP
+    width and vocabulary (the straight-through embedding ``y @ E`` contracts over V), or
+    ``extra`` — the longest sequence the test attends over — whichever is largest."""
+    n = extra
+    for m in models:
+        c = m.config
+        n = max(n, c.hidden_size, c.intermediate_size or 0, c.vocab_size)
+    return int(n)
+
+
+def perturb(tree, rel: float, key):
+    """Every floating leaf of ``tree`` times ``1 + rel·ξ``, ξ uniform in [−1, 1] (one point of
+    the backward-error ball of relative radius ``rel``)."""
+    leaves, treedef = jax.tree.flatten(tree)
+    keys = jax.random.split(key, len(leaves))
+    out = []
+    for leaf, k in zip(leaves, keys):
+        if jnp.issubdtype(jnp.asarray(leaf).dtype, jnp.floating):
+            xi = jax.random.uniform(k, jnp.shape(leaf), jnp.float32, -1.0, 1.0)
+            leaf = (leaf * (1.0 + rel * xi)).astype(jnp.asarray(leaf).dtype)
+        out.append(leaf)
+    return jax.tree.unflatten(treedef, out)
+
+
+def ball_sensitivity(run: Callable, models, rel: float, samples: int = BALL_SAMPLES):
+    """Largest ``|run(perturbed) − run(models)|`` over ``samples`` random points of the ball.
+
+    Args:
+      run: ``models -> array`` or a tuple of arrays (the reference computation; its inputs
+        other than the weights are closed over and exact).
+      models: the pytree of weights (a model, a tuple of models).
+      rel: the ball's relative radius (``gamma(longest_contraction(...))``).
+    Returns:
+      ``(base, worst)``: the unperturbed output and the elementwise maximum deviation, as
+      float64 arrays (tuples of them when ``run`` returns a tuple).
+    """
+    as_tuple = lambda out: tuple(out) if isinstance(out, tuple) else (out,)  # noqa: E731
+    base = [np.asarray(x, np.float64) for x in as_tuple(run(models))]
+    worst = [np.zeros_like(b) for b in base]
+    for s in range(samples):
+        out = as_tuple(run(perturb(models, rel, jax.random.key(1000 + s))))
+        worst = [np.maximum(w, np.abs(np.asarray(o, np.float64) - b))
+                 for w, o, b in zip(worst, out, base)]  # fmt: skip
+    if len(base) == 1:
+        return base[0], worst[0]
+    return tuple(base), tuple(worst)
+
+
+def ball_tolerance(run: Callable, models, rel: float, floor_n):
+    """Max-norm tolerance for comparing ``run(models)`` with another evaluation order of it:
+    ``BALL_SAFETY ×`` the ball's largest deviation, plus ``reduction_bound`` of the output's
+    magnitude over ``floor_n`` terms (so an insensitive output still has its own rounding).
+    A tuple of outputs (with a tuple of ``floor_n``) gives a tuple of tolerances."""
+    base, worst = ball_sensitivity(run, models, rel)
+    if not isinstance(base, tuple):
+        return BALL_SAFETY * float(np.max(worst)) + reduction_bound(np.max(np.abs(base)), floor_n)
+    return tuple(
+        BALL_SAFETY * float(np.max(w)) + reduction_bound(np.max(np.abs(b)), n)
+        for b, w, n in zip(base, worst, floor_n)
+    )
+
+
+def assert_within(got, want, tol: float, what: str = "values") -> None:
+    """``max |got − want| ≤ tol`` with a message naming the error and the bound."""
+    err = float(np.max(np.abs(np.asarray(got, np.float64) - np.asarray(want, np.float64))))
+    assert err <= tol, f"{what}: max error {err:.3g} > derived bound {tol:.3g}"
