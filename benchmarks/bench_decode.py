@@ -184,7 +184,7 @@ def worker_nabla(args) -> dict:
     import jax
 
     import nabla_jax as nj
-    from nabla_jax.bundled import bundled_decode_config, load_bundled
+    from nabla_jax.app.bundled import bundled_decode_config, load_bundled
 
     cache = _ensure_cache()  # before the first compilation: JAX checks the cache once
     problems, prompts = _problems(args)
@@ -204,7 +204,7 @@ def worker_nabla(args) -> dict:
 def worker_twin(args) -> dict:
     import torch
 
-    from nabla_jax.bundled import BUNDLED_LM, BUNDLED_RM, bundled_decode_config
+    from nabla_jax.app.bundled import BUNDLED_LM, BUNDLED_RM, bundled_decode_config
     from tests.reference.torch_decode import TorchNablaDecoder, load_hf_pair
 
     torch.set_num_threads(args.torch_threads)
@@ -221,7 +221,7 @@ def worker_baselines(args) -> dict:
     import jax
 
     import nabla_jax as nj
-    from nabla_jax.bundled import bundled_baseline_sampling, bundled_decode_config, load_bundled
+    from nabla_jax.app.bundled import bundled_baseline_sampling, bundled_decode_config, load_bundled
 
     cache = _ensure_cache()
     problems, prompts = _problems(args)
@@ -268,7 +268,7 @@ def worker_generate(args) -> dict:
     import torch
     import transformers as tr
 
-    from nabla_jax.bundled import BUNDLED_LM, load_bundled
+    from nabla_jax.app.bundled import BUNDLED_LM, load_bundled
     from nabla_jax.decoding import SamplingConfig, generate_padded
 
     torch.set_num_threads(args.torch_threads)

@@ -2,7 +2,7 @@
 report on test, each variant with the reward model and with the exact oracle in the acceptance
 test, next to greedy, Best-of-N and self-consistency.
 
-Every run goes through :func:`nabla_jax.evaluation.run_benchmark` (one resumable JSONL per
+Every run goes through :func:`nabla_jax.app.evaluation.run_benchmark` (one resumable JSONL per
 method / variant / acceptance scorer under ``--out``); ``summary`` then writes one JSON with
 accuracy, 95% bootstrap intervals over problems, mean model calls and the paired comparison
 with greedy (fixed / broken / unchanged) for every file, and draws accuracy against calls.
@@ -70,8 +70,8 @@ def _problems(split: str, n: int, seed: int):
 
 
 def cmd_run(args) -> None:
-    from nabla_jax import evaluation
-    from nabla_jax.bundled import bundled_baseline_sampling, bundled_decode_config, load_bundled
+    from nabla_jax.app import evaluation
+    from nabla_jax.app.bundled import bundled_baseline_sampling, bundled_decode_config, load_bundled
     from nabla_jax.tasks import get_task
 
     lm, rm = load_bundled()
@@ -106,8 +106,8 @@ def cmd_run(args) -> None:
 
 def summarize_dir(out: str, split: str) -> dict:
     """``{label_acceptance: {accuracy, ci95, mean_model_calls, generations, n, vs_greedy}}``."""
-    from nabla_jax.evaluation import read_results
-    from nabla_jax.stats import bootstrap_ci, paired_comparison
+    from nabla_jax.app.evaluation import read_results
+    from nabla_jax.app.stats import bootstrap_ci, paired_comparison
 
     runs = {}
     for path in sorted(glob.glob(os.path.join(out, f"{split}_*.jsonl"))):

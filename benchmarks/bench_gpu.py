@@ -56,7 +56,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 QWEN25_7B = dict(
-    family="qwen2",
+    model_type="qwen2",
     vocab_size=152064,
     hidden_size=3584,
     intermediate_size=18944,

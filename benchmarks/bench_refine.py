@@ -206,7 +206,7 @@ def _load_torch(directory):
 def _problem(args, seed, p, q=None):
     import numpy as np
 
-    from nabla_jax.refine import RefineProblem
+    from nabla_jax.functional.refine import RefineProblem
 
     rng = np.random.RandomState(seed)
     v = args.vocab
@@ -222,7 +222,7 @@ def _batch_problems(args, n, seed0):
     """``n`` problems whose LM / RM prefix lengths differ but share one bucket."""
     import numpy as np
 
-    from nabla_jax.buckets import bucket_length
+    from nabla_jax.runtime.buckets import bucket_length
 
     top = bucket_length(args.prefix)
     low = max(bucket_length(args.prefix) // 2 + 1, 1) if top <= 128 else top - 127
@@ -256,7 +256,7 @@ def _prefix_cache_pair(lm, rm, prob, cfg):
 
 
 def _dto(cfg_kwargs, args, **over):
-    from nabla_jax.dto_config import DTOConfig
+    from nabla_jax.functional.dto_config import DTOConfig
 
     kw = dict(num_steps=args.steps, learning_rate=args.lr, **cfg_kwargs)
     kw.update(over)

@@ -2,7 +2,7 @@
 
 For ``--num-problems`` problems of a split, Best-of-``--n`` samples (the bundled baseline
 sampling) are scored by both the reward model and the arithmetic oracle
-(:class:`nabla_jax.oracle.OracleScorer`). Over every pair of samples of the same problem whose
+(:class:`nabla_jax.tasks.oracle.OracleScorer`). Over every pair of samples of the same problem whose
 oracle scores differ, the JSON reports how often the RM prefers the better one (pairwise
 agreement), split by whether the pair differs in the final answer's correctness; and how often
 the RM's top sample is correct against how often any sample is (Best-of-N against its oracle
@@ -33,11 +33,11 @@ def main(argv=None) -> None:
 
     import jax
 
-    from nabla_jax.bundled import bundled_baseline_sampling, load_bundled
+    from nabla_jax.app.bundled import bundled_baseline_sampling, load_bundled
     from nabla_jax.decoding.baselines import best_of_n
     from nabla_jax.decoding.scoring import rm_scores
-    from nabla_jax.oracle import OracleScorer
     from nabla_jax.tasks import generate, get_task
+    from nabla_jax.tasks.oracle import OracleScorer
 
     t0 = time.perf_counter()
     lm, rm = load_bundled()

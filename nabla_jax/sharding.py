@@ -1,40 +1,35 @@
-"""Device mesh, batch sharding and parameter partition rules (``jax.sharding``, GSPMD).
+"""Device meshes and parameter layouts, the public ``nj.sharding``: the mesh and batch half
+(:mod:`nabla_jax.runtime.sharding`) and the parameter half (:mod:`nabla_jax.models.partition`)
+under one name.
 
 A mesh has two axes: ``"data"`` (rows of a batch) and ``"model"`` (tensor parallelism inside each
-layer). Parameters are replicated over ``"data"`` and split over ``"model"`` by the family's rules;
-batches are split over ``"data"`` on their leading axis. Nothing else changes: the same jitted
-functions run on sharded arguments and XLA's SPMD partitioner inserts the collectives, so results
-equal the single-device run up to floating-point summation order.
-
-Partition rules are family facts: each family declares them (``partition_rules`` of its
-``ModelFamily``, e.g. ``models/decoder/hf.py``, ``models/gpt2.py``) as ``(path regex, spec)``
-pairs for a given model axis size ``m``, Megatron-style: projections into heads or the MLP width
-split on their output axis, projections out of them on their input axis, the embedding over
-vocabulary rows when ``V % m == 0``, norms and small heads replicated. This module applies them.
-
-Correctness never depends on these rules (GSPMD computes the same function for any sharding of the
-inputs); they decide memory per device and communication.
+layer). Parameters are replicated over ``"data"`` and split over ``"model"`` by their family's
+rules; batches are split over ``"data"`` on their leading axis. The same jitted functions run on
+sharded arguments and XLA's SPMD partitioner inserts the collectives, so results equal the
+single-device run up to floating-point summation order.
 """
 
-from __future__ import annotations
-
-import math
-import re
-from collections.abc import Mapping
-from typing import Any
-
-import jax
-import numpy as np
-from jax.sharding import AxisType, Mesh, NamedSharding
-from jax.sharding import PartitionSpec as P
-
-from nabla_jax.models.convert import flatten_tree, unflatten_tree
-from nabla_jax.models.family import DATA_AXIS, MODEL_AXIS
-from nabla_jax.models.registry import family_of
-
-DATA = DATA_AXIS
-MODEL = MODEL_AXIS
-AXES = (DATA, MODEL)
+from nabla_jax.models.partition import (
+    param_partition_specs,
+    param_shardings,
+    shard_model,
+    shard_params,
+    shard_refine_models,
+)
+from nabla_jax.runtime.sharding import (
+    AXES,
+    DATA,
+    MODEL,
+    axis_size,
+    batch_sharding,
+    check_batch_divisible,
+    make_mesh,
+    mesh_of,
+    parse_mesh_spec,
+    replicated,
+    shard_batch,
+    shard_rows_like,
+)
 
 __all__ = [
     "AXES",
@@ -55,270 +50,3 @@ __all__ = [
     "shard_refine_models",
     "shard_rows_like",
 ]
-
-
-# -- meshes ---------------------------------------------------------------------------------
-
-
-def _parse_size(axis, value) -> int:
-    if isinstance(value, str):
-        value = value.strip()
-        if not re.fullmatch(r"-?\d+", value):
-            raise ValueError(
-                f"mesh axis {axis!r} has size {value!r}; give an integer (or -1: fill)"
-            )
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"mesh axis {axis!r} has size {value!r}; give an integer (or -1: fill)")
-    value = int(value)
-    if value == 0 or value < -1:
-        raise ValueError(f"mesh axis {axis!r} has size {value}; sizes are ≥ 1 (or -1: fill)")
-    return value
-
-
-def parse_mesh_spec(spec, num_devices: int) -> dict[str, int]:
-    """Resolve a mesh spec to ``{"data": d, "model": m}`` with ``d * m == num_devices``.
-
-    Args:
-      spec: None (every device on "data"); a dict like ``{"data": 4, "model": 2}``; a string
-        ``"data=4,model=2"``; or a pair ``(data, model)``. One axis may be -1 or omitted: it takes
-        the devices the other leaves.
-      num_devices: devices the mesh must use.
-    Raises:
-      ValueError: unknown axis names, bad sizes, or a mesh that does not fit ``num_devices``.
-    """
-    if num_devices < 1:
-        raise ValueError("no devices to build a mesh from")
-    if spec is None:
-        raw: dict[str, Any] = {DATA: -1}
-    elif isinstance(spec, str):
-        raw = {}
-        for part in filter(None, (p.strip() for p in spec.split(","))):
-            if "=" not in part:
-                raise ValueError(
-                    f"mesh spec {spec!r}: {part!r} is not 'axis=size'; write e.g. 'data=4,model=2'"
-                )
-            name, value = (s.strip() for s in part.split("=", 1))
-            if name in raw:
-                raise ValueError(f"mesh spec {spec!r} names axis {name!r} twice")
-            raw[name] = value
-    elif isinstance(spec, Mapping):
-        raw = dict(spec)
-    elif isinstance(spec, (tuple, list)):
-        if len(spec) != 2:
-            raise ValueError(f"a mesh shape must be (data, model), got {tuple(spec)}")
-        raw = dict(zip(AXES, spec))
-    else:
-        raise ValueError(
-            f"mesh spec must be None, a dict, a 'data=4,model=2' string or a (data, model) pair; "
-            f"got {type(spec).__name__}"
-        )
-    unknown = sorted(set(raw) - set(AXES))
-    if unknown:
-        raise ValueError(f"unknown mesh axes {unknown}; the axes are 'data' and 'model'")
-    given = {a: _parse_size(a, raw[a]) for a in AXES if a in raw}
-    if not given:
-        given = {DATA: -1}
-    if len(given) == 1:
-        ((axis, size),) = given.items()
-        other = MODEL if axis == DATA else DATA
-        # "data=4": model fills; "model=-1" alone: model takes every device.
-        given[other] = 1 if size == -1 else -1
-    if list(given.values()).count(-1) > 1:
-        raise ValueError("only one mesh axis may be -1 (fill); give the size of the other")
-    sizes = {a: given[a] for a in AXES}
-    fill = [a for a in AXES if sizes[a] == -1]
-    if fill:
-        (other,) = (a for a in AXES if a not in fill)
-        if num_devices % sizes[other]:
-            raise ValueError(
-                f"mesh axis {other}={sizes[other]} does not divide the {num_devices} available "
-                f"devices; choose a divisor of {num_devices}"
-            )
-        sizes[fill[0]] = num_devices // sizes[other]
-    used = sizes[DATA] * sizes[MODEL]
-    if used != num_devices:
-        raise ValueError(
-            f"mesh data={sizes[DATA]} × model={sizes[MODEL]} needs {used} devices but "
-            f"{num_devices} are available; make the product equal {num_devices} (or pass "
-            "devices=jax.devices()[:n] to use fewer)"
-        )
-    return sizes
-
-
-def make_mesh(spec=None, devices=None) -> Mesh:
-    """A ``Mesh`` with axes ("data", "model") over ``devices`` (default: ``jax.devices()``).
-
-    See ``parse_mesh_spec`` for ``spec``. The axes are ``AxisType.Auto``: jitted functions take
-    sharded arguments and the partitioner propagates the shardings (GSPMD).
-    """
-    devices = list(jax.devices() if devices is None else devices)
-    sizes = parse_mesh_spec(spec, len(devices))
-    shape = (sizes[DATA], sizes[MODEL])
-    try:
-        from jax.experimental import mesh_utils
-
-        grid = mesh_utils.create_device_mesh(shape, devices=devices)
-    except Exception:  # topology-unaware fallback (e.g. an unusual device subset)
-        grid = np.asarray(devices, dtype=object).reshape(shape)
-    return Mesh(grid, AXES, axis_types=(AxisType.Auto, AxisType.Auto))
-
-
-def axis_size(mesh: Mesh | None, axis: str) -> int:
-    """Size of ``axis`` in ``mesh`` (1 when there is no mesh or no such axis)."""
-    if mesh is None:
-        return 1
-    return int(dict(mesh.shape).get(axis, 1))
-
-
-# -- parameter rules ------------------------------------------------------------------------
-
-
-def _valid_model_sizes(dims: dict[str, int]) -> list[int]:
-    g = 0
-    for d in dims.values():
-        g = math.gcd(g, d)
-    return [k for k in range(1, g + 1) if g % k == 0]
-
-
-def _require(dims: dict[str, int], m: int):
-    bad = [f"{name}={n}" for name, n in dims.items() if n % m]
-    if bad:
-        raise ValueError(
-            f"the model axis size {m} does not divide {', '.join(bad)}: tensor parallelism splits "
-            f"attention heads and the MLP over 'model'. Use a model axis size that divides "
-            f"{', '.join(f'{k}={v}' for k, v in dims.items())} (one of "
-            f"{_valid_model_sizes(dims)}) and put the remaining devices on 'data'"
-        )
-
-
-def param_partition_specs(config, params, mesh: Mesh | None = None, *, model_axis_size=None):
-    """A ``PartitionSpec`` for every parameter leaf (same tree structure as ``params``).
-
-    Args:
-      config: the model's ``ModelConfig``.
-      params: the parameter tree (arrays or ``ShapeDtypeStruct``; only paths and ranks are read).
-      mesh: the mesh whose "model" axis the specs are for; or give ``model_axis_size``. With
-        neither, the size is 1 and the specs are the intended layout (every rule applies).
-    Raises:
-      ValueError: the model axis size does not divide the heads or the MLP width (naming them and
-        the sizes that would), or a parameter has no rule.
-    """
-    m = int(model_axis_size) if model_axis_size is not None else axis_size(mesh, MODEL)
-    if m < 1:
-        raise ValueError(f"model axis size must be ≥ 1, got {m}")
-    family = family_of(config)
-    _require(family.parallel_dims(config), m)
-    rules = family.partition_rules(config, m)
-    specs = {}
-    for path, leaf in flatten_tree(params).items():
-        spec = next((s for pattern, s in rules if re.fullmatch(pattern, path)), None)
-        if spec is None:
-            raise ValueError(
-                f"no partition rule for parameter {path!r} of the {config.family} family; add one "
-                f"to the {family.name} family's partition_rules"
-            )
-        if len(spec) > len(leaf.shape):
-            raise ValueError(f"rule {spec} for {path!r} has more axes than its shape {leaf.shape}")
-        specs[path] = spec
-    return unflatten_tree(specs)
-
-
-def _is_spec(x) -> bool:
-    return isinstance(x, P)
-
-
-def param_shardings(config, params, mesh: Mesh):
-    """``NamedSharding`` tree for ``params`` on ``mesh`` (``param_partition_specs`` on it)."""
-    specs = param_partition_specs(config, params, mesh)
-    return jax.tree.map(lambda s: NamedSharding(mesh, s), specs, is_leaf=_is_spec)
-
-
-def shard_params(params, specs, mesh: Mesh):
-    """Place ``params`` on ``mesh`` following the ``PartitionSpec`` tree ``specs``."""
-    shardings = jax.tree.map(lambda s: NamedSharding(mesh, s), specs, is_leaf=_is_spec)
-    return jax.device_put(params, shardings)
-
-
-def shard_model(model, mesh: Mesh | None):
-    """The same ``CausalLM`` / ``RewardModel`` with its parameters laid out on ``mesh``.
-
-    Parameters are split over "model" by ``param_partition_specs`` and replicated over "data".
-    ``mesh=None`` returns ``model`` unchanged; on a one-device mesh the parameters only move to
-    that device (no copy when they are already there).
-    """
-    if mesh is None or model is None:
-        return model
-    specs = param_partition_specs(model.config, model.params, mesh)
-    params = shard_params(model.params, specs, mesh)
-    _, aux = model.tree_flatten()
-    return type(model).tree_unflatten(aux, (params,))
-
-
-# -- batches --------------------------------------------------------------------------------
-
-
-def batch_sharding(mesh: Mesh) -> NamedSharding:
-    """Leading (batch) axis over "data", the rest replicated."""
-    return NamedSharding(mesh, P(DATA))
-
-
-def replicated(mesh: Mesh) -> NamedSharding:
-    return NamedSharding(mesh, P())
-
-
-def check_batch_divisible(batch_size: int, mesh: Mesh | None, what: str = "batch_size"):
-    """Raise a ValueError unless ``batch_size`` splits evenly over the mesh's "data" axis."""
-    d = axis_size(mesh, DATA)
-    if batch_size % d:
-        lo = max(d, batch_size // d * d)
-        raise ValueError(
-            f"{what}={batch_size} is not divisible by the mesh's data axis size {d}: each device "
-            f"row takes an equal share of the batch. Use {what}={lo} or {lo + d}, or a mesh with a "
-            "data axis that divides it"
-        )
-
-
-def shard_batch(tree, mesh: Mesh):
-    """Put every array of ``tree`` (leading axis = batch) on ``mesh`` split over "data"."""
-    sharding = batch_sharding(mesh)
-
-    def put(x):
-        if x is None:
-            return None
-        check_batch_divisible(x.shape[0], mesh, "the batch axis")
-        return jax.device_put(x, sharding)
-
-    return jax.tree.map(put, tree)
-
-
-def shard_refine_models(lm, rm, rm_table, mesh: Mesh):
-    """``(lm, rm, rm_table)`` laid out for a sharded refinement: params over "model"; the RM
-    embedding table ``[V_lm, D_rm]`` split over vocabulary rows when they divide, else replicated.
-    """
-    lm = shard_model(lm, mesh)
-    rm = shard_model(rm, mesh)
-    if rm_table is not None:
-        m = axis_size(mesh, MODEL)
-        spec = P(MODEL, None) if rm_table.shape[0] % m == 0 else P()
-        rm_table = jax.device_put(rm_table, NamedSharding(mesh, spec))
-    return lm, rm, rm_table
-
-
-def mesh_of(model) -> Mesh | None:
-    """The mesh a model's parameters are laid out on (shard_model, sharded loading), or None."""
-    leaves = jax.tree.leaves(getattr(model, "params", model))
-    sharding = getattr(leaves[0], "sharding", None) if leaves else None
-    return sharding.mesh if isinstance(sharding, NamedSharding) else None
-
-
-def shard_rows_like(model, tree):
-    """Split ``tree``'s leading (batch) axis over "data" of ``model``'s mesh, when it has one and
-    the axis divides; otherwise return ``tree`` unchanged (replicated rows compute the same)."""
-    mesh = mesh_of(model)
-    if mesh is None or axis_size(mesh, "data") == 1:
-        return tree
-    rows = jax.tree.leaves(tree)[0].shape[0]
-    if rows % axis_size(mesh, "data"):
-        return tree
-    return shard_batch(tree, mesh)

@@ -19,7 +19,7 @@ if str(ROOT) not in sys.path:  # run from a checkout without installing the pack
     sys.path.insert(0, str(ROOT))
 
 from nabla_jax.tasks import arithmetic  # noqa: E402
-from nabla_jax.tasks.tokenizer import (  # noqa: E402
+from nabla_jax.text.tokenizer import (  # noqa: E402
     BUNDLED_TOKENIZER_DIR,
     render_chatml,
     save_tokenizer,

@@ -49,8 +49,8 @@ if str(ROOT) not in sys.path:  # run from a checkout without installing the pack
 import nabla_jax as nj  # noqa: E402
 from nabla_jax.models.export import save_pretrained  # noqa: E402
 from nabla_jax.tasks import generate, grade  # noqa: E402
-from nabla_jax.tasks.tokenizer import load_bundled_tokenizer  # noqa: E402
-from nabla_jax.templates import lm_prompt_ids  # noqa: E402
+from nabla_jax.text.templates import lm_prompt_ids  # noqa: E402
+from nabla_jax.text.tokenizer import load_bundled_tokenizer  # noqa: E402
 
 PAD_ID = 3
 EOS_ID = 2

@@ -14,7 +14,7 @@ What it does
   * Trains a Qwen2 sequence-classification model whose body is initialised from the LM's
     embeddings, final norm and first ``--layers`` blocks (the LM already "reads" arithmetic), with a
     fresh score head (or continues from ``--init-rm DIR``). Input = the RM chat template around the
-    response (``nabla_jax.templates.rm_prefix_suffix_ids``: prompt, then the response as the
+    response (``nabla_jax.text.templates.rm_prefix_suffix_ids``: prompt, then the response as the
     assistant turn). Loss:
       - outcome: class-balanced binary cross-entropy of the score at the last real token;
       - process (``--step-weight``): the same score head read at other positions, against "no
@@ -66,8 +66,8 @@ import nabla_jax as nj  # noqa: E402
 from nabla_jax.models.export import save_pretrained  # noqa: E402
 from nabla_jax.models.model import last_valid_index  # noqa: E402
 from nabla_jax.tasks import generate, grade  # noqa: E402
-from nabla_jax.tasks.tokenizer import load_bundled_tokenizer  # noqa: E402
-from nabla_jax.templates import rm_prefix_suffix_ids  # noqa: E402
+from nabla_jax.text.templates import rm_prefix_suffix_ids  # noqa: E402
+from nabla_jax.text.tokenizer import load_bundled_tokenizer  # noqa: E402
 
 
 def auroc(scores, labels) -> float:

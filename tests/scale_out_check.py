@@ -82,7 +82,7 @@ def meshes(path) -> int:
 def host(path, out, n, pid, addr):
     import jax
 
-    from nabla_jax import distributed
+    from nabla_jax.runtime import distributed
 
     distributed.maybe_initialize(addr, n, pid)
     results = distributed.generate_across_hosts(_decoder(path), PROMPTS, jax.random.key(0))

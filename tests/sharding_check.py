@@ -84,7 +84,7 @@ def save_models(root: Path, layers: int = LAYERS):
 
 
 def problems(n=8):
-    from nabla_jax.refine import RefineProblem
+    from nabla_jax.functional.refine import RefineProblem
 
     rng = np.random.RandomState(0)
     return [
@@ -155,7 +155,7 @@ def main(models_dir: str | None = None) -> int:
     import nabla_jax as nj
     from nabla_jax import sharding
     from nabla_jax.decoding import SamplingConfig, rollout
-    from nabla_jax.refine import refine_batch, window_grad_norms
+    from nabla_jax.functional.refine import refine_batch, window_grad_norms
 
     cfg = nj.DTOConfig(num_steps=6, learning_rate=0.01, update_postfix=True)
     probs = problems()

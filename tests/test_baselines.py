@@ -22,7 +22,7 @@ from nabla_jax.decoding import (
     self_consistency,
 )
 from nabla_jax.decoding.baselines import prompt_keys
-from nabla_jax.templates import lm_prompt_ids, rm_prefix_suffix_ids
+from nabla_jax.text.templates import lm_prompt_ids, rm_prefix_suffix_ids
 from tests.hf_models import save_chat_pair
 
 PROMPTS = ["What is 2 + 2?", "Solve 3x + 5 = 20.", "Let's think step by step."]
@@ -213,16 +213,20 @@ def test_self_consistency_end_to_end(models):
         _check_calls(res, n)
 
 
-def test_self_consistency_default_extractor_is_the_tasks(models, monkeypatch):
-    """Without ``answer_extractor`` the votes come from the task's "Answer: <int>" reader."""
-    import nabla_jax.decoding.baselines as bl
-    from nabla_jax.tasks import extract_answer
-
+def test_self_consistency_takes_the_tasks_extractor(models):
+    """Decoding knows no task: the answer extractor is the caller's, and a missing or
+    non-callable one is refused before any sample is drawn."""
     lm, _ = models
-    assert bl.extract_answer is extract_answer
+    kw = dict(n=3, sampling=HOT, max_length=4)
+    with pytest.raises(TypeError, match="answer_extractor"):
+        self_consistency(lm, PROMPTS[:1], jax.random.key(4), **kw)
+    with pytest.raises(TypeError, match="must be callable.*extract_answer"):
+        self_consistency(lm, PROMPTS[:1], jax.random.key(4), answer_extractor=3, **kw)
     seen = []
-    monkeypatch.setattr(bl, "extract_answer", lambda text: seen.append(text) or len(seen))
-    res = self_consistency(lm, PROMPTS[:1], jax.random.key(4), n=3, sampling=HOT, max_length=4)
+    res = self_consistency(
+        lm, PROMPTS[:1], jax.random.key(4), answer_extractor=lambda t: seen.append(t) or len(seen),
+        **kw,
+    )  # fmt: skip
     assert [t["text"] for t in res[0].trace] == seen  # called once per sample, in order
     assert [t["answer"] for t in res[0].trace] == [1, 2, 3]
 

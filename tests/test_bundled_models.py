@@ -12,7 +12,7 @@ import transformers as tr
 
 import nabla_jax as nj
 from nabla_jax.tasks import generate
-from nabla_jax.templates import lm_prompt_ids, rm_prefix_suffix_ids
+from nabla_jax.text.templates import lm_prompt_ids, rm_prefix_suffix_ids
 
 ASSETS = Path(nj.__file__).resolve().parent / "assets"
 LM_DIR, RM_DIR = ASSETS / "lm", ASSETS / "rm"
@@ -63,7 +63,7 @@ def _rm_batch(tok, pairs):
 
 def test_lm_loads_in_both_and_agrees(problems):
     lm = nj.load_causal_lm(LM_DIR)
-    assert lm.tokenizer is not None and lm.config.family == "qwen2"
+    assert lm.tokenizer is not None and lm.config.model_type == "qwen2"
     hf_tok = tr.AutoTokenizer.from_pretrained(LM_DIR)
     hf = tr.AutoModelForCausalLM.from_pretrained(LM_DIR).eval()
     seqs = [lm_prompt_ids(hf_tok, p.question) for p in problems]

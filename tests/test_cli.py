@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from nabla_jax import cli
-from nabla_jax.bundled import BUNDLED_LM, bundled_baseline_sampling, bundled_decode_config
-from nabla_jax.config_io import ConfigError, decode_config_from_dict, load_run_config
+from nabla_jax.app import cli
+from nabla_jax.app.bundled import BUNDLED_LM, bundled_baseline_sampling, bundled_decode_config
+from nabla_jax.app.config_io import ConfigError, decode_config_from_dict, load_run_config
+from nabla_jax.app.evaluation import check_baseline_sampling, parse_methods, summarize
 from nabla_jax.decoding.sampling import SamplingConfig
-from nabla_jax.evaluation import check_baseline_sampling, parse_methods, summarize
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -60,10 +60,21 @@ def test_incomplete_multihost_flags(capsys):
             cli.main(debug_argv)
 
 
-def test_bundled_config_file_matches_the_builtin_defaults():
-    run = load_run_config(ROOT / "configs" / "arithmetic.yaml")
+def test_bundled_defaults_are_the_one_shipped_file():
+    """One file holds the bundled settings: the repository's configs/arithmetic.yaml is the
+    package's assets/arithmetic.yaml, and bundled_decode_config() reads it."""
+    from nabla_jax.app.bundled import BUNDLED_CONFIG
+
+    assert (ROOT / "configs" / "arithmetic.yaml").samefile(BUNDLED_CONFIG)
+    run = load_run_config(BUNDLED_CONFIG)
     assert run["decode"] == bundled_decode_config()
     assert run["baselines"] == bundled_baseline_sampling()
+    cfg = bundled_decode_config()  # the settings chosen on validation (the file's comments)
+    assert (cfg.max_length, cfg.max_n_generations, cfg.dto_window, cfg.batch_size) == (96, 8, 32, 8)
+    assert cfg.rollout.temperature == 0.0 and cfg.resample.temperature == 0.5
+    assert cfg.confidence_threshold == 0.99 and cfg.grad_threshold is None
+    assert cfg.resample_excludes_current and cfg.accept_margin == 4.0
+    assert bundled_decode_config(max_length=16).max_length == 16
     template = load_run_config(ROOT / "configs" / "qwen2.5-7b-math500.yaml")
     assert template["decode"].max_length == 1024 and template["models"]["dtype"] == "bfloat16"
 

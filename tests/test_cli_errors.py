@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from nabla_jax import cli, evaluation
-from nabla_jax.config_io import load_run_config
+from nabla_jax.app import cli, evaluation
+from nabla_jax.app.config_io import load_run_config
 from tests.hf_models import hf_model, save_chat_pair
 
 MISSING = "/no/such/model/dir"
@@ -149,7 +149,7 @@ def test_library_errors_are_one_line(pair, tmp_path, capsys):
 
 
 def _prov(seed=0, methods=("greedy",)):
-    from nabla_jax.bundled import bundled_decode_config
+    from nabla_jax.app.bundled import bundled_decode_config
 
     return evaluation.provenance(
         seed=seed, methods=list(methods), cfg=bundled_decode_config(), lm="bundled",

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from nabla_jax import cli
-from nabla_jax.bundled import BUNDLED_LM
+from nabla_jax.app import cli
+from nabla_jax.app.bundled import BUNDLED_LM
 from tests.hf_models import save_chat_pair
 
 pytestmark = pytest.mark.slow

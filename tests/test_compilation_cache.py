@@ -9,17 +9,19 @@ import textwrap
 
 import pytest
 
-from nabla_jax import compilation_cache
-from nabla_jax.config_io import ConfigError, load_run_config
+from nabla_jax.app.config_io import ConfigError, load_run_config
+from nabla_jax.runtime import compilation_cache
 
 # A child process: one rollout program of a tiny random model, then what the cache did.
 CHILD = textwrap.dedent(
     """
     import json, numpy as np, jax
     import nabla_jax as nj
-    from nabla_jax import compilation_cache, profiling
+    from nabla_jax.runtime import compilation_cache, profiling
     from nabla_jax.decoding import SamplingConfig, generate_padded
     from tests.hf_models import hf_config
+    assert compilation_cache.directory() == jax.config.jax_compilation_cache_dir
+    compilation_cache.use_default()  # what NablaDecoder and the command line do
     lm = nj.init_causal_lm(hf_config("qwen2"), jax.random.key(0))
     ids = np.arange(3, 11, dtype=np.int32)[None]
     with profiling.track() as t:

@@ -12,10 +12,10 @@ import dataclasses
 import jax
 import pytest
 
-from nabla_jax import profiling
-from nabla_jax.buckets import bucket_length
 from nabla_jax.decoding import NablaDecoder, SamplingConfig
-from nabla_jax.templates import lm_prompt_ids
+from nabla_jax.runtime import profiling
+from nabla_jax.runtime.buckets import bucket_length
+from nabla_jax.text.templates import lm_prompt_ids
 from tests.tiny_decode import TINY_DECODE, load_chat_pair
 
 CFG = TINY_DECODE

@@ -14,8 +14,8 @@ import jax
 import pytest
 
 import nabla_jax as nj
-from nabla_jax import evaluation
-from nabla_jax.bundled import BUNDLED_LM, bundled_decode_config, load_bundled
+from nabla_jax.app import evaluation
+from nabla_jax.app.bundled import BUNDLED_LM, bundled_decode_config, load_bundled
 from nabla_jax.decoding.baselines import greedy_cot
 from nabla_jax.tasks import format_prompt, fresh_test_problems
 

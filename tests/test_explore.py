@@ -11,14 +11,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from nabla_jax.app.stats import bootstrap_ci, paired_comparison
 from nabla_jax.decoding import NablaDecoder
 from nabla_jax.decoding.explore import gap_learning_rate, rank_threshold, resample_tokens
 from nabla_jax.decoding.registry import method_runner, parse_methods, run_baseline
-from nabla_jax.oracle import OracleScorer
-from nabla_jax.stats import bootstrap_ci, paired_comparison
 from nabla_jax.tasks import generate, get_task
 from nabla_jax.tasks.arithmetic_oracle import oracle_score, reference_steps
-from nabla_jax.templates import rm_prefix_suffix_ids
+from nabla_jax.tasks.oracle import OracleScorer
+from nabla_jax.text.templates import rm_prefix_suffix_ids
 from tests.tiny_decode import PROMPTS, TINY_DECODE, load_chat_pair
 
 BASE = TINY_DECODE
@@ -189,7 +189,7 @@ def test_bootstrap_and_paired_comparison():
 
 
 def test_the_bundled_config_holds_the_chosen_exploration():
-    from nabla_jax.bundled import bundled_decode_config
+    from nabla_jax.app.bundled import bundled_decode_config
 
     cfg = bundled_decode_config()
     assert cfg.resample_excludes_current is True and cfg.accept_margin == 4.0

@@ -17,7 +17,7 @@ from nabla_jax.models.export import export_tensors, to_hf_dict
 from nabla_jax.models.family import ModelFamily
 from nabla_jax.models.keys import KeyRow, KeyTable
 from nabla_jax.models.model import CausalLM, RewardModel, param_shapes
-from nabla_jax.models.registry import FAMILIES, SUPPORTED_MODEL_TYPES, family_of
+from nabla_jax.models.registry import FAMILIES, SUPPORTED_MODEL_TYPES, config_from_hf, family_of
 from tests.hf_models import hf_config, sharpen_
 
 MODEL_TYPES = ["llama", "qwen2", "qwen3", "mistral", "gpt2"]
@@ -54,7 +54,7 @@ def test_every_model_type_is_tested_and_registered():
 @pytest.mark.parametrize("model_type, head, tied", CASES)
 def test_key_sets_correspond_both_ways(model_type, head, tied):
     hf = _hf(model_type, head, tied)
-    cfg = ModelConfig.from_hf(hf.config)
+    cfg = config_from_hf(hf.config)
     assert cfg.tie_word_embeddings is tied
     table = family_of(cfg).keys
     hf_keys = {k for k in hf.state_dict() if not table.is_ignored(k)}
@@ -74,7 +74,7 @@ def test_key_sets_correspond_both_ways(model_type, head, tied):
 def test_export_of_import_gives_back_every_tensor(model_type, head, tied):
     hf = _hf(model_type, head, tied, seed=1)
     state = _state(hf)
-    cfg = ModelConfig.from_hf(hf.config)
+    cfg = config_from_hf(hf.config)
     params = convert_tensors(cfg, state, param_shapes(cfg, "float32", head), "float32")
     model = (CausalLM if head == "lm" else RewardModel)(cfg, to_device(params))
     back = export_tensors(model)
@@ -90,11 +90,11 @@ def test_export_of_import_gives_back_every_tensor(model_type, head, tied):
 
 @pytest.mark.parametrize("model_type, head, tied", CASES)
 def test_hf_config_round_trips(model_type, head, tied):
-    cfg = ModelConfig.from_hf(hf_config(model_type, tied=tied))
+    cfg = config_from_hf(hf_config(model_type, tied=tied))
     if tied != cfg.tie_word_embeddings:
         cfg = dataclasses.replace(cfg, tie_word_embeddings=tied)
     written = to_hf_dict(cfg, head)
-    assert ModelConfig.from_hf(written) == cfg
+    assert config_from_hf(written) == cfg
     # transformers builds the same architecture from it: the same tensor names as our table.
     hf_cfg = tr.AutoConfig.for_model(**written)
     auto = tr.AutoModelForCausalLM if head == "lm" else tr.AutoModelForSequenceClassification
@@ -106,10 +106,10 @@ def test_hf_config_round_trips(model_type, head, tied):
 
 
 def test_settings_a_family_cannot_write_are_refused():
-    gpt2 = ModelConfig.from_hf(hf_config("gpt2"))
+    gpt2 = config_from_hf(hf_config("gpt2"))
     with pytest.raises(UnsupportedModelError, match="cannot be written as gpt2"):
         to_hf_dict(dataclasses.replace(gpt2, num_kv_heads=2))
-    llama = ModelConfig.from_hf(hf_config("llama"))
+    llama = config_from_hf(hf_config("llama"))
     with pytest.raises(UnsupportedModelError, match="q/k norms"):
         to_hf_dict(dataclasses.replace(llama, qk_norm=True))
     with pytest.raises(ValueError, match="head must be"):
@@ -143,4 +143,4 @@ def test_key_table_refuses_duplicates_and_misplaced_layers():
 
 def test_unknown_model_type_names_the_supported_ones():
     with pytest.raises(nj.UnsupportedModelError, match=r"'bert'.*llama, qwen2, qwen3, mistral"):
-        ModelConfig.from_hf({"model_type": "bert", "architectures": ["BertModel"]})
+        config_from_hf({"model_type": "bert", "architectures": ["BertModel"]})

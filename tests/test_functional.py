@@ -14,7 +14,7 @@ import torch
 
 import nabla_jax as nj
 import nabla_jax.functional as F
-from nabla_jax import profiling
+from nabla_jax.runtime import profiling
 from tests import tolerances as tol
 from tests.hf_models import VOCAB, hf_config, saved_qwen2_pair
 from tests.reference import torch_dto as td

@@ -149,7 +149,7 @@ def test_private_name_check_catches_both_forms(tmp_path):
         (pkg / f"{name}.py").write_text("")
     bad = pkg / "bad.py"
     bad.write_text(
-        "from nabla_jax.refine import _check_models, refine\n"
+        "from nabla_jax.functional.refine import _check_models, refine\n"
         "from nabla_jax import refine_program as rp\n"
         "import nabla_jax as nj\n"
         "from . import vocab\n"
@@ -159,7 +159,7 @@ def test_private_name_check_catches_both_forms(tmp_path):
     )
     hits = private_uses(bad, root=tmp_path)
     assert [h.split(" ", 1)[1] for h in hits] == [
-        "from nabla_jax.refine import _check_models",
+        "from nabla_jax.functional.refine import _check_models",
         "rp._to_logits",
         "nj.refine._check_models",
         "vocab._encode",

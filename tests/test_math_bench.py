@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from nabla_jax import cli
-from nabla_jax.evaluation import summarize
+from nabla_jax.app import cli
+from nabla_jax.app.evaluation import summarize
 from tests.hf_models import save_chat_pair
 
 PROBLEMS = [
@@ -112,7 +112,7 @@ def test_decode_trace_writes_revisions(pair, files, tmp_path):
 
 
 def test_bench_without_matplotlib_skips_only_the_plot(pair, files, tmp_path, capsys, monkeypatch):
-    from nabla_jax import evaluation
+    from nabla_jax.app import evaluation
 
     monkeypatch.setattr(evaluation, "plotting_available", lambda: False)
     problems, cfg = files

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from nabla_jax.config_io import load_run_config
+from nabla_jax.app.config_io import load_run_config
 from nabla_jax.tasks import task_from_config
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"

@@ -258,7 +258,7 @@ def test_key_sets_correspond(family, tmp_path):
     model = hf_model(family, "score")
     path = _save(model, tmp_path)
     keys = read_safetensors(str(path / "model.safetensors")).keys()
-    cfg = nj.ModelConfig.from_hf(path)
+    cfg = nj.models.config_from_hf(path)
     plan = plan_conversion(cfg, keys, param_shapes(cfg, "float32", "score"))
     assert set(plan) == set(keys)
 

@@ -10,8 +10,8 @@ import pytest
 
 import nabla_jax as nj
 from nabla_jax.decoding import DecodeConfig, NablaDecoder
-from nabla_jax.refine import window_grad_norms
-from nabla_jax.templates import rm_prefix_suffix_ids
+from nabla_jax.functional.refine import window_grad_norms
+from nabla_jax.text.templates import rm_prefix_suffix_ids
 from tests.tiny_decode import PROMPTS, TINY_DECODE, load_chat_pair
 from tests.tokenizer_utils import make_chatml_tokenizer
 

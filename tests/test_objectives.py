@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from nabla_jax.objectives import (
+from nabla_jax.functional.objectives import (
     KL_DIRECTIONS,
     LossTerms,
     article_loss,
@@ -27,7 +27,7 @@ from nabla_jax.objectives import (
     resolve_kl_direction,
     score_reward,
 )
-from nabla_jax.ste import st_softmax, ste_argmax, ste_argmax_embed
+from nabla_jax.functional.ste import st_softmax, ste_argmax, ste_argmax_embed
 from tests.reference import torch_objectives as tob
 from tests.reference import torch_ste
 

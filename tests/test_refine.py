@@ -11,8 +11,8 @@ import pytest
 import torch
 
 import nabla_jax as nj
-from nabla_jax.dto_config import DTOConfig
-from nabla_jax.refine import RefineProblem, compiled_programs, refine, refine_batch
+from nabla_jax.functional.dto_config import DTOConfig
+from nabla_jax.functional.refine import RefineProblem, compiled_programs, refine, refine_batch
 from tests.hf_models import VOCAB, saved_qwen2_pair
 from tests.reference import torch_dto as td
 

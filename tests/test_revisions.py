@@ -1,4 +1,4 @@
-"""The revision view (nabla_jax.revisions) and the demo's committed benchmark table."""
+"""The revision view (nabla_jax.app.revisions) and the demo's committed benchmark table."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from nabla_jax import cli
-from nabla_jax.bundled import BUNDLED_LM
-from nabla_jax.demo import (
+from nabla_jax.app import cli
+from nabla_jax.app.bundled import BUNDLED_LM
+from nabla_jax.app.demo import (
     BENCHMARK_SUMMARY,
     CHANGED,
     benchmark_table,
@@ -19,7 +19,7 @@ from nabla_jax.demo import (
     load_benchmark_summary,
     method_label,
 )
-from nabla_jax.revisions import (
+from nabla_jax.app.revisions import (
     STYLE_ACCEPTED,
     STYLE_REJECTED,
     STYLE_REPLACED,

@@ -10,11 +10,11 @@ import torch
 import transformers as tr
 
 import nabla_jax as nj
-from nabla_jax.buckets import bucket_length
 from nabla_jax.decoding import rollout_module as ro
 from nabla_jax.decoding.generate import generate_padded, rollout
 from nabla_jax.decoding.sampling import SamplingConfig
 from nabla_jax.decoding.stopping import default_eos_ids
+from nabla_jax.runtime.buckets import bucket_length
 from tests.hf_models import PAD, hf_model
 from tests.tokenizer_utils import make_chatml_tokenizer
 

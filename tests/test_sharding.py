@@ -17,8 +17,8 @@ from jax.sharding import PartitionSpec as P
 
 import nabla_jax as nj
 from nabla_jax import sharding
-from nabla_jax.models.config import ModelConfig
 from nabla_jax.models.model import param_shapes
+from nabla_jax.models.registry import config_from_hf
 from tests.hf_models import hf_config, hf_model
 from tests.subproc import run as run_killing_group
 
@@ -94,7 +94,7 @@ def test_batch_divisibility_error_names_sizes():
 def _specs(family, m, head="lm", kv_heads=2, tied=False, **overrides):
     raw = hf_config(family, kv_heads=kv_heads, tied=tied).to_dict()
     raw.update(overrides)
-    cfg = ModelConfig.from_hf(raw)
+    cfg = config_from_hf(raw)
     shapes = param_shapes(cfg, "float32", head)
     specs = sharding.param_partition_specs(cfg, shapes, model_axis_size=m)
     flat = jax.tree_util.tree_leaves_with_path(specs, is_leaf=lambda x: isinstance(x, P))
@@ -168,7 +168,7 @@ def test_model_axis_that_does_not_divide_heads_is_refused():
 
 
 def test_every_leaf_needs_a_rule():
-    cfg = ModelConfig.from_hf(hf_config("qwen2"))
+    cfg = config_from_hf(hf_config("qwen2"))
     shapes = dict(param_shapes(cfg))
     shapes["mystery"] = jax.ShapeDtypeStruct((3,), np.float32)
     with pytest.raises(ValueError, match=r"no partition rule for parameter 'mystery'"):

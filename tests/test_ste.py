@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from nabla_jax.ste import (
+from nabla_jax.functional.ste import (
     gumbel_noise,
     st_softmax,
     st_softmax_embed,

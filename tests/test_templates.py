@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from nabla_jax.templates import (
+from nabla_jax.text.templates import (
     DEFAULT_PLACEHOLDER,
     ChatTemplateError,
     _as_id_list,

@@ -7,7 +7,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from nabla_jax.tasks import chat_messages, generate
-from nabla_jax.tasks.tokenizer import (
+from nabla_jax.text.tokenizer import (
     BUNDLED_TOKENIZER_DIR,
     CHAT_TEMPLATE,
     GENERATION_PROMPT,

@@ -14,7 +14,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 import nabla_jax as nj  # noqa: E402
-from nabla_jax.bundled import BUNDLED_LM, BUNDLED_RM, bundled_decode_config, load_bundled  # noqa: E402
+from nabla_jax.app.bundled import BUNDLED_LM, BUNDLED_RM, bundled_decode_config, load_bundled  # noqa: E402
 from nabla_jax.decoding.sampling import SamplingConfig  # noqa: E402
 from nabla_jax.tasks import format_prompt, fresh_test_problems  # noqa: E402
 from tests.reference.torch_decode import TorchNablaDecoder, load_hf_pair  # noqa: E402

@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 train_rm = pytest.importorskip("train_rm")
 
 from nabla_jax.tasks import generate, grade  # noqa: E402
-from nabla_jax.tasks.tokenizer import load_bundled_tokenizer  # noqa: E402
+from nabla_jax.text.tokenizer import load_bundled_tokenizer  # noqa: E402
 
 QUESTION = "Compute 16*3*9+6"
 SOLUTION = "16*3=48\n48*9=432\n432+6=438\nAnswer: 438"

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from nabla_jax.vocab import (
+from nabla_jax.text.vocab import (
     DEFAULT_SAMPLES,
     OutOfVocabularyError,
     TokenizationMismatchError,
@@ -72,7 +72,7 @@ def test_error_hierarchy():
 def test_size_mismatch(tok_a):
     with pytest.raises(
         VocabSizeMismatchError,
-        match=r"300 != RM vocabulary size 301.*rm_embed=nabla_jax.vocab.align_rm_embeddings",
+        match=r"300 != RM vocabulary size 301.*rm_embed=nabla_jax.text.vocab.align_rm_embeddings",
     ):
         check_vocab_compatibility(tok_a, tok_a, 300, 301)
 
@@ -85,7 +85,7 @@ def test_tokenization_mismatch_names_string_and_encodings(tok_a, tok_b):
     msg = str(err.value)
     assert repr(sample) in msg and "same tokenizer" in msg
     # The advice names a parameter that exists: refine(..., rm_embed=align_rm_embeddings(...)).
-    assert "align=True" not in msg and "rm_embed=nabla_jax.vocab.align_rm_embeddings(" in msg
+    assert "align=True" not in msg and "rm_embed=nabla_jax.text.vocab.align_rm_embeddings(" in msg
     lm_ids = tok_a.encode(sample, add_special_tokens=False)
     rm_ids = tok_b.encode(sample, add_special_tokens=False)
     assert f"LM -> {lm_ids}" in msg and f"RM -> {rm_ids}" in msg

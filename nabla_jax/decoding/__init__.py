@@ -20,7 +20,6 @@ __all__ = [
     "top_p_filter",
 ]
 
-from nabla_jax.buckets import bucket_length  # noqa: E402
 from nabla_jax.decoding import rollout as rollout_module  # noqa: E402
 from nabla_jax.decoding.generate import (  # noqa: E402
     PaddedRollout,
@@ -29,6 +28,7 @@ from nabla_jax.decoding.generate import (  # noqa: E402
     pad_prompts,
     rollout,
 )
+from nabla_jax.runtime.buckets import bucket_length  # noqa: E402
 
 __all__ += [
     "PaddedRollout",

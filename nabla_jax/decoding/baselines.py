@@ -2,7 +2,7 @@
 (reward-model ranked) and self-consistency (majority vote over extracted answers).
 
 Every function takes a batch of prompts (user message strings or chat message lists), renders them
-with the LM chat template (:func:`nabla_jax.templates.lm_prompt_ids`), and generates with the
+with the LM chat template (:func:`nabla_jax.text.templates.lm_prompt_ids`), and generates with the
 batched :func:`nabla_jax.decoding.rollout.rollout` — the ``n`` samples of a prompt are rows of the
 same batches as every other prompt's samples. Results are :class:`~nabla_jax.decoding.nabla.
 DecodeResult` objects, like the decoder's: ``text`` (trimmed before the first EOS / stop string),
@@ -40,12 +40,12 @@ from nabla_jax.decoding.sampling import SamplingConfig
 from nabla_jax.decoding.scoring import rm_scores
 from nabla_jax.decoding.stopping import default_eos_ids
 from nabla_jax.models.model import CausalLM, RewardModel
-from nabla_jax.tasks.arithmetic import extract_answer
-from nabla_jax.templates import (
+from nabla_jax.models.partition import shard_model
+from nabla_jax.text.templates import (
     require_chat_template,
     rm_prefix_suffix_ids,
 )
-from nabla_jax.vocab import shared_rm_tokenizer
+from nabla_jax.text.vocab import shared_rm_tokenizer
 
 __all__ = [
     "best_of_n",
@@ -71,12 +71,8 @@ def _accepts_mesh(fn):
     @functools.wraps(fn)
     def wrapper(lm, *args, mesh=None, **kwargs):
         if mesh is not None:
-            from nabla_jax import sharding
-
-            lm = sharding.shard_model(lm, mesh)
-            args = tuple(
-                sharding.shard_model(a, mesh) if isinstance(a, RewardModel) else a for a in args
-            )
+            lm = shard_model(lm, mesh)
+            args = tuple(shard_model(a, mesh) if isinstance(a, RewardModel) else a for a in args)
         return fn(lm, *args, **kwargs)
 
     return wrapper
@@ -218,7 +214,7 @@ def best_of_n(
 
     Every candidate is scored as the decoder's acceptance test scores a response: the RM chat
     template's prefix ++ the response ids (a trailing EOS dropped) ++ the template's suffix
-    (:func:`nabla_jax.templates.rm_prefix_suffix_ids`), so all candidates are framed
+    (:func:`nabla_jax.text.templates.rm_prefix_suffix_ids`), so all candidates are framed
     identically. Ties go to the earliest sample.
 
     Args:
@@ -327,7 +323,7 @@ def self_consistency(
     n: int,
     sampling: SamplingConfig,
     max_length: int,
-    answer_extractor: Callable[[str], Hashable | None] | None = None,
+    answer_extractor: Callable[[str], Hashable | None],
     stop_strings: Sequence[str] = (),
     eos_ids: Sequence[int] | None = None,
     system: str | None = None,
@@ -339,18 +335,20 @@ def self_consistency(
       lm, prompts, key, sampling, max_length, stop_strings, eos_ids, system, batch_size: as in
         :func:`sampled_cot`.
       n: samples per prompt.
-      answer_extractor: ``text -> answer or None`` applied to each sample's (trimmed) text;
-        default :func:`nabla_jax.tasks.extract_answer`. See :func:`majority_vote` for the vote.
+      answer_extractor: ``text -> answer or None`` applied to each sample's (trimmed) text —
+        the task's (``nabla_jax.tasks.extract_answer`` for the bundled arithmetic task,
+        ``get_task(name).extract``). See :func:`majority_vote` for the vote.
 
     Returns:
       One ``DecodeResult`` per prompt: the text of the chosen sample (the first sample with the
       winning answer); ``stats["answer"]`` / ``stats["votes"]``; each trace entry has its
       ``answer``. ``model_calls`` = generated tokens (no reward model).
     """
-    if answer_extractor is None:
-        answer_extractor = extract_answer
     if not callable(answer_extractor):
-        raise TypeError("answer_extractor must be callable: text -> answer or None")
+        raise TypeError(
+            "answer_extractor must be callable: text -> answer or None (the task's extractor, "
+            "e.g. nabla_jax.tasks.extract_answer for the bundled arithmetic task)"
+        )
     prompts = _check_common(lm, prompts, max_length, batch_size, n)
     if not prompts:
         return []

@@ -16,7 +16,7 @@ import numpy as np
 
 from nabla_jax.decoding.rollout import SamplingParams, SamplingProgram
 from nabla_jax.decoding.sampling import SamplingConfig
-from nabla_jax.dto_config import DTOConfig, DTOHyper
+from nabla_jax.functional.dto_config import DTOConfig, DTOHyper
 
 __all__ = ["DecodeConfig", "DecodeHyper"]
 

@@ -1,7 +1,7 @@
 """Host API of rollouts: sample continuations of token-id prompts in bucketed fixed shapes.
 
 :func:`generate_padded` takes already padded prompts; :func:`rollout` takes id lists, pads them
-to a bucket (:func:`nabla_jax.buckets.bucket_length`) and decodes the texts. Both run one
+to a bucket (:func:`nabla_jax.runtime.buckets.bucket_length`) and decodes the texts. Both run one
 compiled program per shape bucket — the fixed-shape core of :mod:`nabla_jax.decoding.rollout` —
 with budgets, sampling values, EOS ids and stop sequences as run-time inputs.
 """
@@ -18,7 +18,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nabla_jax.buckets import bucket_length, pad_ids
 from nabla_jax.decoding.rollout import (
     TRACE_COUNTS,
     SamplingParams,
@@ -35,6 +34,7 @@ from nabla_jax.decoding.stopping import (
     stop_tables,
     trim_text,
 )
+from nabla_jax.runtime.buckets import bucket_length, pad_ids
 
 __all__ = ["PaddedRollout", "RolloutResult", "generate_padded", "pad_prompts", "rollout"]
 
@@ -177,7 +177,7 @@ def generate_padded(
         pad_id = cfg.pad_token_id if cfg.pad_token_id is not None else 0
     tables = stop_tables(eos_ids, stop_ids)
     # With a sharded model (a mesh), the prompts' rows split over the mesh's "data" axis.
-    from nabla_jax.sharding import shard_rows_like
+    from nabla_jax.runtime.sharding import shard_rows_like
 
     args = shard_rows_like(lm, (ids.astype(np.int32), mask.astype(np.int32), keys, budget))
     keep = ("logits",) * bool(return_logits) + ("hidden",) * bool(return_hidden)
@@ -253,7 +253,8 @@ def rollout(
         generated; the text is always trimmed at the first occurrence on the host).
       tokenizer: decodes ``texts``; default ``lm.tokenizer``. Required for ``stop_strings``.
       return_logits / return_hidden: keep per-position logits ``[B, N, V]`` / hidden ``[B, N, D]``.
-      buckets: length buckets for ``P`` and ``N`` (see :func:`nabla_jax.buckets.bucket_length`).
+      buckets: length buckets for ``P`` and ``N``
+        (see :func:`nabla_jax.runtime.buckets.bucket_length`).
       skip_special_tokens: passed to ``tokenizer.decode``.
       mesh: a ``jax.sharding.Mesh`` ("data", "model"), as everywhere in nabla-jax: the LM's
         weights are split over "model" and the rows over "data" (when their number divides it;
@@ -264,7 +265,7 @@ def rollout(
       A :class:`RolloutResult`.
     """
     if mesh is not None:
-        from nabla_jax.sharding import shard_model
+        from nabla_jax.models.partition import shard_model
 
         lm = shard_model(lm, mesh)
     cfg = lm.config

@@ -35,7 +35,6 @@ from typing import Any
 import jax
 import numpy as np
 
-from nabla_jax.buckets import bucket_length, pad_ids
 from nabla_jax.decoding.config import DecodeConfig
 from nabla_jax.decoding.keys import prompt_id
 from nabla_jax.decoding.loop import Models, run_chunk
@@ -44,14 +43,17 @@ from nabla_jax.decoding.state import Inserts, empty_state
 from nabla_jax.decoding.stopping import default_eos_ids, stop_tables
 from nabla_jax.functional.checks import rm_embedding_table
 from nabla_jax.models.model import CausalLM, RewardModel
-from nabla_jax.profiling import device_get
-from nabla_jax.templates import (
+from nabla_jax.models.partition import shard_model
+from nabla_jax.runtime import compilation_cache, sharding
+from nabla_jax.runtime.buckets import bucket_length, pad_ids
+from nabla_jax.runtime.profiling import device_get
+from nabla_jax.text.templates import (
     build_messages,
     lm_prompt_ids,
     require_chat_template,
     rm_prefix_suffix_ids,
 )
-from nabla_jax.vocab import shared_rm_tokenizer
+from nabla_jax.text.vocab import shared_rm_tokenizer
 
 __all__ = ["DecodeConfig", "DecodeResult", "NablaDecoder"]
 
@@ -72,6 +74,10 @@ class NablaDecoder:
         (RM prefix ++ response ++ RM suffix), returns one float per list; it runs on the host
         from inside the compiled loop. Default: the reward model's score. DTO always uses the
         reward model; this hook only replaces the test.
+
+    Constructing a decoder turns JAX's persistent compilation cache on
+    (``nj.compilation_cache.use_default``; off with ``NABLA_JAX_CACHE_DIR=off`` or
+    ``nj.compilation_cache.disable()``), so a second process loads the loop's programs.
     """
 
     def __init__(
@@ -103,10 +109,8 @@ class NablaDecoder:
         require_chat_template(lm.tokenizer, "LM")
         self.rm_tokenizer = shared_rm_tokenizer(lm, rm, "the decoder")
         if mesh is not None:
-            from nabla_jax import sharding
-
             sharding.check_batch_divisible(cfg.batch_size, mesh, "DecodeConfig.batch_size")
-            lm, rm = sharding.shard_model(lm, mesh), sharding.shard_model(rm, mesh)
+            lm, rm = shard_model(lm, mesh), shard_model(rm, mesh)
         self.mesh = mesh
         self.lm, self.rm, self.cfg, self.scorer = lm, rm, cfg, scorer
         self.tokenizer = lm.tokenizer
@@ -119,6 +123,7 @@ class NablaDecoder:
         # Waiting prompts enter when this many slots are free: a first rollout then serves
         # several new rows at once instead of running the whole batch's loop for one.
         self._refill_at = max(1, cfg.batch_size // 2)
+        compilation_cache.use_default()
 
     # ---------------------------------------------------------------- public API
 
@@ -233,8 +238,6 @@ class NablaDecoder:
         suf_ids, suf_mask = pad_ids(suf_rows, s_len, left=False)
         ins = Inserts(take, lm_ids, lm_mask, pre_ids, pre_mask, suf_ids, suf_mask, pid)
         if self.mesh is not None:
-            from nabla_jax import sharding
-
             ins = sharding.shard_batch(ins, self.mesh)
         return ins
 
@@ -262,7 +265,6 @@ def _shard_state(state, mesh):
     from jax.sharding import NamedSharding
     from jax.sharding import PartitionSpec as P
 
-    from nabla_jax import sharding
     from nabla_jax.models.layers import KVCache
 
     def put(x, axis):

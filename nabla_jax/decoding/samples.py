@@ -18,14 +18,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nabla_jax.buckets import bucket_length, pad_ids
 from nabla_jax.decoding.generate import generate_padded
 from nabla_jax.decoding.keys import ROLLOUT, prompt_id
 from nabla_jax.decoding.results import DecodeResult, empty_stats
 from nabla_jax.decoding.sampling import SamplingConfig
 from nabla_jax.decoding.stopping import STOP_EOS, STOP_REASONS, default_eos_ids, trim_text
-from nabla_jax.profiling import device_get
-from nabla_jax.templates import build_messages, lm_prompt_ids
+from nabla_jax.runtime.buckets import bucket_length, pad_ids
+from nabla_jax.runtime.profiling import device_get
+from nabla_jax.text.templates import build_messages, lm_prompt_ids
 
 __all__ = ["Sample", "generate_samples", "prompt_keys", "sample_result"]
 

@@ -17,9 +17,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nabla_jax.buckets import bucket_length, pad_ids
 from nabla_jax.decoding.stopping import hits_eos
 from nabla_jax.models.model import default_positions, last_valid_index
+from nabla_jax.runtime.buckets import bucket_length, pad_ids
 
 __all__ = [
     "Scorer",

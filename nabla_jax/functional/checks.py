@@ -7,7 +7,7 @@ import warnings
 import jax.numpy as jnp
 import numpy as np
 
-from nabla_jax.dto_config import DTOConfig
+from nabla_jax.functional.dto_config import DTOConfig
 from nabla_jax.functional.pluggable import EmbeddingLM, EmbeddingReward, lm_sizes
 from nabla_jax.models.model import CausalLM, RewardModel
 
@@ -101,7 +101,7 @@ def rm_embedding_table(lm, rm, rm_embed=None):
             )
         return rm_embed
     if rm.config.vocab_size != lm_sizes(lm)[0]:
-        from nabla_jax.vocab import VocabSizeMismatchError
+        from nabla_jax.text.vocab import VocabSizeMismatchError
 
         raise VocabSizeMismatchError(
             f"LM vocabulary ({lm_sizes(lm)[0]}) and RM vocabulary ({rm.config.vocab_size}) "

@@ -14,12 +14,12 @@ from typing import Any, NamedTuple
 
 import jax.numpy as jnp
 
-from nabla_jax.dto_config import DTOConfig
+from nabla_jax.functional.dto_config import DTOConfig
+from nabla_jax.functional.objectives import kl_positions, loglik_positions
 from nabla_jax.functional.packing import PaddedProblems
 from nabla_jax.functional.pluggable import EmbeddingLM, EmbeddingReward
+from nabla_jax.functional.ste import ste_argmax_embed
 from nabla_jax.models.model import default_positions, last_valid_index
-from nabla_jax.objectives import kl_positions, loglik_positions
-from nabla_jax.ste import ste_argmax_embed
 
 __all__ = ["Context", "PrefixCaches", "kl_rows", "lm_loglik", "prepare_context", "rm_reward"]
 

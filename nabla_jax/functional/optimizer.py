@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from nabla_jax.dto_config import DTOConfig, DTOHyper
+from nabla_jax.functional.dto_config import DTOConfig, DTOHyper
 
 __all__ = ["paper_optimizer", "scale_by_adam"]
 

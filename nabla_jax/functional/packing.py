@@ -15,8 +15,8 @@ from typing import Any, NamedTuple
 import jax.numpy as jnp
 import numpy as np
 
-from nabla_jax.buckets import bucket_length, pad_ids
 from nabla_jax.functional.pluggable import lm_sizes
+from nabla_jax.runtime.buckets import bucket_length, pad_ids
 
 __all__ = ["PackSizes", "PaddedProblems", "pack", "pad_problems", "plan_chunks", "shape_key"]
 
@@ -170,7 +170,7 @@ def pack(lm, problems, cfg=None, *, sizes: PackSizes | None = None) -> PaddedPro
       :class:`PaddedProblems` with ``B = len(problems)`` rows, all valid. Index it with
       ``jax.tree.map(lambda a: a[i], packed)`` for one prompt, or ``jax.vmap`` over it.
     """
-    from nabla_jax.dto_config import DTOConfig
+    from nabla_jax.functional.dto_config import DTOConfig
 
     if not problems:
         raise ValueError("pack needs at least one RefineProblem")

@@ -23,8 +23,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from nabla_jax.dto_config import DTOConfig, DTOHyper
 from nabla_jax.functional.context import PrefixCaches, prepare_context
+from nabla_jax.functional.dto_config import DTOConfig, DTOHyper
 from nabla_jax.functional.optimizer import paper_optimizer
 from nabla_jax.functional.packing import PaddedProblems
 from nabla_jax.functional.step import (

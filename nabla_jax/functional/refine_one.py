@@ -29,8 +29,8 @@ import jax.numpy as jnp
 import optax
 from jax.custom_batching import custom_vmap
 
-from nabla_jax.dto_config import DTOConfig, DTOHyper
 from nabla_jax.functional.checks import check_models, rm_embedding_table
+from nabla_jax.functional.dto_config import DTOConfig, DTOHyper
 from nabla_jax.functional.packing import PaddedProblems
 from nabla_jax.functional.pluggable import EmbeddingReward
 from nabla_jax.functional.program import refine_rows

@@ -26,10 +26,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from nabla_jax.dto_config import DTOConfig, DTOHyper
 from nabla_jax.functional.context import Context, kl_rows, lm_loglik, rm_reward
+from nabla_jax.functional.dto_config import DTOConfig, DTOHyper
 from nabla_jax.functional.packing import PaddedProblems
-from nabla_jax.ste import st_softmax, ste_argmax
+from nabla_jax.functional.ste import st_softmax, ste_argmax
 
 __all__ = [
     "DTOState",

@@ -21,7 +21,7 @@ from nabla_jax.models.model import (
     init_reward_model,
     last_valid_index,
 )
-from nabla_jax.models.registry import FAMILIES, SUPPORTED_MODEL_TYPES, family_of
+from nabla_jax.models.registry import FAMILIES, SUPPORTED_MODEL_TYPES, config_from_hf, family_of
 
 __all__ = [
     "FAMILIES",
@@ -34,6 +34,7 @@ __all__ = [
     "ModelOutput",
     "RewardModel",
     "UnsupportedModelError",
+    "config_from_hf",
     "default_positions",
     "family_of",
     "init_causal_lm",

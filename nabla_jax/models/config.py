@@ -2,9 +2,10 @@
 
 ``ModelConfig`` is the union of the settings of every family (decoder: Llama, Qwen2, Qwen3,
 Mistral through switches; GPT-2). Each family maps its own HF config onto it in both directions
-(``from_hf_config`` / ``to_hf_config`` in the family's module); the fields every family shares
-(labels, special token ids) are mapped here. It is a frozen dataclass, hashable, so it can be a
-static argument of ``jax.jit``.
+(``from_hf_config`` / ``to_hf_config`` in the family's module; ``registry.config_from_hf``
+picks the family by ``model_type``); the fields every family shares (labels, special token ids)
+are mapped here. This module imports nothing else of nabla-jax. It is a frozen dataclass,
+hashable, so it can be a static argument of ``jax.jit``.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ class ModelConfig:
     """Architecture of one model, independent of its weights.
 
     Attributes:
-      family: the Hugging Face ``model_type`` (one of ``registry.SUPPORTED_MODEL_TYPES``).
+      model_type: the Hugging Face ``model_type`` ("qwen2", "llama", ...; its family — the
+        implementation that serves it — is ``registry.family_of(cfg)``).
       vocab_size: rows of the embedding table ``V``.
       hidden_size: model width ``D``.
       intermediate_size: MLP width ``F``.
@@ -58,7 +60,7 @@ class ModelConfig:
       scale_attn_weights / scale_attn_by_inverse_layer_idx: GPT-2 attention scaling switches.
     """
 
-    family: str
+    model_type: str
     vocab_size: int
     hidden_size: int
     intermediate_size: int
@@ -90,14 +92,7 @@ class ModelConfig:
     scale_attn_by_inverse_layer_idx: bool = False
 
     def __post_init__(self):
-        from nabla_jax.models.registry import SUPPORTED_MODEL_TYPES
-
-        if self.family not in SUPPORTED_MODEL_TYPES:
-            raise UnsupportedModelError(
-                f"model_type {self.family!r} is not supported; nabla-jax implements "
-                f"{', '.join(SUPPORTED_MODEL_TYPES)}. Convert the checkpoint to one of these "
-                "families."
-            )
+        # Whether a family implements model_type is the registry's question (registry.family_of).
         if self.rope_type not in SUPPORTED_ROPE_TYPES:
             raise UnsupportedModelError(
                 f"rope_type {self.rope_type!r} is not supported (supported: "
@@ -130,17 +125,6 @@ class ModelConfig:
         if not self.layer_types:
             return self.sliding_window
         return self.sliding_window if self.layer_types[layer] == "sliding_attention" else None
-
-    @classmethod
-    def from_hf(cls, hf: Any) -> ModelConfig:
-        """Build from an HF config: a ``PretrainedConfig``, a dict, or a ``config.json`` path.
-
-        The family of the config's ``model_type`` maps it (``ModelFamily.from_hf_config``).
-        """
-        from nabla_jax.models.registry import family_for_model_type
-
-        hf = read_hf_config(hf)
-        return family_for_model_type(hf.get("model_type"), hf).from_hf_config(hf)
 
 
 def read_hf_config(hf: Any) -> dict:

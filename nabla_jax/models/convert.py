@@ -104,7 +104,7 @@ def plan_conversion(cfg: ModelConfig, keys: Iterable[str], shapes: Mapping) -> d
             missing.append(f"{path} (layers {lacking})" if stacked else path)
     if unused or missing:
         raise CheckpointMismatchError(
-            f"checkpoint does not match the {cfg.family} model:\n"
+            f"checkpoint does not match the {cfg.model_type} model:\n"
             f"  checkpoint keys with no parameter: {sorted(unused) or 'none'}\n"
             f"  parameters with no checkpoint key: {missing or 'none'}\n"
             "Check that config.json describes these weights and that the right loader is used "

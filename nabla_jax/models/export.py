@@ -98,7 +98,7 @@ def save_pretrained(model, directory, *, tokenizer=None) -> Path:
     if tokenizer is None:
         tokenizer = model.tokenizer
     if tokenizer:
-        from nabla_jax.tasks.tokenizer import save_tokenizer
+        from nabla_jax.text.tokenizer import save_tokenizer
 
         save_tokenizer(tokenizer, directory)
     return directory

@@ -15,12 +15,12 @@ from collections.abc import Callable
 from jax.sharding import PartitionSpec as P
 
 from nabla_jax.models.keys import KeyTable
+from nabla_jax.runtime.sharding import DATA as DATA_AXIS
+from nabla_jax.runtime.sharding import MODEL as MODEL_AXIS
 
 __all__ = ["DATA_AXIS", "MODEL_AXIS", "ModelFamily", "PartitionRules", "head_partition_rules"]
 
-# Mesh axis names (re-exported as nabla_jax.sharding.DATA / MODEL).
-DATA_AXIS = "data"
-MODEL_AXIS = "model"
+# Mesh axis names: nabla_jax.runtime.sharding.DATA / MODEL, under the names the families use.
 
 # ((parameter path regex, spec), …): the first rule whose regex fully matches a path wins.
 PartitionRules = tuple[tuple[str, P], ...]

@@ -167,7 +167,7 @@ def gpt2_from_hf_config(hf: dict) -> ModelConfig:
     if hf.get("reorder_and_upcast_attn", False):
         raise UnsupportedModelError("GPT-2 reorder_and_upcast_attn=True is not supported")
     return ModelConfig(
-        family="gpt2",
+        model_type="gpt2",
         vocab_size=int(hf["vocab_size"]),
         hidden_size=hidden,
         intermediate_size=int(hf.get("n_inner") or 4 * hidden),

@@ -18,7 +18,7 @@ from nabla_jax.models.convert import (
     to_device,
 )
 from nabla_jax.models.model import CausalLM, RewardModel, param_shapes, resolve_dtype
-from nabla_jax.models.registry import family_of
+from nabla_jax.models.registry import config_from_hf, family_of
 
 __all__ = [
     "check_finite",
@@ -63,9 +63,9 @@ def load_tokenizer(path):
 
 
 def read_model_config(path) -> ModelConfig:
-    """``ModelConfig.from_hf(path)``; a config.json that is not JSON is named as corrupt."""
+    """``config_from_hf(path)``; a config.json that is not JSON is named as corrupt."""
     try:
-        return ModelConfig.from_hf(path)
+        return config_from_hf(path)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CorruptCheckpointError(
             f"{os.path.join(path, 'config.json')} is not valid JSON ({e}); the file is corrupt"
@@ -109,7 +109,7 @@ def _load(path, dtype, head, allow_pickle, tokenizer, mesh=None):
     if mesh is None:
         params = to_device(convert_tensors(cfg, tensors, shapes, dtype))
     else:
-        from nabla_jax.sharding import param_shardings
+        from nabla_jax.models.partition import param_shardings
 
         shardings = param_shardings(cfg, shapes, mesh)
         params = convert_tensors_sharded(cfg, tensors, shapes, dtype, shardings)

@@ -23,7 +23,7 @@ from nabla_jax.models.layers import (
     output_matrix,
     score_logits,
 )
-from nabla_jax.models.registry import family_of
+from nabla_jax.models.registry import config_from_hf, family_of
 
 __all__ = [
     "DTYPES",
@@ -119,7 +119,8 @@ class _Model:
     def __repr__(self):
         n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(self.params))
         return (
-            f"{type(self).__name__}(family={self.config.family}, layers={self.config.num_layers}, "
+            f"{type(self).__name__}(model_type={self.config.model_type}, "
+            f"layers={self.config.num_layers}, "
             f"hidden={self.config.hidden_size}, vocab={self.config.vocab_size}, params={n:,}, "
             f"dtype={self.dtype})"
         )
@@ -345,11 +346,11 @@ def param_shapes(cfg: ModelConfig, dtype="float32", head="lm") -> dict:
 
 def init_causal_lm(hf_config, key, dtype="float32", tokenizer=None) -> CausalLM:
     """A randomly initialised ``CausalLM`` from a Hugging Face config (dict, object or path)."""
-    cfg = ModelConfig.from_hf(hf_config)
+    cfg = config_from_hf(hf_config)
     return CausalLM(cfg, init_params(cfg, key, dtype, "lm"), tokenizer, dtype)
 
 
 def init_reward_model(hf_config, key, dtype="float32", tokenizer=None) -> RewardModel:
     """A randomly initialised ``RewardModel`` from a Hugging Face config."""
-    cfg = ModelConfig.from_hf(hf_config)
+    cfg = config_from_hf(hf_config)
     return RewardModel(cfg, init_params(cfg, key, dtype, "score"), tokenizer, dtype)

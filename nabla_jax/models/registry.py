@@ -6,11 +6,19 @@ Adding a family: write its module (Flax module, ``KeyTable``, config in/out, par
 
 from __future__ import annotations
 
+from typing import Any
+
 from nabla_jax.models import decoder, gpt2
-from nabla_jax.models.config import ModelConfig, UnsupportedModelError
+from nabla_jax.models.config import ModelConfig, UnsupportedModelError, read_hf_config
 from nabla_jax.models.family import ModelFamily
 
-__all__ = ["FAMILIES", "SUPPORTED_MODEL_TYPES", "family_for_model_type", "family_of"]
+__all__ = [
+    "FAMILIES",
+    "SUPPORTED_MODEL_TYPES",
+    "config_from_hf",
+    "family_for_model_type",
+    "family_of",
+]
 
 FAMILIES: tuple[ModelFamily, ...] = (decoder.FAMILY, gpt2.FAMILY)
 _BY_MODEL_TYPE = {t: f for f in FAMILIES for t in f.model_types}
@@ -37,5 +45,21 @@ def family_for_model_type(model_type, hf: dict | None = None) -> ModelFamily:
 
 
 def family_of(cfg: ModelConfig) -> ModelFamily:
-    """The family of a ``ModelConfig`` (by its ``family`` field, the HF model type)."""
-    return family_for_model_type(cfg.family)
+    """The family of a ``ModelConfig`` (by its ``model_type``).
+
+    Raises:
+      UnsupportedModelError: no family implements the config's ``model_type``.
+    """
+    return family_for_model_type(cfg.model_type)
+
+
+def config_from_hf(hf: Any) -> ModelConfig:
+    """A ``ModelConfig`` from an HF config: a ``PretrainedConfig``, a dict, or a ``config.json``
+    path (or its directory). The family of the config's ``model_type`` maps it
+    (``ModelFamily.from_hf_config``).
+
+    Raises:
+      UnsupportedModelError: no family implements the ``model_type`` (naming the supported ones).
+    """
+    hf = read_hf_config(hf)
+    return family_for_model_type(hf.get("model_type"), hf).from_hf_config(hf)

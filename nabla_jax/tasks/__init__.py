@@ -2,7 +2,7 @@
 competition math with LaTeX answers (:mod:`nabla_jax.tasks.math`), and the :class:`Task`
 interface the evaluation uses for either (:func:`get_task`).
 
-The task tokenizer lives in :mod:`nabla_jax.tasks.tokenizer` (imported on demand: it needs
+The task tokenizer lives in :mod:`nabla_jax.text.tokenizer` (imported on demand: it needs
 ``transformers``).
 """
 

@@ -4,8 +4,8 @@ Written from the module docstring of ``nabla_jax/decoding/nabla.py`` and
 docs/algorithm.md#the-decoding-loop, and run the way the public ∇-Reasoner code runs: Hugging Face
 ``transformers`` models in float32, Hugging Face ``generate`` with its KV cache for every rollout,
 the DTO twin (``torch_dto.paper_dto``) for the refinement, the sequence-classification head for the
-acceptance test. Only the token ids of the chat templates come from ``nabla_jax.templates`` (the
-same ids both sides feed their models).
+acceptance test. Only the token ids of the chat templates come from
+``nabla_jax.text.templates`` (the same ids both sides feed their models).
 
 Per prompt:
 
@@ -42,7 +42,7 @@ import dataclasses
 
 import torch
 
-from nabla_jax.templates import lm_prompt_ids, rm_prefix_suffix_ids
+from nabla_jax.text.templates import lm_prompt_ids, rm_prefix_suffix_ids
 from tests.reference import torch_dto, torch_sampling
 
 COUNTERS = (

@@ -1,4 +1,4 @@
-"""PyTorch reference twins of ``nabla_jax.objectives``.
+"""PyTorch reference twins of ``nabla_jax.functional.objectives``.
 
 Written from the loss descriptions in docs/algorithm.md#the-loss and
 docs/algorithm.md#the-articles-sketch.

@@ -1,4 +1,4 @@
-"""PyTorch reference twins of ``nabla_jax.ste`` (written from
+"""PyTorch reference twins of ``nabla_jax.functional.ste`` (written from
 docs/algorithm.md#the-straight-through-relaxation).
 
 These are deliberately the plain, dense formulations: ``one_hot @ E`` as a matmul, and the

@@ -133,7 +133,7 @@ def decoder_from_hf_config(hf: dict) -> ModelConfig:
     if act not in ACTIVATIONS:
         raise UnsupportedModelError(f"hidden_act {act!r} is not supported")
     return ModelConfig(
-        family=family,
+        model_type=family,
         vocab_size=int(hf["vocab_size"]),
         hidden_size=hidden,
         intermediate_size=int(hf["intermediate_size"]),
@@ -161,7 +161,7 @@ def decoder_from_hf_config(hf: dict) -> ModelConfig:
 
 def _check_expressible(cfg: ModelConfig) -> None:
     """Refuse settings the family's HF config cannot express, rather than write another model."""
-    f = cfg.family
+    f = cfg.model_type
     if f == "qwen2" and (cfg.o_bias or cfg.mlp_bias or not cfg.attention_bias):
         raise UnsupportedModelError("a qwen2 config needs q/k/v biases only (no o/mlp bias)")
     if f == "mistral" and (cfg.attention_bias or cfg.o_bias or cfg.mlp_bias):
@@ -203,8 +203,8 @@ def decoder_to_hf_config(cfg: ModelConfig, head: str = "lm") -> dict:
     _check_expressible(cfg)
     suffix = "ForCausalLM" if head == "lm" else "ForSequenceClassification"
     out = {
-        "architectures": [ARCHITECTURE_PREFIX[cfg.family] + suffix],
-        "model_type": cfg.family,
+        "architectures": [ARCHITECTURE_PREFIX[cfg.model_type] + suffix],
+        "model_type": cfg.model_type,
         "vocab_size": cfg.vocab_size,
         "hidden_size": cfg.hidden_size,
         "intermediate_size": cfg.intermediate_size,
@@ -221,18 +221,18 @@ def decoder_to_hf_config(cfg: ModelConfig, head: str = "lm") -> dict:
         "use_cache": True,
         **common_to_hf(cfg),
     }
-    if cfg.family in ("llama", "qwen3"):
+    if cfg.model_type in ("llama", "qwen3"):
         out["attention_bias"] = cfg.attention_bias
-    if cfg.family == "llama":
+    if cfg.model_type == "llama":
         out["mlp_bias"] = cfg.mlp_bias
         out["pretraining_tp"] = 1
-    if cfg.family in ("qwen2", "qwen3"):
+    if cfg.model_type in ("qwen2", "qwen3"):
         out["use_sliding_window"] = cfg.sliding_window is not None
         out["sliding_window"] = cfg.sliding_window
         out["max_window_layers"] = cfg.num_layers
         if cfg.layer_types:
             out["layer_types"] = list(cfg.layer_types)
-    elif cfg.family == "mistral":
+    elif cfg.model_type == "mistral":
         out["sliding_window"] = cfg.sliding_window
     return out
 

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nabla_jax.dto_config import DTOConfig
+from nabla_jax.functional.dto_config import DTOConfig
 from nabla_jax.functional.packing import PaddedProblems
 from nabla_jax.functional.program import refine_rows_jit
 from nabla_jax.models.model import CausalLM, RewardModel

@@ -15,7 +15,7 @@ import json
 import time
 from pathlib import Path
 
-from nabla_jax.bundled import ASSETS
+from nabla_jax.app.bundled import ASSETS
 
 __all__ = [
     "BENCHMARK_SUMMARY",
@@ -136,17 +136,17 @@ def run_demo(
     import jax
     from rich.console import Console
 
-    from nabla_jax.bundled import bundled_decode_config, load_bundled
-    from nabla_jax.decoding.baselines import greedy_cot
-    from nabla_jax.decoding.nabla import NablaDecoder
-    from nabla_jax.evaluation import method_key
-    from nabla_jax.revisions import (
+    from nabla_jax.app.bundled import bundled_decode_config, load_bundled
+    from nabla_jax.app.evaluation import method_key
+    from nabla_jax.app.revisions import (
         STYLE_ACCEPTED,
         STYLE_REJECTED,
         STYLE_REPLACED,
         print_revisions,
         revision_events,
     )
+    from nabla_jax.decoding.baselines import greedy_cot
+    from nabla_jax.decoding.nabla import NablaDecoder
     from nabla_jax.tasks import extract_answer, format_prompt, fresh_test_problems, grade
 
     console = Console(highlight=False, soft_wrap=True) if console is None else console

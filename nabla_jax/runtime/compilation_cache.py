@@ -1,11 +1,14 @@
 """The persistent XLA compilation cache: compiled programs survive the process.
 
-nabla-jax turns JAX's persistent compilation cache on when it is imported, so a second run of the
-same decode (a new process) loads its programs from disk instead of compiling them again.
+Importing nabla-jax changes nothing in JAX's configuration. The command line, ``NablaDecoder``
+and the benchmarks turn JAX's persistent compilation cache on for themselves
+(:func:`use_default`), so a second run of the same decode (a new process) loads its programs
+from disk instead of compiling them again; a library user calls :func:`enable` to have it too.
 
 * Directory: ``$NABLA_JAX_CACHE_DIR`` if set, else ``$XDG_CACHE_HOME/nabla-jax/xla`` (by default
   ``~/.cache/nabla-jax/xla``).
-* Off: ``NABLA_JAX_CACHE_DIR=off`` (or ``none`` / ``0`` / empty), :func:`disable`, the CLI's
+* Off: ``NABLA_JAX_CACHE_DIR=off`` (or ``none`` / ``0`` / empty), :func:`disable` (then
+  :func:`use_default` leaves it off for the rest of the process), the CLI's
   ``--no-compilation-cache`` or ``compilation_cache: false`` in a run config.
 * A cache the user configured for JAX itself (``JAX_COMPILATION_CACHE_DIR`` or
   ``jax.config.update("jax_compilation_cache_dir", ...)``) wins: nabla-jax leaves it alone.
@@ -22,11 +25,21 @@ from pathlib import Path
 
 import jax
 
-__all__ = ["ENV_VAR", "MIN_COMPILE_SECONDS", "default_directory", "directory", "disable", "enable"]
+__all__ = [
+    "ENV_VAR",
+    "MIN_COMPILE_SECONDS",
+    "default_directory",
+    "directory",
+    "disable",
+    "enable",
+    "use_default",
+]
 
 ENV_VAR = "NABLA_JAX_CACHE_DIR"
 MIN_COMPILE_SECONDS = 0.2
 _OFF = ("", "0", "off", "none", "false", "no")
+# Whether disable() was called in this process (then use_default() keeps the cache off).
+_DISABLED = {"by_call": False}
 
 
 def default_directory() -> Path | None:
@@ -61,5 +74,15 @@ def enable(path: str | os.PathLike | None = None, *, override: bool = False) -> 
 
 
 def disable() -> None:
-    """Turn the persistent cache off for this process."""
+    """Turn the persistent cache off for this process (:func:`use_default` then leaves it off)."""
+    _DISABLED["by_call"] = True
     jax.config.update("jax_compilation_cache_dir", None)
+
+
+def use_default() -> str | None:
+    """What the command line, ``NablaDecoder`` and the benchmarks call: :func:`enable` in the
+    default directory, unless :func:`disable` was called in this process (or the environment
+    says off, or JAX already has a directory of the user's). Returns the directory in use."""
+    if _DISABLED["by_call"]:
+        return directory()
+    return enable()

@@ -15,8 +15,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from nabla_jax.templates import rm_prefix_suffix_ids
-from nabla_jax.vocab import shared_rm_tokenizer
+from nabla_jax.text.templates import rm_prefix_suffix_ids
+from nabla_jax.text.vocab import shared_rm_tokenizer
 
 __all__ = ["OracleScorer"]
 

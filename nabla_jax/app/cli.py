@@ -7,7 +7,7 @@ import json
 import os
 import sys
 
-from nabla_jax.cli_checks import (
+from nabla_jax.app.cli_checks import (
     MAX_SEED,
     check_acceptance,
     check_model_dir,
@@ -22,7 +22,7 @@ __all__ = ["build_parser", "cmd_bench_accuracy", "cmd_decode", "cmd_demo", "main
 
 
 def _load_models(args, models_cfg: dict | None = None):
-    from nabla_jax.bundled import BUNDLED_LM, BUNDLED_RM
+    from nabla_jax.app.bundled import BUNDLED_LM, BUNDLED_RM
     from nabla_jax.models import load_causal_lm, load_reward_model
 
     models_cfg = models_cfg or {}
@@ -40,8 +40,8 @@ def _load_models(args, models_cfg: dict | None = None):
 
 def _decode_config(args):
     """(DecodeConfig, run-config dict) from --config (YAML) or the bundled defaults."""
-    from nabla_jax.bundled import bundled_decode_config
-    from nabla_jax.config_io import ConfigError, load_run_config
+    from nabla_jax.app.bundled import bundled_decode_config
+    from nabla_jax.app.config_io import ConfigError, load_run_config
 
     if getattr(args, "config", None):
         try:
@@ -49,7 +49,7 @@ def _decode_config(args):
         except (ConfigError, FileNotFoundError) as e:
             raise fail(str(e)) from e
         if run.get("compilation_cache") is False:
-            from nabla_jax import compilation_cache
+            from nabla_jax.runtime import compilation_cache
 
             compilation_cache.disable()
         return run["decode"], run
@@ -58,7 +58,7 @@ def _decode_config(args):
 
 def _setup_distributed(args, run: dict):
     """jax.distributed + mesh from the command line (or the run config / environment)."""
-    from nabla_jax import distributed
+    from nabla_jax.runtime import distributed
 
     distributed.maybe_initialize(
         coordinator_address=args.coordinator_address,
@@ -67,7 +67,7 @@ def _setup_distributed(args, run: dict):
     )
     spec = args.mesh or run.get("mesh")
     if spec:
-        from nabla_jax.sharding import make_mesh
+        from nabla_jax.runtime.sharding import make_mesh
 
         try:
             args.mesh_obj = make_mesh(spec)
@@ -78,7 +78,7 @@ def _setup_distributed(args, run: dict):
 
 
 def cmd_demo(args) -> int:
-    from nabla_jax.demo import run_demo
+    from nabla_jax.app.demo import run_demo
 
     if args.changed < 0:
         raise fail("--changed must be ≥ 0")
@@ -124,8 +124,8 @@ def _model_id(path: str | None) -> str:
 def cmd_decode(args) -> int:
     import jax
 
-    from nabla_jax import distributed
     from nabla_jax.decoding.nabla import NablaDecoder
+    from nabla_jax.runtime import distributed
 
     cfg, run = _decode_config(args)
     task = _task(args, run)
@@ -157,7 +157,7 @@ def cmd_decode(args) -> int:
             for p, r in zip(chunk, results):
                 row = {"prompt": p, "response": r.text, "stats": dict(r.stats)}
                 if args.trace:
-                    from nabla_jax.revisions import print_revisions, revision_events
+                    from nabla_jax.app.revisions import print_revisions, revision_events
 
                     row["revisions"] = [e.to_dict() for e in revision_events(r, lm.tokenizer)]
                 if out is not None:
@@ -180,8 +180,8 @@ def cmd_decode(args) -> int:
 
 
 def cmd_bench_accuracy(args) -> int:
-    from nabla_jax import evaluation
-    from nabla_jax.bundled import bundled_baseline_sampling
+    from nabla_jax.app import evaluation
+    from nabla_jax.app.bundled import bundled_baseline_sampling
 
     try:
         methods = evaluation.parse_methods(args.methods)
@@ -381,10 +381,10 @@ def main(argv=None) -> int:
     # transformers is used here for tokenizers only; its "PyTorch was not found" notice is noise.
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     args = build_parser().parse_args(argv)
-    if getattr(args, "no_compilation_cache", False):
-        from nabla_jax import compilation_cache
+    from nabla_jax.runtime import compilation_cache
 
-        compilation_cache.disable()
+    off = getattr(args, "no_compilation_cache", False)
+    compilation_cache.disable() if off else compilation_cache.use_default()
     try:
         _check_args(args)
         return args.func(args)

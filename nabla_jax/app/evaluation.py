@@ -203,7 +203,7 @@ def run_benchmark(
 
     ``task`` (default: arithmetic) turns problems into prompts, extracts and grades answers.
     ``acceptance="oracle"`` replaces the reward model in ∇-Reasoner's acceptance test and in
-    Best-of-N's ranking by the task's exact scorer (:class:`~nabla_jax.oracle.OracleScorer`);
+    Best-of-N's ranking by the task's exact scorer (:class:`~nabla_jax.tasks.oracle.OracleScorer`);
     DTO still follows the reward model. Rows then carry ``"acceptance": "oracle"``.
 
     Problems already recorded for a method are skipped (resume). With ``provenance`` (see
@@ -221,7 +221,7 @@ def run_benchmark(
         raise ValueError(f"acceptance={acceptance!r}: must be one of {ACCEPTANCE}")
     scorer = None
     if acceptance == "oracle":
-        from nabla_jax.oracle import OracleScorer
+        from nabla_jax.tasks.oracle import OracleScorer
 
         scorer = OracleScorer(task, problems, lm, rm, system=cfg.system)
     check_baseline_sampling(

@@ -23,7 +23,7 @@ from typing import Any
 
 from nabla_jax.decoding.config import DecodeConfig
 from nabla_jax.decoding.sampling import SamplingConfig
-from nabla_jax.dto_config import DTOConfig
+from nabla_jax.functional.dto_config import DTOConfig
 
 __all__ = ["TOP_LEVEL_KEYS", "ConfigError", "decode_config_from_dict", "load_run_config"]
 

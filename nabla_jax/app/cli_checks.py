@@ -86,7 +86,7 @@ def precheck_pair(lm_path: str, rm_path: str) -> None:
     """Before either model loads: the LM and RM directories are not swapped and their
     vocabularies agree (the loaders and the decoder would find both only after a load)."""
     from nabla_jax.models.load import load_tokenizer, read_model_config
-    from nabla_jax.vocab import check_vocab_compatibility
+    from nabla_jax.text.vocab import check_vocab_compatibility
 
     lm_head, rm_head = checkpoint_head(lm_path), checkpoint_head(rm_path)
     if lm_head == "score" and rm_head == "lm":

@@ -37,8 +37,8 @@ __all__ = [
 
 _WHAT_TO_DO = (
     "Use the same tokenizer (and vocabulary) for the LM and the reward model, or align them: "
-    "pass rm_embed=nabla_jax.vocab.align_rm_embeddings(lm_tok, rm_tok, rm.embed_matrix(), "
-    "lm_vocab_size) to nabla_jax.refine (cross-tokenizer alignment; Python API only)."
+    "pass rm_embed=nabla_jax.text.vocab.align_rm_embeddings(lm_tok, rm_tok, rm.embed_matrix(), "
+    "lm_vocab_size) to nabla_jax.functional.refine (cross-tokenizer alignment; Python API only)."
 )
 
 #: Strings whose encodings must agree between LM and RM tokenizers: prose, math, digits, code,
@@ -306,7 +306,7 @@ def shared_rm_tokenizer(lm, rm, user: str = "the decoder"):
     or the LM's when the RM has none (then the vocabulary sizes must agree). It must carry a chat
     template. ``user`` names the caller in the error message.
     """
-    from nabla_jax.templates import require_chat_template
+    from nabla_jax.text.templates import require_chat_template
 
     tok = rm.tokenizer if rm.tokenizer is not None else lm.tokenizer
     require_chat_template(tok, "RM")

@@ -18,13 +18,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nabla_jax import sharding
-from nabla_jax.dto_config import DTOConfig
 from nabla_jax.functional.checks import check_models, check_rm_ids, rm_embedding_table
+from nabla_jax.functional.dto_config import DTOConfig
 from nabla_jax.functional.packing import pad_problems, plan_chunks
 from nabla_jax.functional.program import grad_norms_rows_jit, refine_rows_jit
 from nabla_jax.functional.step import RefineTrace
+from nabla_jax.models import partition
 from nabla_jax.models.model import CausalLM
+from nabla_jax.runtime import sharding
 
 __all__ = [
     "RefineProblem",
@@ -107,10 +108,10 @@ def _place_models(lm, rm, rm_embed, mesh, batch_size):
     """``(lm, rm, rm_table)``, split over ``mesh`` ("data", "model") when one is given."""
     if mesh is not None:
         sharding.check_batch_divisible(batch_size, mesh)
-        lm, rm, _ = sharding.shard_refine_models(lm, rm, None, mesh)
+        lm, rm, _ = partition.shard_refine_models(lm, rm, None, mesh)
     table = rm_embedding_table(lm, rm, rm_embed)
     if mesh is not None:
-        _, _, table = sharding.shard_refine_models(None, None, table, mesh)
+        _, _, table = partition.shard_refine_models(None, None, table, mesh)
     return lm, rm, table
 
 
