@@ -12,9 +12,10 @@ import importlib
 import importlib.abc
 import importlib.util
 import sys
+import types
 import warnings
 
-__all__ = ["MOVED", "install"]
+__all__ = ["MOVED", "combined", "install"]
 
 #: old module path -> new module path
 MOVED = {
@@ -39,14 +40,37 @@ MOVED = {
     "nabla_jax.vocab": "nabla_jax.text.vocab",
     "nabla_jax.oracle": "nabla_jax.tasks.oracle",
     "nabla_jax.tasks.tokenizer": "nabla_jax.text.tokenizer",
+    # The decode loop by step (a module split in two or more: its names from each part).
+    "nabla_jax.decoding.indexing": "nabla_jax.runtime.rows",
+    "nabla_jax.decoding.explore": (
+        "nabla_jax.decoding.steps.select",
+        "nabla_jax.decoding.steps.refine",
+        "nabla_jax.decoding.steps.resample",
+    ),
 }
 
 
+def combined(name: str, parts: tuple[str, ...]) -> types.ModuleType:
+    """A module named ``name`` holding the public names (``__all__``) of every module in
+    ``parts``: the old path of a module that was split."""
+    module = types.ModuleType(name, f"Moved: its names now live in {', '.join(parts)}.")
+    names = []
+    for part in parts:
+        mod = importlib.import_module(part)
+        for n in mod.__all__:
+            setattr(module, n, getattr(mod, n))
+            names.append(n)
+    module.__all__ = names
+    return module
+
+
 class _Alias(importlib.abc.Loader):
-    def __init__(self, new: str):
+    def __init__(self, new: str | tuple[str, ...]):
         self.new = new
 
     def create_module(self, spec):
+        if isinstance(self.new, tuple):
+            return combined(spec.name, self.new)
         return importlib.import_module(self.new)
 
     def exec_module(self, module):  # already executed at its new path
@@ -58,8 +82,9 @@ class _MovedFinder(importlib.abc.MetaPathFinder):
         new = MOVED.get(fullname)
         if new is None:
             return None
+        where = new if isinstance(new, str) else " and ".join(new)
         warnings.warn(
-            f"{fullname} moved to {new}; the old path works until the next release",
+            f"{fullname} moved to {where}; the old path works until the next release",
             DeprecationWarning,
             stacklevel=3,
         )

@@ -14,10 +14,11 @@ import jax
 import pytest
 
 import nabla_jax as nj
-from nabla_jax.app import evaluation
 from nabla_jax.app.bundled import BUNDLED_LM, bundled_decode_config, load_bundled
+from nabla_jax.decoding import registry
 from nabla_jax.decoding.baselines import greedy_cot
 from nabla_jax.tasks import format_prompt, fresh_test_problems
+from nabla_jax.tasks.registry import get_task
 
 pytestmark = [
     pytest.mark.slow,
@@ -47,7 +48,9 @@ def _decode(setup, **changes):
 
 def _run(setup, method):
     lm, rm, prompts, base = setup
-    return evaluation.method_runner(method, lm, rm, base)(prompts, jax.random.key(0))
+    return registry.method_runner(method, lm, rm, base, answer_extractor=get_task().vote_key)(
+        prompts, jax.random.key(0)
+    )
 
 
 def _check_counters(r, cfg):

@@ -13,8 +13,10 @@ import pytest
 
 from nabla_jax.app.stats import bootstrap_ci, paired_comparison
 from nabla_jax.decoding import NablaDecoder
-from nabla_jax.decoding.explore import gap_learning_rate, rank_threshold, resample_tokens
 from nabla_jax.decoding.registry import method_runner, parse_methods, run_baseline
+from nabla_jax.decoding.steps.refine import gap_learning_rate
+from nabla_jax.decoding.steps.resample import resample_tokens
+from nabla_jax.decoding.steps.select import rank_threshold
 from nabla_jax.tasks import generate, get_task
 from nabla_jax.tasks.arithmetic_oracle import oracle_score, reference_steps
 from nabla_jax.tasks.oracle import OracleScorer
@@ -196,7 +198,7 @@ def test_the_bundled_config_holds_the_chosen_exploration():
 
 
 def test_row_scaled_optimizer_gives_each_row_its_learning_rate():
-    from nabla_jax.decoding.explore import row_scaled_optimizer
+    from nabla_jax.decoding.steps.refine import row_scaled_optimizer
     from nabla_jax.functional.optimizer import paper_optimizer
 
     cfg = dataclasses.replace(BASE, dto_lr_gap=1.0)

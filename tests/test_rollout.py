@@ -10,7 +10,7 @@ import torch
 import transformers as tr
 
 import nabla_jax as nj
-from nabla_jax.decoding import rollout_module as ro
+from nabla_jax.decoding import continuation as ro
 from nabla_jax.decoding.generate import generate_padded, rollout
 from nabla_jax.decoding.sampling import SamplingConfig
 from nabla_jax.decoding.stopping import default_eos_ids

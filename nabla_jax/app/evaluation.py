@@ -14,7 +14,7 @@ import dataclasses
 import json
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import jax
 
@@ -31,7 +31,6 @@ __all__ = [
     "check_baseline_sampling",
     "format_table",
     "method_key",
-    "method_runner",
     "parse_methods",
     "plot_summary",
     "plotting_available",
@@ -49,25 +48,6 @@ def _stat(stats, name, default=0):
     if isinstance(stats, dict):
         return stats.get(name, default)
     return getattr(stats, name, default)
-
-
-def method_runner(
-    method: str,
-    lm,
-    rm,
-    cfg: DecodeConfig,
-    sampling: SamplingConfig | None = None,
-    task: Task | None = None,
-    *,
-    scorer=None,
-) -> Callable:
-    """``run(prompts: list[str], key) -> list[result]`` for one method of the registry
-    (:func:`nabla_jax.decoding.registry.method_runner`) with the task's answer extractor
-    (default task: arithmetic) and an optional exact acceptance ``scorer``."""
-    task = get_task() if task is None else task
-    return registry.method_runner(
-        method, lm, rm, cfg, sampling, answer_extractor=task.vote_key, scorer=scorer
-    )
 
 
 def method_key(seed: int, method: str):
@@ -242,7 +222,9 @@ def run_benchmark(
         todo = [p for p in problems if (method, p.id) not in done]
         if not todo:
             continue
-        run = method_runner(method, lm, rm, cfg, baseline_sampling, task, scorer=scorer)
+        run = registry.method_runner(
+            method, lm, rm, cfg, baseline_sampling, answer_extractor=task.vote_key, scorer=scorer
+        )
         key = method_key(seed, method)
         bar = tqdm(total=len(todo), desc=method, disable=not progress, unit="problem")
         for start in range(0, len(todo), batch_size):

@@ -20,7 +20,6 @@ __all__ = [
     "top_p_filter",
 ]
 
-from nabla_jax.decoding import rollout as rollout_module  # noqa: E402
 from nabla_jax.decoding.generate import (  # noqa: E402
     PaddedRollout,
     RolloutResult,
@@ -37,7 +36,6 @@ __all__ += [
     "generate_padded",
     "pad_prompts",
     "rollout",
-    "rollout_module",
 ]
 
 from nabla_jax.decoding.config import DecodeConfig  # noqa: E402
@@ -81,3 +79,29 @@ __all__ += [
     "sampled_cot",
     "self_consistency",
 ]
+
+
+#: The parts of the old ``nabla_jax.decoding.rollout`` module (its name is the host function's).
+_ROLLOUT_PARTS = ("buffers", "continuation", "sampling")
+
+
+def __getattr__(name):
+    if name == "rollout_module":  # deprecated: the old decoding.rollout module, split in three
+        import importlib
+        import types
+        import warnings
+
+        parts = [f"nabla_jax.decoding.{p}" for p in _ROLLOUT_PARTS]
+        warnings.warn(
+            f"nabla_jax.decoding.rollout_module is deprecated: its names now live in "
+            f"{', '.join(parts)}",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        module = types.ModuleType("nabla_jax.decoding.rollout_module")
+        for part in parts:
+            mod = importlib.import_module(part)
+            for n in mod.__all__:
+                setattr(module, n, getattr(mod, n))
+        return module
+    raise AttributeError(f"module 'nabla_jax.decoding' has no attribute {name!r}")

@@ -3,7 +3,7 @@
 
 Every function takes a batch of prompts (user message strings or chat message lists), renders them
 with the LM chat template (:func:`nabla_jax.text.templates.lm_prompt_ids`), and generates with the
-batched :func:`nabla_jax.decoding.rollout.rollout` — the ``n`` samples of a prompt are rows of the
+batched :func:`nabla_jax.decoding.generate.rollout` — the ``n`` samples of a prompt are rows of the
 same batches as every other prompt's samples. Results are :class:`~nabla_jax.decoding.nabla.
 DecodeResult` objects, like the decoder's: ``text`` (trimmed before the first EOS / stop string),
 ``token_ids`` (the chosen sample's generated ids, EOS included), ``stats`` (the decoder's counters,
@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from nabla_jax.decoding.pair import check_pair, check_policy
 from nabla_jax.decoding.results import DecodeResult
 from nabla_jax.decoding.samples import generate_samples, prompt_keys, sample_result
 from nabla_jax.decoding.sampling import SamplingConfig
@@ -42,10 +43,8 @@ from nabla_jax.decoding.stopping import default_eos_ids
 from nabla_jax.models.model import CausalLM, RewardModel
 from nabla_jax.models.partition import shard_model
 from nabla_jax.text.templates import (
-    require_chat_template,
     rm_prefix_suffix_ids,
 )
-from nabla_jax.text.vocab import shared_rm_tokenizer
 
 __all__ = [
     "best_of_n",
@@ -79,14 +78,7 @@ def _accepts_mesh(fn):
 
 
 def _check_common(lm, prompts, max_length: int, batch_size: int, n: int = 1) -> list:
-    if not isinstance(lm, CausalLM):
-        raise TypeError(f"lm must be a nabla_jax CausalLM, got {type(lm).__name__}")
-    if lm.tokenizer is None:
-        raise ValueError(
-            "the LM has no tokenizer: load it with its tokenizer (nj.load_causal_lm(path)) — "
-            "baselines render chat prompts and decode responses"
-        )
-    require_chat_template(lm.tokenizer, "LM")
+    check_policy(lm, "the baseline")
     if isinstance(prompts, str) or not isinstance(prompts, Sequence):
         raise TypeError("prompts must be a list of prompts (wrap one prompt in a list)")
     for name, v in (("max_length", max_length), ("batch_size", batch_size), ("n", n)):
@@ -185,15 +177,6 @@ def sampled_cot(
 # --------------------------------------------------------------------------------------------
 
 
-def _rm_tokenizer(lm: CausalLM, rm: RewardModel):
-    if not isinstance(rm, RewardModel):
-        raise TypeError(
-            f"rm must be a nabla_jax RewardModel (load it with nj.load_reward_model), got "
-            f"{type(rm).__name__}"
-        )
-    return shared_rm_tokenizer(lm, rm, "Best-of-N")
-
-
 @_accepts_mesh
 def best_of_n(
     lm: CausalLM,
@@ -230,7 +213,7 @@ def best_of_n(
       trace entry has the sample's ``score``.
     """
     prompts = _check_common(lm, prompts, max_length, batch_size, n)
-    rm_tok = _rm_tokenizer(lm, rm)
+    rm_tok = check_pair(lm, rm, "Best-of-N")
     if scorer is not None and not callable(scorer):
         raise TypeError("scorer must be callable: list of RM input id lists -> scores")
     if not prompts:

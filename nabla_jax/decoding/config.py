@@ -1,8 +1,9 @@
 """``DecodeConfig``: the settings of the ∇-Reasoner loop, split into structure and numbers.
 
-``DecodeConfig.program()`` keeps what shapes the compiled loop (sizes, switches, which criteria
-exist); ``DecodeConfig.hyper()`` carries every number (thresholds, sampling temperatures,
-top-k/top-p, DTO hyperparameters, the generation budget) as run-time values.
+``DecodeConfig.program()`` is a :class:`DecodeProgram`: what shapes the compiled loop (sizes,
+switches, which criteria exist), and no number; ``DecodeConfig.hyper()`` carries every number
+(thresholds, sampling temperatures, top-k/top-p, DTO hyperparameters, the generation budget)
+as run-time values.
 """
 
 from __future__ import annotations
@@ -14,11 +15,10 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from nabla_jax.decoding.rollout import SamplingParams, SamplingProgram
-from nabla_jax.decoding.sampling import SamplingConfig
+from nabla_jax.decoding.sampling import SamplingConfig, SamplingParams, SamplingProgram
 from nabla_jax.functional.dto_config import DTOConfig, DTOHyper
 
-__all__ = ["DecodeConfig", "DecodeHyper"]
+__all__ = ["DecodeConfig", "DecodeHyper", "DecodeProgram"]
 
 
 def _is_int(v) -> bool:
@@ -194,38 +194,69 @@ class DecodeConfig:
             dto=self.dto.hyper(),
         )
 
-    def program(self) -> DecodeConfig:
-        """This config with every run-time number and host-only setting at a fixed value: the
-        compiled loop's key. What stays: sizes (``max_length``, ``dto_window``, ``batch_size``),
-        which selection criteria are on, greedy versus filtered sampling, the DTO structure,
-        the ablation switches and the exploration structure (rank rule on, step sizing on,
-        excluding the current token, positions per iteration, passes)."""
-
-        def canon(s: SamplingConfig) -> SamplingConfig:
-            p = SamplingProgram.of(s)
-            return SamplingConfig(
-                temperature=0.0 if p.greedy else 1.0,
-                top_k=int(p.use_top_k),
-                top_p=0.5 if p.use_top_p else 1.0,
-            )
-
-        return dataclasses.replace(
-            self,
-            max_n_generations=1,
-            rollout=canon(self.rollout),
-            resample=canon(self.resample),
-            confidence_threshold=None if self.confidence_threshold is None else 0.5,
-            entropy_threshold=1.0 if self.entropy_threshold else None,
-            grad_threshold=None if self.grad_threshold is None else 1.0,
-            grad_quantile=None if self.grad_quantile is None else 0.5,
-            grad_top_k=None if self.grad_top_k is None else 1,
-            dto_lr_gap=None if self.dto_lr_gap is None else 1.0,
-            accept_margin=None if self.accept_margin is None else 1.0,
+    def program(self) -> DecodeProgram:
+        """The structure of this config — the compiled loop's key, with no number in it: sizes
+        (``max_length``, ``dto_window``, ``batch_size``), which selection criteria are on,
+        greedy versus filtered sampling, the DTO structure, the ablation switches and the
+        exploration structure. Thresholds, temperatures, the budget and the DTO numbers are
+        in :meth:`hyper`; two configs that differ only there share one program."""
+        return DecodeProgram(
+            max_length=self.max_length,
+            batch_size=self.batch_size,
+            window=self.window,
+            rollout=SamplingProgram.of(self.rollout),
+            resample=SamplingProgram.of(self.resample),
+            confidence=self.confidence_threshold is not None,
+            entropy=bool(self.entropy_threshold),
+            uses_probe=self.uses_probe,
+            grad_rank=self.grad_rank,
             dto=self.dto.program(),
-            stop_strings=(),
-            eos_ids=None,
-            system=None,
+            dto_lr_gap=self.dto_lr_gap is not None,
+            accept_margin=self.accept_margin is not None,
+            rejection_sampling=self.rejection_sampling,
+            use_dto=self.use_dto,
+            resample_excludes_current=self.resample_excludes_current,
+            positions_per_iteration=self.positions_per_iteration,
+            refine_passes=self.refine_passes,
         )
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeProgram:
+    """The static structure of a :class:`DecodeConfig` (``cfg.program()``): what the compiled
+    loop's shapes and branches depend on, and nothing else — a threshold, temperature or budget
+    cannot be read from it by mistake (those are :class:`DecodeHyper` values).
+
+    Attributes:
+      max_length, batch_size: ``L`` and ``B``.
+      window: ``K``, slots of a DTO / probe window.
+      rollout, resample: greedy or filtered sampling, and which filters exist.
+      confidence, entropy: whether each selection criterion is on.
+      uses_probe: whether the gradient-norm probe runs; grad_rank: its rank rule or None.
+      dto: the DTO program (``DTOConfig.program()``).
+      dto_lr_gap: per-row learning rates sized to the logit gap.
+      accept_margin: acceptance needs a margin over the current score.
+      rejection_sampling, use_dto, resample_excludes_current, positions_per_iteration,
+      refine_passes: as in :class:`DecodeConfig`.
+    """
+
+    max_length: int
+    batch_size: int
+    window: int
+    rollout: SamplingProgram
+    resample: SamplingProgram
+    confidence: bool
+    entropy: bool
+    uses_probe: bool
+    grad_rank: str | None
+    dto: DTOConfig
+    dto_lr_gap: bool
+    accept_margin: bool
+    rejection_sampling: bool
+    use_dto: bool
+    resample_excludes_current: bool
+    positions_per_iteration: int
+    refine_passes: int
 
 
 class DecodeHyper(NamedTuple):

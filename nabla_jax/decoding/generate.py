@@ -2,7 +2,7 @@
 
 :func:`generate_padded` takes already padded prompts; :func:`rollout` takes id lists, pads them
 to a bucket (:func:`nabla_jax.runtime.buckets.bucket_length`) and decodes the texts. Both run one
-compiled program per shape bucket — the fixed-shape core of :mod:`nabla_jax.decoding.rollout` —
+compiled program per shape bucket — the fixed-shape core of :mod:`nabla_jax.decoding.continuation` —
 with budgets, sampling values, EOS ids and stop sequences as run-time inputs.
 """
 
@@ -18,15 +18,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nabla_jax.decoding.rollout import (
+from nabla_jax.decoding.buffers import empty_responses, prefill_prompts
+from nabla_jax.decoding.continuation import (
     TRACE_COUNTS,
-    SamplingParams,
-    SamplingProgram,
+    PromptCache,
+    Sampler,
+    Span,
     continue_responses,
-    empty_responses,
-    prefill_prompts,
 )
-from nabla_jax.decoding.sampling import SamplingConfig
+from nabla_jax.decoding.sampling import SamplingConfig, SamplingParams, SamplingProgram
 from nabla_jax.decoding.stopping import (
     STOP_EOS,
     STOP_REASONS,
@@ -82,9 +82,11 @@ def _generate(lm, ids, mask, keys, budget, params, tables, *, num_new, prog, kee
     kv, logits, hidden = prefill_prompts(lm, ids, mask, p + num_new + 1)
     start = jnp.zeros((b,), jnp.int32)
     out, _, calls = continue_responses(
-        lm, kv, p, jnp.sum(mask, axis=-1), (logits, hidden), resp, start, budget, budget > 0,
-        keys, params, tables, prog, pad_id,
-    )  # fmt: skip
+        lm,
+        prompt=PromptCache(kv, p, jnp.sum(mask, axis=-1), logits, hidden),
+        span=Span(resp, start, budget, budget > 0, keys),
+        sampler=Sampler(params, prog, tables, pad_id),
+    )
     return PaddedRollout(out.tokens, out.length, out.logits, out.hidden, out.stop, calls)
 
 

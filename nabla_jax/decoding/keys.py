@@ -22,7 +22,16 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-__all__ = ["DTO", "PROBE", "RESAMPLE", "ROLLOUT", "prompt_id", "stream_keys"]
+__all__ = [
+    "DTO",
+    "PROBE",
+    "RESAMPLE",
+    "ROLLOUT",
+    "prompt_base_keys",
+    "prompt_id",
+    "rollout_keys",
+    "stream_keys",
+]
 
 ROLLOUT, RESAMPLE, DTO, PROBE = 0, 1, 2, 3
 
@@ -42,3 +51,20 @@ def stream_keys(base_data, stream: int, counter):
         return jax.random.fold_in(jax.random.fold_in(k, stream), n)
 
     return jax.vmap(one)(base, jnp.asarray(counter, jnp.uint32))
+
+
+def prompt_base_keys(key, prompt_ids):
+    """Base keys ``[B]`` ``fold_in(key, prompt_id_b)`` of prompts with ids ``prompt_ids [B]``
+    (uint32; traceable)."""
+    return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, prompt_ids)
+
+
+@jax.jit
+def rollout_keys(key, prompt_ids, samples):
+    """Rollout keys ``[N]`` of (prompt, sample) rows: ``fold_in(fold_in(fold_in(key,
+    prompt_ids[i]), ROLLOUT), samples[i])`` — sample ``s`` of a prompt is drawn with the key of
+    the decoder's generation ``s`` of that prompt (``prompt_ids``, ``samples``: ``[N]`` uint32)."""
+    typed = jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
+    base = prompt_base_keys(key if typed else jax.random.wrap_key_data(key), prompt_ids)
+    keys = stream_keys(jax.random.key_data(base), ROLLOUT, samples)
+    return keys if typed else jax.random.key_data(keys)  # the kind of key given

@@ -37,7 +37,8 @@ import numpy as np
 
 from nabla_jax.decoding.config import DecodeConfig
 from nabla_jax.decoding.keys import prompt_id
-from nabla_jax.decoding.loop import Models, run_chunk
+from nabla_jax.decoding.loop import ChunkLimits, run_chunk
+from nabla_jax.decoding.pair import ModelPair, check_pair
 from nabla_jax.decoding.results import DecodeResult, row_result
 from nabla_jax.decoding.state import Inserts, empty_state
 from nabla_jax.decoding.stopping import default_eos_ids, stop_tables
@@ -50,10 +51,8 @@ from nabla_jax.runtime.profiling import device_get
 from nabla_jax.text.templates import (
     build_messages,
     lm_prompt_ids,
-    require_chat_template,
     rm_prefix_suffix_ids,
 )
-from nabla_jax.text.vocab import shared_rm_tokenizer
 
 __all__ = ["DecodeConfig", "DecodeResult", "NablaDecoder"]
 
@@ -92,22 +91,9 @@ class NablaDecoder:
         cfg = DecodeConfig() if cfg is None else cfg
         if not isinstance(cfg, DecodeConfig):
             raise TypeError(f"cfg must be a DecodeConfig, got {type(cfg).__name__}")
-        if not isinstance(lm, CausalLM):
-            raise TypeError(f"lm must be a nabla_jax CausalLM, got {type(lm).__name__}")
-        if not isinstance(rm, RewardModel):
-            raise TypeError(
-                f"rm must be a nabla_jax RewardModel (load it with nj.load_reward_model), got "
-                f"{type(rm).__name__}"
-            )
         if scorer is not None and not callable(scorer):
             raise TypeError("scorer must be callable: list of RM input id lists -> scores")
-        if lm.tokenizer is None:
-            raise ValueError(
-                "the LM has no tokenizer: load it with its tokenizer (nj.load_causal_lm(path)) "
-                "— decoding renders chat prompts and decodes responses"
-            )
-        require_chat_template(lm.tokenizer, "LM")
-        self.rm_tokenizer = shared_rm_tokenizer(lm, rm, "the decoder")
+        self.rm_tokenizer = check_pair(lm, rm, "the decoder")
         if mesh is not None:
             sharding.check_batch_divisible(cfg.batch_size, mesh, "DecodeConfig.batch_size")
             lm, rm = shard_model(lm, mesh), shard_model(rm, mesh)
@@ -118,7 +104,7 @@ class NablaDecoder:
         self._eos = set(self.eos_ids)
         stop_ids = [self.tokenizer.encode(s, add_special_tokens=False) for s in cfg.stop_strings]
         self._tables = stop_tables(self.eos_ids, stop_ids)
-        self._models = Models(lm, rm, rm_embedding_table(lm, rm))
+        self._models = ModelPair(lm, rm, rm_embedding_table(lm, rm))
         self._pad = lm.config.pad_token_id if lm.config.pad_token_id is not None else 0
         # Waiting prompts enter when this many slots are free: a first rollout then serves
         # several new rows at once instead of running the whole batch's loop for one.
@@ -176,10 +162,13 @@ class NablaDecoder:
         hyper, prog = cfg.hyper(), cfg.program()
         while pending or any(s >= 0 for s in slot_of):
             ins = self._inserts(rows, pending, slot_of, p_len, q_len, s_len)
+            limits = ChunkLimits(
+                max_iters=np.int32(chunk_iterations),
+                refill=np.int32(min(len(pending), self._refill_at)),
+            )
             state, report = run_chunk(
-                self._models, state, ins, key, hyper, self._tables,
-                np.int32(chunk_iterations), np.int32(min(len(pending), self._refill_at)),
-                prog=prog, scorer=self.scorer, pad_id=self._pad,
+                self._models, state, inserts=ins, key=key, hyper=hyper, tables=self._tables,
+                limits=limits, prog=prog, scorer=self.scorer, pad_id=self._pad,
             )  # fmt: skip
             rep = device_get(report)
             for slot, i in enumerate(slot_of):

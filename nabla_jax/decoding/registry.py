@@ -25,6 +25,7 @@ __all__ = [
     "BASELINES",
     "METHODS",
     "NABLA_VARIANTS",
+    "OPTIONS",
     "Baseline",
     "check_baseline_sampling",
     "method_runner",
@@ -46,6 +47,8 @@ class Baseline:
       needs_key: the function takes a PRNG key.
       needs_rm: the function takes a reward model.
       description: one line.
+      options: the shared optional settings (:data:`OPTIONS`) the function takes; the others
+        are not passed to it.
     """
 
     name: str
@@ -54,15 +57,44 @@ class Baseline:
     needs_key: bool
     needs_rm: bool
     description: str
+    options: frozenset[str] = frozenset()
+
+
+#: Optional settings a comparison shares; each baseline takes the ones it names.
+OPTIONS = frozenset({"sampling", "answer_extractor", "scorer"})
 
 
 BASELINES: Mapping[str, Baseline] = {
     b.name: b
     for b in (
         Baseline("greedy", greedy_cot, False, False, False, "greedy chain of thought"),
-        Baseline("cot", sampled_cot, False, True, False, "one sampled chain of thought"),
-        Baseline("bon", best_of_n, True, True, True, "Best-of-N ranked by the reward model"),
-        Baseline("sc", self_consistency, True, True, False, "self-consistency majority vote"),
+        Baseline(
+            "cot",
+            sampled_cot,
+            False,
+            True,
+            False,
+            "one sampled chain of thought",
+            frozenset({"sampling"}),
+        ),
+        Baseline(
+            "bon",
+            best_of_n,
+            True,
+            True,
+            True,
+            "Best-of-N ranked by the reward model",
+            frozenset({"sampling", "scorer"}),
+        ),
+        Baseline(
+            "sc",
+            self_consistency,
+            True,
+            True,
+            False,
+            "self-consistency majority vote",
+            frozenset({"sampling", "answer_extractor"}),
+        ),
     )
 }
 
@@ -166,9 +198,8 @@ def run_baseline(
     """Run a baseline given as ``"bon:8"`` (or ``("bon", 8)``) with shared keyword settings.
 
     ``kwargs`` are passed on (``max_length``, ``sampling``, ``stop_strings``, ``eos_ids``,
-    ``system``, ``batch_size``, ``answer_extractor``, ``scorer``...); ``sampling`` is dropped for
-    greedy, ``answer_extractor`` for methods other than ``sc``, ``scorer`` for methods other
-    than ``bon``.
+    ``system``, ``batch_size``, ``answer_extractor``, ``scorer``...), except the shared options
+    (:data:`OPTIONS`) the baseline does not take (:attr:`Baseline.options`).
     """
     name, n = parse_method(method) if isinstance(method, str) else method
     if name not in BASELINES:
@@ -184,13 +215,7 @@ def run_baseline(
         if key is None:
             raise ValueError(f"method {name!r} samples: pass a jax.random key")
         args.append(key)
-    kw = dict(kwargs)
-    if name == "greedy":
-        kw.pop("sampling", None)
-    if name != "sc":
-        kw.pop("answer_extractor", None)
-    if name != "bon":
-        kw.pop("scorer", None)
+    kw = {k: v for k, v in kwargs.items() if k not in OPTIONS or k in base.options}
     if base.takes_n:
         kw["n"] = n
     return base.fn(*args, **kw)
@@ -223,11 +248,12 @@ def method_runner(
         return lambda prompts, key: decoder.generate(prompts, key)
     sampling = cfg.rollout if sampling is None else sampling
     check_baseline_sampling([method], sampling)
-    common = dict(max_length=cfg.max_length, stop_strings=cfg.stop_strings, system=cfg.system)
-    if name != "greedy":
-        common["sampling"] = sampling
-    if name == "sc" and answer_extractor is not None:
+    common = dict(
+        max_length=cfg.max_length, stop_strings=cfg.stop_strings, system=cfg.system,
+        sampling=sampling,
+    )  # fmt: skip
+    if answer_extractor is not None:
         common["answer_extractor"] = answer_extractor
-    if name == "bon" and scorer is not None:
+    if scorer is not None:
         common["scorer"] = scorer
     return lambda prompts, key: run_baseline((name, n), lm, prompts, key, rm=rm, **common)

@@ -15,11 +15,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from nabla_jax.decoding.generate import generate_padded
-from nabla_jax.decoding.keys import ROLLOUT, prompt_id
+from nabla_jax.decoding.keys import prompt_id, rollout_keys
 from nabla_jax.decoding.results import DecodeResult, empty_stats
 from nabla_jax.decoding.sampling import SamplingConfig
 from nabla_jax.decoding.stopping import STOP_EOS, STOP_REASONS, default_eos_ids, trim_text
@@ -28,23 +27,6 @@ from nabla_jax.runtime.profiling import device_get
 from nabla_jax.text.templates import build_messages, lm_prompt_ids
 
 __all__ = ["Sample", "generate_samples", "prompt_keys", "sample_result"]
-
-
-@jax.jit
-def _sample_keys(base, index):
-    """``[n]`` keys ``fold_in(fold_in(base, ROLLOUT), index_i)``."""
-    stream = jax.random.fold_in(base, ROLLOUT)
-    return jax.vmap(lambda i: jax.random.fold_in(stream, i))(index)
-
-
-@jax.jit
-def _row_keys(key, prompt_of, sample_of):
-    """Keys of many rows: ``fold_in(fold_in(fold_in(key, prompt_of), ROLLOUT), sample_of)``."""
-
-    def one(p, i):
-        return jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(key, p), ROLLOUT), i)
-
-    return jax.vmap(one)(prompt_of, sample_of)
 
 
 @dataclasses.dataclass
@@ -63,8 +45,8 @@ def prompt_keys(key, prompt: Any, n: int, *, system: str | None = None) -> jax.A
     ``fold_in(fold_in(fold_in(key, prompt_id), ROLLOUT), i)`` for ``i < n``, where ``prompt_id``
     is the ∇-Reasoner decoder's crc32 of the prompt's chat messages.
     """
-    base = jax.random.fold_in(key, prompt_id(build_messages(prompt, system=system)))
-    return _sample_keys(base, jnp.arange(n, dtype=jnp.uint32))
+    pid = np.full((n,), prompt_id(build_messages(prompt, system=system)), np.uint32)
+    return rollout_keys(key, pid, np.arange(n, dtype=np.uint32))
 
 
 def generate_samples(
@@ -99,7 +81,7 @@ def generate_samples(
     if not greedy:  # every row's key in one compiled call (no per-row dispatches)
         prompt_of = np.repeat(np.asarray(pids, np.uint32), n)
         sample_of = np.tile(np.arange(n, dtype=np.uint32), len(prompts))
-        all_keys = _row_keys(key, prompt_of, sample_of)
+        all_keys = rollout_keys(key, prompt_of, sample_of)
     # One program for every chunk: batch_size rows (short chunks padded with idle rows of budget
     # 0), the prompt width bucketed once over all rows, max_length response slots.
     pad = lm.config.pad_token_id if lm.config.pad_token_id is not None else 0

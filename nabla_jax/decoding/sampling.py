@@ -26,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -34,6 +34,8 @@ import numpy as np
 
 __all__ = [
     "SamplingConfig",
+    "SamplingParams",
+    "SamplingProgram",
     "apply_temperature",
     "filter_logits",
     "sample_token",
@@ -299,3 +301,28 @@ class SamplingConfig:
     def sample(self, key: jax.Array, logits: jax.Array) -> jax.Array:
         """:func:`sample_token` with these settings: ``[..., V]`` -> ``[...]`` int32."""
         return sample_token(key, logits, self.temperature, self.top_k, self.top_p)
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingProgram:
+    """The static part of sampling: greedy, and which filters exist at all."""
+
+    greedy: bool
+    use_top_k: bool
+    use_top_p: bool
+
+    @classmethod
+    def of(cls, cfg: SamplingConfig) -> SamplingProgram:
+        return cls(cfg.greedy, cfg.top_k > 0, cfg.top_p < 1)
+
+
+class SamplingParams(NamedTuple):
+    """The run-time part of sampling (scalars): temperature, top_k, top_p."""
+
+    temperature: jax.Array
+    top_k: jax.Array
+    top_p: jax.Array
+
+    @classmethod
+    def of(cls, cfg: SamplingConfig) -> SamplingParams:
+        return cls(np.float32(cfg.temperature), np.int32(cfg.top_k), np.float32(cfg.top_p))

@@ -12,6 +12,7 @@ compiled programs through :func:`callback_scores`.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -22,6 +23,7 @@ from nabla_jax.models.model import default_positions, last_valid_index
 from nabla_jax.runtime.buckets import bucket_length, pad_ids
 
 __all__ = [
+    "RMFrame",
     "Scorer",
     "callback_scores",
     "response_inputs",
@@ -34,8 +36,24 @@ __all__ = [
 Scorer = Callable[[list[list[int]]], Sequence[float]]
 
 
-def response_inputs(prefix_ids, prefix_mask, tokens, length, suffix_ids, suffix_mask, tables):
-    """RM input ids and mask ``[B, Q + L + S]`` of responses ``tokens [B, L]`` of ``length [B]``.
+class RMFrame(NamedTuple):
+    """The reward model's chat template around a response, per row.
+
+    Attributes:
+      prefix_ids, prefix_mask: ``[B, Q]`` the template prefix (the prompt included),
+        left-padded.
+      suffix_ids, suffix_mask: ``[B, S]`` the template suffix, right-padded.
+    """
+
+    prefix_ids: jax.Array
+    prefix_mask: jax.Array
+    suffix_ids: jax.Array
+    suffix_mask: jax.Array
+
+
+def response_inputs(frame: RMFrame, tokens, length, tables):
+    """RM input ids and mask ``[B, Q + L + S]`` of responses ``tokens [B, L]`` of ``length [B]``
+    framed by ``frame``.
 
     A last token that is an EOS id (``tables``) is masked out, like the acceptance test's text.
     """
@@ -43,16 +61,19 @@ def response_inputs(prefix_ids, prefix_mask, tokens, length, suffix_ids, suffix_
     last = jnp.take_along_axis(tokens, jnp.maximum(length - 1, 0)[:, None], axis=1)[:, 0]
     body = length - ((length > 0) & hits_eos(last, tables)).astype(jnp.int32)
     resp_mask = (slots < body[:, None]).astype(jnp.int32)
-    ids = jnp.concatenate([prefix_ids, jnp.where(resp_mask > 0, tokens, 0), suffix_ids], axis=1)
-    mask = jnp.concatenate([prefix_mask, resp_mask, suffix_mask], axis=1).astype(jnp.int32)
+    ids = jnp.concatenate(
+        [frame.prefix_ids, jnp.where(resp_mask > 0, tokens, 0), frame.suffix_ids], axis=1
+    )
+    mask = jnp.concatenate([frame.prefix_mask, resp_mask, frame.suffix_mask], axis=1)
+    mask = mask.astype(jnp.int32)
     return ids, mask
 
 
-def rm_input_length(prefix_mask, tokens, length, suffix_mask, tables):
+def rm_input_length(frame: RMFrame, tokens, length, tables):
     """RM input tokens ``[B]`` of responses framed as :func:`response_inputs` frames them."""
     last = jnp.take_along_axis(tokens, jnp.maximum(length - 1, 0)[:, None], axis=1)[:, 0]
     body = length - ((length > 0) & hits_eos(last, tables)).astype(jnp.int32)
-    return jnp.sum(prefix_mask, axis=-1) + body + jnp.sum(suffix_mask, axis=-1)
+    return jnp.sum(frame.prefix_mask, axis=-1) + body + jnp.sum(frame.suffix_mask, axis=-1)
 
 
 def score_inputs(rm, ids, mask, cache_slots: int | None = None):
@@ -100,19 +121,18 @@ def callback_scores(scorer: Scorer, ids, mask, wanted):
 
 
 def score_responses(
-    rm, prefix_ids, prefix_mask, tokens, length, suffix_ids, suffix_mask, tables,
-    scorer: Scorer | None = None, wanted=None, cache_slots: int | None = None,
+    rm, frame: RMFrame, tokens, length, tables, *, scorer: Scorer | None = None, wanted=None,
+    cache_slots: int | None = None,
 ):  # fmt: skip
-    """Scores ``[B]`` of responses framed by the RM template (traceable).
+    """Scores ``[B]`` of responses ``tokens [B, L]`` of ``length [B]`` framed by the RM template
+    ``frame`` (traceable).
 
     Returns ``(scores, rm_tokens, cache)``: the reward model's (or ``scorer``'s) score, the
     number of RM input tokens of each row, and — with ``cache_slots`` — the reward model's
     keys/values of the input (a ``KVCache`` of that many slots; the template prefix in slots
     ``[0, Q)``, response token ``j`` in slot ``Q + j``), else None.
     """
-    ids, mask = response_inputs(
-        prefix_ids, prefix_mask, tokens, length, suffix_ids, suffix_mask, tables
-    )
+    ids, mask = response_inputs(frame, tokens, length, tables)
     n_tokens = jnp.sum(mask, axis=-1)
     if cache_slots is not None:
         score, cache = score_inputs(rm, ids, mask, cache_slots)

@@ -5,7 +5,7 @@ finishes; then the host reads its result and may insert the next prompt. Every f
 leading ``[B]`` axis and a shape fixed by ``B``, the prompt buckets ``P`` (LM prompt), ``Q`` /
 ``S`` (RM template prefix / suffix), the response length ``L`` and the vocabulary / hidden size.
 
-The response lives in one buffer (:class:`~nabla_jax.decoding.rollout.Responses`): its first
+The response lives in one buffer (:class:`~nabla_jax.decoding.buffers.Responses`): its first
 ``committed[b]`` tokens are final; the rest, up to ``length[b]``, is the *ahead* part of the
 latest rollout, with the logits (or hidden states) and confidence statistics it was drawn from.
 """
@@ -17,13 +17,15 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from nabla_jax.decoding.rollout import (
+from nabla_jax.decoding.buffers import (
     KVState,
     Responses,
     empty_responses,
     prefill_prompts,
     select_rows,
 )
+from nabla_jax.decoding.keys import prompt_base_keys
+from nabla_jax.decoding.scoring import RMFrame
 
 __all__ = [
     "END_CONVERGED",
@@ -99,6 +101,12 @@ class RowState(NamedTuple):
     refinement_end: jax.Array  # [B] int32 END_*
     counters: Counters
     events: Events
+
+    @property
+    def rm_frame(self) -> RMFrame:
+        """The RM template around each row's response."""
+        return RMFrame(self.rm_prefix_ids, self.rm_prefix_mask, self.rm_suffix_ids,
+                       self.rm_suffix_mask)  # fmt: skip
 
 
 class Inserts(NamedTuple):
@@ -194,7 +202,7 @@ def insert_rows(lm, state: RowState, ins: Inserts, key) -> RowState:
         return state.lm_kv, state.first_logits, state.first_hidden
 
     kv, logits, hidden = jax.lax.cond(jnp.any(ins.mask), fresh, keep, None)
-    base = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, ins.prompt_key)
+    base = prompt_base_keys(key, ins.prompt_key)
     new = state._replace(
         prompt_ids=ins.prompt_ids,
         prompt_mask=ins.prompt_mask,

@@ -23,14 +23,9 @@ import jax.numpy as jnp
 from nabla_jax.decoding.state import RowState
 from nabla_jax.functional.context import PrefixCaches
 from nabla_jax.functional.packing import PaddedProblems
+from nabla_jax.runtime.rows import take_span
 
 __all__ = ["prefix_caches", "window_buckets", "window_problems"]
-
-
-def _gather(x, index):
-    """``x [B, L, ...]`` at ``index [B, K]`` (clipped into range) → ``[B, K, ...]``."""
-    index = jnp.clip(index, 0, x.shape[1] - 1)
-    return jnp.take_along_axis(x, index.reshape(index.shape + (1,) * (x.ndim - 2)), axis=1)
 
 
 def window_problems(lm, state: RowState, at, rows, k: int, latents: bool, tail: int | None = None):
@@ -48,12 +43,12 @@ def window_problems(lm, state: RowState, at, rows, k: int, latents: bool, tail: 
     offsets = at[:, None] + jnp.arange(k)[None, :]
     window_mask = ((offsets < resp.length[:, None]) & rows[:, None]).astype(jnp.int32)
     store = resp.hidden if latents else resp.logits
-    init = _gather(store, offsets).astype(jnp.float32) * window_mask[..., None]
+    init = take_span(store, offsets).astype(jnp.float32) * window_mask[..., None]
     ref = lm.head_logits(init) if latents else init
     tail = n - k if tail is None else tail
     tail_at = at[:, None] + k + jnp.arange(tail)[None, :]
     tail_mask = (tail_at < resp.length[:, None]).astype(jnp.int32)
-    tail_ids = _gather(resp.argmax, tail_at) * tail_mask
+    tail_ids = take_span(resp.argmax, tail_at) * tail_mask
     problems = PaddedProblems(
         lm_prefix_ids=jnp.concatenate([state.prompt_ids, resp.tokens * before], axis=1),
         lm_prefix_mask=jnp.concatenate([state.prompt_mask, before], axis=1),
@@ -83,9 +78,9 @@ def prefix_caches(lm, state: RowState, at, latents: bool) -> PrefixCaches:
     lm_mask = jnp.concatenate([state.prompt_mask, before], axis=1)
     rm_mask = jnp.concatenate([state.rm_prefix_mask, before], axis=1)
     if latents:
-        last = lm.head_logits(_gather(resp.hidden, at[:, None])[:, 0])
+        last = lm.head_logits(take_span(resp.hidden, at[:, None])[:, 0])
     else:
-        last = _gather(resp.logits, at[:, None])[:, 0]
+        last = take_span(resp.logits, at[:, None])[:, 0]
     return PrefixCaches(
         lm_cache=state.lm_kv.cache,
         lm_key_mask=jnp.pad(lm_mask, ((0, 0), (0, lm_slots - p - n))),

@@ -20,6 +20,7 @@ from nabla_jax.functional.packing import PaddedProblems
 from nabla_jax.functional.pluggable import EmbeddingLM, EmbeddingReward
 from nabla_jax.functional.ste import ste_argmax_embed
 from nabla_jax.models.model import default_positions, last_valid_index
+from nabla_jax.runtime.rows import take_at
 
 __all__ = ["Context", "PrefixCaches", "kl_rows", "lm_loglik", "prepare_context", "rm_reward"]
 
@@ -76,11 +77,6 @@ def _open_slots(key_mask, write, new_mask):
     return key_mask.at[rows, slots].set(new_mask.astype(key_mask.dtype), mode="drop")
 
 
-def _take_rows(x, index):
-    """``x [B, T, ...]`` at ``index [B]`` → ``[B, ...]``."""
-    return jnp.take_along_axis(x, index[:, None, None], axis=1)[:, 0]
-
-
 def prepare_context(lm, rm, batch: PaddedProblems, cfg: DTOConfig, given=None,
                     rm_table=None) -> Context:  # fmt: skip
     """Prefix keys/values once per call: computed here, or taken from ``given`` (PrefixCaches).
@@ -114,7 +110,7 @@ def prepare_context(lm, rm, batch: PaddedProblems, cfg: DTOConfig, given=None,
             )
             lm_cache = out.cache
             last = last_valid_index(batch.lm_prefix_mask)
-            lm_last = lm.head_logits(_take_rows(out.hidden, last))
+            lm_last = lm.head_logits(take_at(out.hidden, last))
         else:
             lm_key_mask = jnp.concatenate([batch.lm_prefix_mask, win], axis=1)
             lm_prefix_embeds = lm.embed(batch.lm_prefix_ids)
@@ -183,13 +179,13 @@ def lm_loglik(lm, ctx: Context, batch, y, cfg, nll_coeff):
         first_index = last_valid_index(batch.lm_prefix_mask)
         if isinstance(lm, EmbeddingLM):
             logits = lm.fn(full, ctx.lm_key_mask)
-            first = _take_rows(logits, first_index)[:, None]
+            first = take_at(logits, first_index)[:, None]
             pred = jnp.concatenate([first, logits[:, p : p + k - 1]], axis=1)
         else:
             hidden = lm.forward(
                 inputs_embeds=full, attention_mask=ctx.lm_key_mask, position_ids=positions
             ).hidden
-            first = _take_rows(hidden, first_index)[:, None]
+            first = take_at(hidden, first_index)[:, None]
             pred = lm.head_logits(jnp.concatenate([first, hidden[:, p : p + k - 1]], axis=1))
     per_pos = loglik_positions(y, pred)
     return nll_coeff * jnp.sum(per_pos * batch.window_mask, axis=-1)
@@ -227,7 +223,7 @@ def rm_reward(rm, ctx: Context, batch, y, cfg):
         hidden = rm.forward(
             inputs_embeds=full, attention_mask=ctx.rm_key_mask, position_ids=positions
         ).hidden[:, q:]
-    pooled = _take_rows(hidden, ctx.rm_score_index)
+    pooled = take_at(hidden, ctx.rm_score_index)
     if cfg.reward_form == "score":
         score = rm.score_hidden(pooled)
         return score if score.ndim == 1 else jnp.mean(score, axis=-1)
