@@ -244,3 +244,65 @@ def test_scoring_through_table_equals_rm_reindexed_by_hand(pair):
     tol.assert_within(got_ids, want_ids, b_ids, "scores of mapped ids")
     tol.assert_within(got_soft, want_soft, b_soft, "scores of soft one-hots")
     assert np.ptp(want_ids) > 1e-3 and np.ptp(want_soft) > 1e-3  # the rows tell apart
+
+
+def test_dto_through_table_equals_dto_on_rm_reindexed_by_hand(pair, tmp_path):
+    """DTO (nj.refine) on the miniature pairing with rm_embed = E_rm[table] equals DTO with an
+    RM whose embedding table was re-indexed to the LM's vocabulary by hand."""
+    lm_tok, rm_tok, rm_t, rm = pair
+    lm_dir = tmp_path / "pair"
+    save_paper_pair(lm_dir)  # same seed: the same LM as the pair fixture's
+    lm = nj.load_causal_lm(lm_dir / "lm")
+    hand_t = reindexed_rm_by_hand(rm_t, lm_tok, rm_tok, LM_ROWS)
+    hand_t.save_pretrained(tmp_path / "hand")
+    hand = nj.load_reward_model(tmp_path / "hand", tokenizer=False)
+    vm = build_vocab_map(lm_tok, rm.tokenizer, LM_ROWS, rm.config.vocab_size)
+    rng = np.random.RandomState(7)
+    # RM prefix / suffix ids below 300 mean the same token in the RM and in the hand-made RM.
+    prob = nj.RefineProblem(
+        lm_prefix_ids=rng.randint(3, 300, 6).tolist(),
+        rm_prefix_ids=rng.randint(3, 300, 4).tolist(),
+        rm_suffix_ids=rng.randint(3, 300, 2).tolist(),
+        init=(rng.randn(4, LM_ROWS) * 0.5).astype(np.float32),
+    )
+    cfg = nj.DTOConfig(num_steps=4, learning_rate=0.3, update_postfix=True, grad_caching=False)
+    key = jax.random.key(0)
+
+    def run(ms):
+        table = mapped_rm_embeddings(ms[1].embed_matrix(), vm.table)
+        res = nj.refine(ms[0], ms[1], prob, cfg, key, rm_embed=table)
+        return res.logits, res.trace.loss
+
+    got = nj.refine(lm, hand, prob, cfg, key)
+    want_logits, want_loss = run((lm, rm))
+    # The same refinement reading bit-identical rows, in another program: its own sensitivity
+    # inside float32's backward-error ball (tests/tolerances.py), as in test_functional.
+    rel = tol.gamma(tol.longest_contraction(lm, rm, extra=LM_ROWS))
+    b_logits, b_loss = tol.ball_tolerance(run, (lm, rm), rel, (LM_ROWS, LM_ROWS * 4))
+    tol.assert_within(got.logits, want_logits, b_logits, "refined logits")
+    tol.assert_within(got.trace.loss, want_loss, b_loss, "losses")
+    np.testing.assert_array_equal(got.tokens, np.argmax(np.asarray(want_logits), -1))
+    assert not np.allclose(np.asarray(want_logits), prob.init)  # the reward moved the window
+
+
+def test_resolve_rm_vocabulary_for_model_pairs(pair):
+    from types import SimpleNamespace
+
+    from nabla_jax.functional.vocab_map import resolve_rm_vocabulary
+
+    lm_tok, _, _, rm = pair
+    lm = SimpleNamespace(tokenizer=lm_tok, config=SimpleNamespace(vocab_size=LM_ROWS))
+    rv = resolve_rm_vocabulary(lm, rm)
+    assert rv.mode == "by_string" and rv.vocab_map.coverage.padded_rows == LM_PADDED_ROWS
+    np.testing.assert_array_equal(rv.rm_ids([[4, 310]]), [[4, 0]])
+    rows = rv.embed_table(rm.embed_matrix())
+    assert rows.shape == (LM_ROWS, rm.config.hidden_size)
+    np.testing.assert_array_equal(rows[310], rm.embed_matrix()[0])
+    same = SimpleNamespace(tokenizer=lm_tok, config=SimpleNamespace(vocab_size=300))
+    shared = resolve_rm_vocabulary(same, same)
+    assert shared.mode == "shared" and shared.vocab_map is None
+    np.testing.assert_array_equal(shared.rm_ids([5, 6]), [5, 6])
+    with pytest.raises(VocabMismatchError, match="313 != RM vocabulary size 308"):
+        resolve_rm_vocabulary(lm, rm, "shared")
+    with pytest.raises(ValueError, match="the LM has no tokenizer"):
+        resolve_rm_vocabulary(SimpleNamespace(tokenizer=None, config=lm.config), rm)

@@ -7,14 +7,29 @@ so a hard one-hot of LM id ``v`` embeds exactly as RM id ``table[v]`` does, and 
 reaches every LM id through the row it maps to. Ids the RM scores directly are ``table[ids]``.
 
 All functions are pure and jit-able; the table is an ordinary array argument.
+:func:`resolve_rm_vocabulary` ties the pieces together for a (policy, reward model) pair: it
+resolves the ``rm_vocab`` mode and builds the table once, on the host.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 
-__all__ = ["map_token_ids", "mapped_rm_embeddings", "rm_soft_embeds"]
+from nabla_jax.text.vocab import DEFAULT_SAMPLES
+from nabla_jax.text.vocab_map import VocabMap, build_vocab_map, resolve_rm_vocab
+
+__all__ = [
+    "RMVocabulary",
+    "map_token_ids",
+    "mapped_rm_embeddings",
+    "resolve_rm_vocabulary",
+    "rm_soft_embeds",
+]
 
 
 def _check_table(table, what: str = "table"):
@@ -89,3 +104,55 @@ def rm_soft_embeds(y: jax.Array, rm_embed: jax.Array, table) -> jax.Array:
         "...v,vh->...h", y.astype(rows.dtype), rows, preferred_element_type=jnp.float32
     )
     return out.astype(rows.dtype)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class RMVocabulary:
+    """How LM token ids reach a reward model.
+
+    Attributes:
+      mode: ``"shared"`` (ids unchanged) or ``"by_string"`` (through ``vocab_map.table``).
+      vocab_map: the :class:`~nabla_jax.text.vocab_map.VocabMap` (None when shared).
+    """
+
+    mode: str
+    vocab_map: VocabMap | None = None
+
+    def rm_ids(self, lm_ids):
+        """RM ids of LM ids ``[...]`` (the ids themselves when shared)."""
+        return jnp.asarray(lm_ids) if self.vocab_map is None else map_token_ids(
+            self.vocab_map.table, lm_ids
+        )  # fmt: skip
+
+    def embed_table(self, rm_embed):
+        """``[V_lm, H_rm]`` RM rows for the straight-through path: ``rm_embed`` itself when
+        shared, ``rm_embed[table]`` otherwise (pass it as ``refine(..., rm_embed=)``)."""
+        if self.vocab_map is None:
+            return jnp.asarray(rm_embed)
+        return mapped_rm_embeddings(rm_embed, self.vocab_map.table)
+
+
+def resolve_rm_vocabulary(
+    lm: Any, rm: Any, mode: str | None = None, *, samples: Sequence[str] = DEFAULT_SAMPLES
+) -> RMVocabulary:
+    """The :class:`RMVocabulary` of a policy and a reward model, checked before any compute.
+
+    Args:
+      lm: the policy (``.tokenizer``, ``.config.vocab_size``), e.g. a ``CausalLM``.
+      rm: the reward model (``.tokenizer`` or None, ``.config.vocab_size``): a ``RewardModel``
+        or a ``ProcessRewardModel``.
+      mode: ``"shared"``, ``"by_string"`` or None (the default of
+        :func:`~nabla_jax.text.vocab_map.resolve_rm_vocab`).
+      samples: strings the by-string table must carry from LM to RM encoding unchanged.
+
+    Raises:
+      ValueError / VocabMismatchError: as ``resolve_rm_vocab`` and ``build_vocab_map``.
+    """
+    if getattr(lm, "tokenizer", None) is None:
+        raise ValueError("the LM has no tokenizer: load it with its tokenizer files")
+    lm_rows, rm_rows = int(lm.config.vocab_size), int(rm.config.vocab_size)
+    resolved = resolve_rm_vocab(mode, lm.tokenizer, rm.tokenizer, lm_rows, rm_rows)
+    if resolved == "shared":
+        return RMVocabulary("shared")
+    table = build_vocab_map(lm.tokenizer, rm.tokenizer, lm_rows, rm_rows, samples=samples)
+    return RMVocabulary("by_string", table)
