@@ -41,13 +41,13 @@ def _ids(separator: int, seed: int = 0, vocab: int = VOCAB):
     return ids
 
 
-def _compare(prm, ids, want_rows, what):
+def _compare(prm, ids, want_rows, what, attention_mask=None):
     """Step scores of ``prm`` at the ``SEP`` positions vs the twin's, within the derived bound."""
     positions, mask, counts = step_end_positions(separator_mask(ids, prm_sep(prm)), S)
     np.testing.assert_array_equal(counts, [len(w) for w in want_rows])
 
     def run(m):
-        return m.step_scores(positions, mask, jnp.asarray(ids))
+        return m.step_scores(positions, mask, jnp.asarray(ids), attention_mask)
 
     got = np.asarray(run(prm))
     # Another reduction order of the same model: its sensitivity inside float32's
@@ -135,6 +135,26 @@ def test_math_prm_layout_matches_twin(math_dir):
         logits = model(input_ids=torch.from_numpy(ids))
     want = ref.step_probabilities(logits, torch.from_numpy(ids), sep)
     _compare(prm, ids, want, "Qwen2.5-Math-PRM layout")
+
+
+def test_math_prm_left_padded_batch(math_dir):
+    """Left padding (as a batch of prompts has it): pads masked out, positions counted from
+    each row's first real token, on both sides."""
+    d, model, tok = math_dir
+    prm = load_process_reward_model(d)
+    sep = prm.separator_id
+    ids = _ids(sep, seed=4, vocab=len(tok) - 1)
+    attn = np.ones_like(ids)
+    ids[1, :3], attn[1, :3] = 0, 0  # three pads; row 1's separators sit at 4, 5, 9
+    positions = np.maximum(attn.cumsum(-1) - 1, 0)
+    with torch.no_grad():
+        logits = model(
+            input_ids=torch.from_numpy(ids),
+            attention_mask=torch.from_numpy(attn),
+            position_ids=torch.from_numpy(positions),
+        )
+    want = ref.step_probabilities(logits, torch.from_numpy(ids), sep)
+    _compare(prm, ids, want, "left-padded Qwen2.5-Math-PRM", attention_mask=jnp.asarray(attn))
 
 
 def test_math_prm_loading_is_strict(math_dir, tmp_path):
