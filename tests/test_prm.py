@@ -231,3 +231,41 @@ def test_step_end_positions():
     np.testing.assert_array_equal(
         separator_mask(np.array([[5, 7, 9, 7]]), [7, 9]), [[False, True, True, True]]
     )
+
+
+def test_math_prm_reward_gradient_matches_twin(math_dir):
+    """A PRM as DTO's reward: soft minimum of the step scores of ``y @ E`` (a relaxed one-hot),
+    differentiated in ``y``, against PyTorch autograd through the twin."""
+    from nabla_jax.functional.step_scores import soft_min_steps
+    from tests.reference.torch_step_scores import aggregate
+
+    d, model, tok = math_dir
+    prm = load_process_reward_model(d)
+    sep, v = prm.separator_id, prm.config.vocab_size
+    ids = _ids(sep, seed=5, vocab=v - 1)
+    rng = np.random.RandomState(6)
+    z = np.eye(v, dtype=np.float32)[ids] * 4.0 + rng.randn(B, T, v).astype(np.float32)
+    y = np.asarray(jax.nn.softmax(jnp.asarray(z), -1))
+    positions, mask, _ = step_end_positions(separator_mask(ids, sep), S)
+    tau = 0.2
+
+    def reward(m, y):
+        embeds = jnp.einsum("btv,vd->btd", y, m.embed_matrix())
+        return soft_min_steps(m.step_scores(positions, mask, inputs_embeds=embeds), mask, tau)
+
+    def run(m):
+        return jax.grad(lambda y: reward(m, y).sum())(jnp.asarray(y))
+
+    got = np.asarray(run(prm))
+    yt = torch.from_numpy(y.copy()).requires_grad_(True)
+    logits = model(inputs_embeds=yt @ model.model.embed_tokens.weight)
+    probs = torch.softmax(logits, -1)[..., 1]
+    picked = torch.gather(probs, 1, torch.from_numpy(np.array(positions)).long())
+    aggregate(picked, torch.from_numpy(np.array(mask)), "soft_min", tau).sum().backward()
+    want = yt.grad.numpy()
+    # The gradient of the same computation in another order: its sensitivity inside float32's
+    # backward-error ball, the longest contraction being the vocabulary of y @ E.
+    rel = tol.gamma(tol.longest_contraction(prm.backbone))
+    bound = tol.ball_tolerance(run, prm, rel, v)
+    tol.assert_within(got, want, bound, "d reward / d y")
+    assert np.abs(want).max() > 1e-3  # the reward does depend on y
