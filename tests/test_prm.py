@@ -269,3 +269,16 @@ def test_math_prm_reward_gradient_matches_twin(math_dir):
     bound = tol.ball_tolerance(run, prm, rel, v)
     tol.assert_within(got, want, bound, "d reward / d y")
     assert np.abs(want).max() > 1e-3  # the reward does depend on y
+
+
+def test_bad_paths_and_positions(token_dir, tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist; pass a local directory"):
+        load_process_reward_model(tmp_path / "nowhere")
+    with pytest.raises(FileNotFoundError, match="has no config.json"):
+        load_process_reward_model(tmp_path)
+    prm = load_process_reward_model(token_dir[0])
+    ids = jnp.asarray(_ids(SEP))
+    with pytest.raises(ValueError, match=r"step positions hold 2..14, outside the 14 positions"):
+        prm.step_scores(jnp.array([[2, 14], [3, 0]]), jnp.array([[1, 1], [1, 0]]), ids)
+    with pytest.raises(ValueError, match=r"must both be \[B, S\] with B = 2"):
+        prm.step_scores(jnp.zeros((3, 2), jnp.int32), jnp.zeros((3, 2)), ids)

@@ -37,7 +37,12 @@ from nabla_jax.models.convert import (
 )
 from nabla_jax.models.keys import KeyRow, KeyTable, apply_transpose
 from nabla_jax.models.layers import NO_HEAD
-from nabla_jax.models.load import check_finite, load_tokenizer, read_model_config
+from nabla_jax.models.load import (
+    check_finite,
+    check_model_dir,
+    load_tokenizer,
+    read_model_config,
+)
 from nabla_jax.models.model import Backbone, param_shapes, resolve_dtype
 from nabla_jax.models.registry import family_of
 
@@ -223,7 +228,17 @@ class ProcessRewardModel:
                 f"positions {positions.shape} and step_mask {step_mask.shape} must both be "
                 f"[B, S] with B = {scores.shape[0]}"
             )
-        picked = jnp.take_along_axis(scores, jnp.clip(positions, 0, scores.shape[1] - 1), axis=1)
+        t = scores.shape[1]
+        if not isinstance(positions, jax.core.Tracer) and not isinstance(
+            step_mask, jax.core.Tracer
+        ):
+            real = np.asarray(positions)[np.asarray(step_mask) > 0]
+            if real.size and (real.min() < 0 or real.max() >= t):
+                raise ValueError(
+                    f"step positions hold {int(real.min())}..{int(real.max())}, outside the "
+                    f"{t} positions of the input; take them from step_end_positions of its ids"
+                )
+        picked = jnp.take_along_axis(scores, jnp.clip(positions, 0, t - 1), axis=1)
         return jnp.where(step_mask > 0, picked, 0.0)
 
 
@@ -304,8 +319,9 @@ def load_process_reward_model(
       separator: the step-separator token string; default ``<extra_0>`` for ``math_prm`` (it
         must be in the tokenizer), none otherwise (the steps come from the task).
     """
+    path = check_model_dir(path)
     cfg = read_model_config(path)
-    with open(os.path.join(os.fspath(path), "config.json")) as f:
+    with open(os.path.join(path, "config.json")) as f:
         hf = json.load(f)
     layout = layout or layout_of_architecture(hf.get("architectures"))
     bias = bool(hf.get("token_classification_bias", True))
@@ -317,7 +333,7 @@ def load_process_reward_model(
             f"config.json has num_labels {cfg.num_labels}"
         )
     dtype = resolve_dtype(dtype)
-    tensors = read_checkpoint(os.fspath(path), allow_pickle)
+    tensors = read_checkpoint(path, allow_pickle)
     head_t = {k: v for k, v in tensors.items() if k.startswith("score.")}
     body_t = {k: v for k, v in tensors.items() if not k.startswith("score.")}
     body = jax.tree.map(
@@ -326,7 +342,7 @@ def load_process_reward_model(
     check_finite(body, path, family_of(cfg).layer_stack)
     head = _convert_head(spec, head_t, dtype, path)
     check_finite(head, path)
-    tok = load_tokenizer(os.fspath(path)) if tokenizer is True else tokenizer or None
+    tok = load_tokenizer(path) if tokenizer is True else tokenizer or None
     sep = separator if separator is not None else (
         MATH_PRM_SEPARATOR if layout == "math_prm" else None
     )  # fmt: skip
