@@ -8,7 +8,7 @@ Layout of a config file (every key optional; unknown keys are an error)::
       rollout: {temperature: 0.6, top_p: 0.95}
       resample: {temperature: 0.5, top_p: 0.95}
       dto: {num_steps: 20, learning_rate: 0.01}
-    models: {lm: path, rm: path, dtype: float32}
+    models: {lm: path, rm: path, dtype: float32, rm_vocab: by_string, rm_steps: {...}}
     mesh: "data=4,model=2"
     baselines: {temperature: 0.6, top_p: 0.95}   # sampling of CoT / Best-of-N / self-consistency
     compilation_cache: false   # do not use the persistent XLA compilation cache (default: on)
@@ -24,6 +24,7 @@ from typing import Any
 from nabla_jax.decoding.config import DecodeConfig
 from nabla_jax.decoding.sampling import SamplingConfig
 from nabla_jax.functional.dto_config import DTOConfig
+from nabla_jax.functional.reward_settings import REWARD_MODEL_KEYS, check_reward_settings
 
 __all__ = ["TOP_LEVEL_KEYS", "ConfigError", "decode_config_from_dict", "load_run_config"]
 
@@ -109,9 +110,16 @@ def load_run_config(path) -> dict[str, Any]:
     out = dict(raw)
     out["decode"] = decode_config_from_dict(raw.get("decode"))
     models = raw.get("models") or {}
-    bad = sorted(set(models) - {"lm", "rm", "dtype"})
+    model_keys = ("lm", "rm", "dtype", *REWARD_MODEL_KEYS)
+    bad = sorted(set(models) - set(model_keys))
     if bad:
-        raise ConfigError(f"{path}: unknown key(s) {bad} in models; valid keys: lm, rm, dtype")
+        raise ConfigError(
+            f"{path}: unknown key(s) {bad} in models; valid keys: {', '.join(model_keys)}"
+        )
+    try:
+        check_reward_settings(models)
+    except ValueError as e:
+        raise ConfigError(f"{path}: {e}") from e
     out["models"] = models
     if not isinstance(raw.get("compilation_cache", True), bool):
         raise ConfigError(

@@ -22,6 +22,7 @@ from nabla_jax.models.registry import config_from_hf, family_of
 
 __all__ = [
     "check_finite",
+    "check_model_dir",
     "load_causal_lm",
     "load_reward_model",
     "load_tokenizer",
@@ -31,7 +32,9 @@ __all__ = [
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
 
 
-def _check_dir(path) -> str:
+def check_model_dir(path) -> str:
+    """``path`` as a str once it names a local HF model directory holding ``config.json``;
+    otherwise a one-line ``TypeError`` / ``FileNotFoundError`` saying what to pass."""
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(
             f"path must be a str or os.PathLike naming a local model directory, "
@@ -90,7 +93,7 @@ def check_finite(params, path, layer_stack: str = "layers") -> None:
 
 
 def _load(path, dtype, head, allow_pickle, tokenizer, mesh=None):
-    path = _check_dir(path)
+    path = check_model_dir(path)
     dtype = resolve_dtype(dtype)
     cfg = read_model_config(path)
     tensors = read_checkpoint(path, allow_pickle)
