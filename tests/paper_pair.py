@@ -11,6 +11,8 @@ padded rows (313), the same tokenizer plus 3 added tokens (303) for the RM with 
 from __future__ import annotations
 
 import copy
+import json
+from pathlib import Path
 
 import torch
 import transformers as tr
@@ -68,7 +70,20 @@ def save_paper_pair(directory, seed: int = 5):
     lm_tok.save_pretrained(directory / "lm")
     rm.save_pretrained(directory / "rm")
     rm_tok.save_pretrained(directory / "rm")
+    for name in ("lm", "rm"):
+        same_tokenizer_class(directory / name)
     return lm_tok, rm_tok, lm, rm
+
+
+def same_tokenizer_class(model_dir) -> None:
+    """Make ``AutoTokenizer`` load ``model_dir``'s tokenizer as ``Qwen2Tokenizer`` — the class
+    both real checkpoints of the pairing use. Left to the model type, transformers loads the
+    Qwen2 directory as ``Qwen2Tokenizer`` (its own digit-splitting pre-tokenizer) and the Qwen3
+    one with the saved pre-tokenizer, and the two would encode ``- 5`` differently."""
+    path = Path(model_dir) / "tokenizer_config.json"
+    cfg = json.loads(path.read_text())
+    cfg["tokenizer_class"] = "Qwen2Tokenizer"
+    path.write_text(json.dumps(cfg))
 
 
 def reindexed_rm_by_hand(rm_torch, lm_tok, rm_tok, lm_rows: int):

@@ -211,7 +211,8 @@ def test_application_errors(toks):
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory):
     d = tmp_path_factory.mktemp("paper_pair")
-    lm_tok, rm_tok, _, rm_t = save_paper_pair(d)
+    _, rm_tok, _, rm_t = save_paper_pair(d)
+    lm_tok = nj.load_causal_lm(d / "lm").tokenizer  # as a user loads it (save_paper_pair's class)
     rm = nj.load_reward_model(d / "rm")
     assert rm.config.model_type == "qwen3" and rm.config.vocab_size == RM_ROWS
     return lm_tok, rm_tok, rm_t, rm

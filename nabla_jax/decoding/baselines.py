@@ -192,6 +192,7 @@ def best_of_n(
     system: str | None = None,
     batch_size: int = 8,
     scorer: Callable[[list[list[int]]], Sequence[float]] | None = None,
+    rm_vocab: str | None = None,
 ) -> list[DecodeResult]:
     """Best-of-N: ``n`` samples per prompt, each scored by the reward model; keep the argmax.
 
@@ -206,6 +207,8 @@ def best_of_n(
       rm: the ``RewardModel`` (its tokenizer's chat template, or the LM's when it has none).
       n: samples per prompt.
       scorer: optional replacement for the RM score: list of RM input id lists -> floats.
+      rm_vocab: how the RM reads LM ids (``"shared"``, ``"by_string"`` or None: see
+        :mod:`nabla_jax.decoding.pair`); the response ids are mapped to RM ids by string.
 
     Returns:
       One ``DecodeResult`` per prompt; ``stats``: ``generations = n``, ``score_calls = n``,
@@ -213,7 +216,7 @@ def best_of_n(
       trace entry has the sample's ``score``.
     """
     prompts = _check_common(lm, prompts, max_length, batch_size, n)
-    rm_tok = check_pair(lm, rm, "Best-of-N")
+    rm_tok, vocabulary = check_pair(lm, rm, "Best-of-N", rm_vocab)
     if scorer is not None and not callable(scorer):
         raise TypeError("scorer must be callable: list of RM input id lists -> scores")
     if not prompts:
@@ -236,7 +239,7 @@ def best_of_n(
         prefix, suffix = rm_prefix_suffix_ids(rm_tok, p, system=system)
         for s in group:
             body = s.tokens[:-1] if s.tokens and s.tokens[-1] in eos else s.tokens
-            seqs.append(prefix + body + suffix)
+            seqs.append(prefix + vocabulary.rm_id_list(body) + suffix)
     if scorer is not None:
         scores = np.asarray(scorer(seqs), np.float64).reshape(-1)
         if scores.shape != (len(seqs),):

@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from nabla_jax.decoding.sampling import SamplingConfig, SamplingParams, SamplingProgram
-from nabla_jax.functional.dto_config import DTOConfig, DTOHyper
+from nabla_jax.functional.dto_config import DTOConfig, DTOHyper, DTOProgram
 
 __all__ = ["DecodeConfig", "DecodeHyper", "DecodeProgram"]
 
@@ -249,7 +249,7 @@ class DecodeProgram:
     entropy: bool
     uses_probe: bool
     grad_rank: str | None
-    dto: DTOConfig
+    dto: DTOProgram
     dto_lr_gap: bool
     accept_margin: bool
     rejection_sampling: bool

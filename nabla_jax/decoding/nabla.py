@@ -38,11 +38,10 @@ import numpy as np
 from nabla_jax.decoding.config import DecodeConfig
 from nabla_jax.decoding.keys import prompt_id
 from nabla_jax.decoding.loop import ChunkLimits, run_chunk
-from nabla_jax.decoding.pair import ModelPair, check_pair
+from nabla_jax.decoding.pair import check_pair, model_pair
 from nabla_jax.decoding.results import DecodeResult, row_result
 from nabla_jax.decoding.state import Inserts, empty_state
 from nabla_jax.decoding.stopping import default_eos_ids, stop_tables
-from nabla_jax.functional.checks import rm_embedding_table
 from nabla_jax.models.model import CausalLM, RewardModel
 from nabla_jax.models.partition import shard_model
 from nabla_jax.runtime import compilation_cache, sharding
@@ -67,6 +66,11 @@ class NablaDecoder:
       rm: the reward model (``RewardModel``); its tokenizer's chat template (or the LM's, when
         the RM has no tokenizer) frames the response for the reward terms.
       cfg: a ``DecodeConfig``.
+      rm_vocab: how the RM reads LM token ids — ``"shared"`` (as they are), ``"by_string"``
+        (an LM-id → RM-id table by token string: a reward model whose vocabulary adds tokens or
+        pads rows, e.g. a Qwen3 RM for a Qwen2.5 policy) or None (the one that applies; see
+        :mod:`nabla_jax.decoding.pair`). ``decoder.rm_vocabulary.vocab_map.coverage`` reports
+        the LM tokens with no RM match.
       mesh: optional ``jax.sharding.Mesh`` ("data", "model"): the models' weights are split
         over "model" and the slots over "data" (``cfg.batch_size`` must divide by it).
       scorer: optional acceptance-test scorer: called with a list of full RM input id lists
@@ -87,13 +91,15 @@ class NablaDecoder:
         *,
         scorer: Callable[[list[list[int]]], Sequence[float]] | None = None,
         mesh=None,
+        rm_vocab: str | None = None,
     ):
         cfg = DecodeConfig() if cfg is None else cfg
         if not isinstance(cfg, DecodeConfig):
             raise TypeError(f"cfg must be a DecodeConfig, got {type(cfg).__name__}")
         if scorer is not None and not callable(scorer):
             raise TypeError("scorer must be callable: list of RM input id lists -> scores")
-        self.rm_tokenizer = check_pair(lm, rm, "the decoder")
+        checked = check_pair(lm, rm, "the decoder", rm_vocab)
+        self.rm_tokenizer, self.rm_vocabulary = checked
         if mesh is not None:
             sharding.check_batch_divisible(cfg.batch_size, mesh, "DecodeConfig.batch_size")
             lm, rm = shard_model(lm, mesh), shard_model(rm, mesh)
@@ -104,7 +110,7 @@ class NablaDecoder:
         self._eos = set(self.eos_ids)
         stop_ids = [self.tokenizer.encode(s, add_special_tokens=False) for s in cfg.stop_strings]
         self._tables = stop_tables(self.eos_ids, stop_ids)
-        self._models = ModelPair(lm, rm, rm_embedding_table(lm, rm))
+        self._models = model_pair(lm, rm, self.rm_vocabulary)
         self._pad = lm.config.pad_token_id if lm.config.pad_token_id is not None else 0
         # Waiting prompts enter when this many slots are free: a first rollout then serves
         # several new rows at once instead of running the whole batch's loop for one.

@@ -61,7 +61,7 @@ class Baseline:
 
 
 #: Optional settings a comparison shares; each baseline takes the ones it names.
-OPTIONS = frozenset({"sampling", "answer_extractor", "scorer"})
+OPTIONS = frozenset({"sampling", "answer_extractor", "scorer", "rm_vocab"})
 
 
 BASELINES: Mapping[str, Baseline] = {
@@ -84,7 +84,7 @@ BASELINES: Mapping[str, Baseline] = {
             True,
             True,
             "Best-of-N ranked by the reward model",
-            frozenset({"sampling", "scorer"}),
+            frozenset({"sampling", "scorer", "rm_vocab"}),
         ),
         Baseline(
             "sc",
@@ -230,6 +230,7 @@ def method_runner(
     *,
     answer_extractor: Callable[[str], Hashable | None] | None = None,
     scorer: Scorer | None = None,
+    rm_vocab: str | None = None,
 ) -> Callable[[Sequence[Any], Any], list[DecodeResult]]:
     """``run(prompts, key) -> list[DecodeResult]`` for one method, sharing ``cfg``'s settings
     (max_length, stop strings, system message) so that comparisons are fair.
@@ -241,10 +242,12 @@ def method_runner(
       answer_extractor: the task's ``text -> answer`` that self-consistency votes on.
       scorer: an exact acceptance scorer (RM input id lists -> floats) replacing the reward
         model in ∇-Reasoner's acceptance test and in Best-of-N's ranking; None = the RM.
+      rm_vocab: how the RM reads LM ids (:mod:`nabla_jax.decoding.pair`); None = the default.
     """
     name, n = parse_method(method)
     if name in NABLA_VARIANTS:
-        decoder = NablaDecoder(lm, rm, with_overrides(cfg, NABLA_VARIANTS[name]), scorer=scorer)
+        variant = with_overrides(cfg, NABLA_VARIANTS[name])
+        decoder = NablaDecoder(lm, rm, variant, scorer=scorer, rm_vocab=rm_vocab)
         return lambda prompts, key: decoder.generate(prompts, key)
     sampling = cfg.rollout if sampling is None else sampling
     check_baseline_sampling([method], sampling)
@@ -256,4 +259,6 @@ def method_runner(
         common["answer_extractor"] = answer_extractor
     if scorer is not None:
         common["scorer"] = scorer
+    if rm_vocab is not None:
+        common["rm_vocab"] = rm_vocab
     return lambda prompts, key: run_baseline((name, n), lm, prompts, key, rm=rm, **common)

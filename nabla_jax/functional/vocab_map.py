@@ -124,6 +124,13 @@ class RMVocabulary:
             self.vocab_map.table, lm_ids
         )  # fmt: skip
 
+    def rm_id_list(self, lm_ids) -> list[int]:
+        """RM ids of LM ids given as a host list (the ids themselves when shared)."""
+        if self.vocab_map is None:
+            return [int(t) for t in lm_ids]
+        table = self.vocab_map.table
+        return [int(table[int(t)]) for t in lm_ids]
+
     def embed_table(self, rm_embed):
         """``[V_lm, H_rm]`` RM rows for the straight-through path: ``rm_embed`` itself when
         shared, ``rm_embed[table]`` otherwise (pass it as ``refine(..., rm_embed=)``)."""

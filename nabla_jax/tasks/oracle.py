@@ -15,8 +15,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from nabla_jax.decoding.pair import check_pair
 from nabla_jax.text.templates import rm_prefix_suffix_ids
-from nabla_jax.text.vocab import shared_rm_tokenizer
 
 __all__ = ["OracleScorer"]
 
@@ -30,17 +30,20 @@ class OracleScorer:
       lm, rm: the decoding models (the RM's template frames the inputs; the LM's tokenizer
         decodes the response ids).
       system: the system message the decoder uses (part of the template prefix).
+      rm_vocab: how the RM reads LM ids (``nabla_jax.decoding.pair``); with ``by_string`` the
+        response ids in an RM input are RM ids, decoded with the RM's tokenizer.
 
     Raises ``ValueError`` when the task has no oracle, and ``KeyError`` (from the call) for an
     input whose prefix belongs to none of the problems.
     """
 
-    def __init__(self, task, problems: Sequence, lm, rm, *, system: str | None = None):
+    def __init__(self, task, problems: Sequence, lm, rm, *, system: str | None = None,
+                 rm_vocab: str | None = None):  # fmt: skip
         if task.oracle is None:
             raise ValueError(f"task {task.name!r} has no oracle (an exact scorer of responses)")
         self.task = task
-        self.tokenizer = lm.tokenizer
-        rm_tok = shared_rm_tokenizer(lm, rm, "the oracle scorer")
+        rm_tok, vocabulary = check_pair(lm, rm, "the oracle scorer", rm_vocab)
+        self.tokenizer = lm.tokenizer if vocabulary.mode == "shared" else rm_tok
         self._by_prefix: dict[tuple[int, ...], object] = {}
         self._suffixes: set[tuple[int, ...]] = set()
         for p in problems:

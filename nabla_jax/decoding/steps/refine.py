@@ -96,7 +96,9 @@ def refine(m: ModelPair, state: RowState, at, chosen, h: DecodeHyper, *,
 
     def branch(k, tail):
         def run(_):
-            problems, wmask = window_problems(m.lm, state, at, chosen, k, latents, tail)
+            problems, wmask = window_problems(
+                m.lm, state, at, chosen, k, latents, tail, rm_ids=m.rm_ids
+            )
             logits, final, trace = refine_rows(
                 m.lm, m.rm, m.rm_table, problems, keys, h.dto, prog.dto, given, tx
             )
