@@ -71,6 +71,11 @@ class NablaDecoder:
         pads rows, e.g. a Qwen3 RM for a Qwen2.5 policy) or None (the one that applies; see
         :mod:`nabla_jax.decoding.pair`). ``decoder.rm_vocabulary.vocab_map.coverage`` reports
         the LM tokens with no RM match.
+      next_token_oracle: optional host function ``(prompt_ids, response_ids) -> right next
+        token id, or -1``: each refinement's trace then records the right token's probability
+        before and after DTO (``p_right_before`` / ``p_right_after``; see
+        :mod:`nabla_jax.decoding.diagnostics`). For the bundled task:
+        ``nabla_jax.tasks.arithmetic_oracle.NextTokenOracle``.
       mesh: optional ``jax.sharding.Mesh`` ("data", "model"): the models' weights are split
         over "model" and the slots over "data" (``cfg.batch_size`` must divide by it).
       scorer: optional acceptance-test scorer: called with a list of full RM input id lists
@@ -92,12 +97,16 @@ class NablaDecoder:
         scorer: Callable[[list[list[int]]], Sequence[float]] | None = None,
         mesh=None,
         rm_vocab: str | None = None,
+        next_token_oracle: Callable[[Sequence[int], Sequence[int]], int] | None = None,
     ):
         cfg = DecodeConfig() if cfg is None else cfg
         if not isinstance(cfg, DecodeConfig):
             raise TypeError(f"cfg must be a DecodeConfig, got {type(cfg).__name__}")
         if scorer is not None and not callable(scorer):
             raise TypeError("scorer must be callable: list of RM input id lists -> scores")
+        if next_token_oracle is not None and not callable(next_token_oracle):
+            raise TypeError("next_token_oracle must be callable: (prompt ids, response ids) -> id")
+        self.next_token_oracle = next_token_oracle
         checked = check_pair(lm, rm, "the decoder", rm_vocab)
         self.rm_tokenizer, self.rm_vocabulary = checked
         if mesh is not None:
@@ -175,6 +184,7 @@ class NablaDecoder:
             state, report = run_chunk(
                 self._models, state, inserts=ins, key=key, hyper=hyper, tables=self._tables,
                 limits=limits, prog=prog, scorer=self.scorer, pad_id=self._pad,
+                oracle=self.next_token_oracle,
             )  # fmt: skip
             rep = device_get(report)
             for slot, i in enumerate(slot_of):

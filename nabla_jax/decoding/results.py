@@ -46,7 +46,10 @@ class DecodeResult:
         "max_generations"; "stopped": the response ended first).
       trace: one dict per refinement: position (index in the response), old_token, new_token,
         proposed, accepted (None without a proposal), score_current, score_proposed (None
-        when not scored).
+        when not scored); what DTO did to the resample distribution there
+        (:mod:`nabla_jax.decoding.diagnostics`): kl (KL(refined ‖ original), nats), dlogp (the
+        proposed token's change in log-probability), top1_changed, topk_changed, and with a
+        next-token oracle right_token, p_right_before, p_right_after (None without one).
     """
 
     prompt: Any
@@ -99,6 +102,13 @@ def row_result(prompt, report, b: int, tokenizer, eos: set, stop_strings) -> Dec
                 "accepted": bool(ev.accepted[b, i]) if proposed else None,
                 "score_current": float(ev.score_current[b, i]) if scored else None,
                 "score_proposed": float(ev.score_proposed[b, i]) if scored else None,
+                "kl": float(ev.kl[b, i]),
+                "dlogp": float(ev.dlogp[b, i]),
+                "top1_changed": bool(ev.top1_changed[b, i]),
+                "topk_changed": bool(ev.topk_changed[b, i]),
+                "right_token": right if (right := int(ev.right_token[b, i])) >= 0 else None,
+                "p_right_before": float(ev.p_right_before[b, i]) if right >= 0 else None,
+                "p_right_after": float(ev.p_right_after[b, i]) if right >= 0 else None,
             }
         )
     return DecodeResult(prompt, text, ids, stats, trace)
