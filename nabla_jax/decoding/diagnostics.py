@@ -46,6 +46,7 @@ class Diagnosis(NamedTuple):
     right: jax.Array
     p_right_before: jax.Array
     p_right_after: jax.Array
+    fidelity: jax.Array | None = None  # [B] Spearman (nabla_jax.decoding.fidelity) or None
 
 
 def _resample_logp(logits, current, h: DecodeHyper, prog: DecodeProgram):

@@ -43,6 +43,7 @@ import jax.numpy as jnp
 
 from nabla_jax.decoding.config import DecodeHyper, DecodeProgram
 from nabla_jax.decoding.diagnostics import NextTokenOracle, diagnose, oracle_tokens
+from nabla_jax.decoding.fidelity import first_order_fidelity
 from nabla_jax.decoding.pair import ModelPair
 from nabla_jax.decoding.scoring import Scorer
 from nabla_jax.decoding.state import Inserts, RowState, insert_rows
@@ -101,11 +102,30 @@ def iteration(m: ModelPair, state: RowState, h: DecodeHyper, tables: StopTables,
                           sel.committed, sel.chosen)  # fmt: skip
     diagnosis = diagnose(refined.original, refined.logits[:, 0], proposal.old, proposal.token,
                          right, h, prog=prog)  # fmt: skip
+    if prog.fidelity_top_k:
+        diagnosis = diagnosis._replace(fidelity=_fidelity(m, state, sel, refined, tables, prog))
     rolled = roll_out(m, state, sel, proposal, h, tables, prog=prog, pad_id=pad_id)
     scores = score(m, state, proposal, rolled, tables, prog=prog, scorer=scorer)
     accepted = accept(proposal, scores, h, prog=prog)
     return commit(state, sel, refined, proposal, rolled, scores, accepted, diagnosis, h,
                   prog=prog)  # fmt: skip
+
+
+def _fidelity(m: ModelPair, state: RowState, sel, refined, tables, prog: DecodeProgram):
+    """Spearman ``[B]`` of the RM gradient's estimates at the selected positions (NaN for rows
+    without one; skipped when no row selected one)."""
+    b = sel.chosen.shape[0]
+    k = min(prog.fidelity_top_k, m.lm.config.vocab_size)
+
+    def run(_):
+        rho = first_order_fidelity(m, state.rm_frame, state.resp.tokens, state.resp.length,
+                                   sel.committed, refined.logits[:, 0], tables, k)[0]  # fmt: skip
+        return jnp.where(sel.chosen, rho, jnp.nan)
+
+    def skip(_):
+        return jnp.full((b,), jnp.nan, jnp.float32)
+
+    return jax.lax.cond(jnp.any(sel.chosen), run, skip, None)
 
 
 @functools.partial(

@@ -41,6 +41,8 @@ def commit(state: RowState, sel: Selection, refined: Refined, proposal: Proposal
     at = ev.count
     scored = proposing & prog.rejection_sampling
     new_token = jnp.where(proposing, proposal.token, proposal.old)
+    no_rho = jnp.full_like(diagnosis.kl, jnp.nan)  # fidelity not measured
+    rho = no_rho if diagnosis.fidelity is None else diagnosis.fidelity
     events = ev._replace(
         count=ev.count + chosen,
         position=put_at(ev.position, at, sel.committed, chosen),
@@ -58,6 +60,7 @@ def commit(state: RowState, sel: Selection, refined: Refined, proposal: Proposal
         right_token=put_at(ev.right_token, at, diagnosis.right, chosen),
         p_right_before=put_at(ev.p_right_before, at, diagnosis.p_right_before, chosen),
         p_right_after=put_at(ev.p_right_after, at, diagnosis.p_right_after, chosen),
+        fidelity=put_at(ev.fidelity, at, rho, chosen),
     )
 
     committed = jnp.where(chosen, jnp.minimum(proposal.last + 1, resp_next.length), sel.committed)
