@@ -37,10 +37,13 @@ from __future__ import annotations
 
 import argparse
 import functools
+import glob
 import json
 import os
 import platform
+import re
 import sys
+import tempfile
 import time
 
 import jax
@@ -85,6 +88,7 @@ def _parse(argv=None):
     p.add_argument("--rm-suffix-len", type=int, default=8, help="RM template suffix bucket S")
     p.add_argument("--budget-gb", type=float, default=80.0, help="device memory, 1e9 bytes")
     p.add_argument("--verify", action="store_true", help="compile the predicted largest batch")
+    p.add_argument("--no-breakdown", action="store_true", help="skip XLA's buffer report")
     p.add_argument("--tiny", action="store_true", help="tiny model shapes (a quick check)")
     p.add_argument("--output", default="benchmarks/results/memory_7b.json")
     args = p.parse_args(argv)
@@ -207,17 +211,104 @@ def tree_bytes(tree) -> int:
     )
 
 
-def measure(name: str, x: dict) -> dict:
-    """Lower, compile and read the memory analysis of one program."""
+def measure(name: str, x: dict, breakdown: bool = True) -> dict:
+    """Lower, compile and read the memory analysis of one program; with ``breakdown``, also
+    XLA's buffer assignment (dumped to a temporary folder) for :func:`temp_breakdown`."""
     t0 = time.perf_counter()
     lowered = lower(name, x)
     t1 = time.perf_counter()
-    compiled = lowered.compile()
-    t2 = time.perf_counter()
-    figures = program_memory(compiled)
+    with tempfile.TemporaryDirectory() as tmp:
+        options = {"xla_dump_to": tmp, "xla_dump_hlo_pass_re": "NONE"} if breakdown else None
+        compiled = lowered.compile(compiler_options=options)
+        t2 = time.perf_counter()
+        figures = program_memory(compiled)
+        if breakdown:
+            m = x["models"]
+            params = jax.tree.leaves((m.lm.params, m.rm.params))
+            figures["temp_breakdown"] = temp_breakdown(tmp, params)
     figures.update(lower_s=round(t1 - t0, 2), compile_s=round(t2 - t1, 2))
     del compiled, lowered
     return figures
+
+
+_VALUE = re.compile(r"value: <\d+ (\S+) @\d+> \(size=(\d+),offset=(\d+)\): (\w+)\[([\d,]*)\]")
+_RANGE = re.compile(r"^\s+(\S+\{[\d,]*\}):(\d+)-(\d+)$", re.M)
+
+
+def _live_peak(values, ranges) -> int:
+    """Most bytes live at one point of the schedule: ``values`` ``(name, size, offset)`` with
+    live ranges ``ranges[name] = (start, end)``; values at one offset whose ranges overlap are
+    one buffer (aliases: a loop's carried value, an in-place update), so each offset counts the
+    largest of its live values."""
+    import numpy as np
+
+    span = 1 + max((e for s, e in ranges.values()), default=0)
+    by_offset: dict[int, list] = {}
+    for name, size, offset in values:
+        if name in ranges:
+            by_offset.setdefault(offset, []).append((*ranges[name], size))
+    total = np.zeros(span, np.float64)
+    for items in by_offset.values():
+        occ = np.zeros(span, np.float64)
+        for s, e, size in items:
+            np.maximum(occ[s : e + 1], size, out=occ[s : e + 1])
+        total += occ
+    return int(total.max()) if span else 0
+
+
+def temp_breakdown(dump_dir: str, params, top: int = 8) -> dict:
+    """XLA's own buffer assignment and live ranges of the program (the dumped module with the
+    largest preallocated temporary), read three ways:
+
+    * ``live_temp_bytes``: the most temporary bytes live at one point of XLA's schedule (the
+      temporary itself, ``temp_bytes``, adds what packing leaves unused);
+    * ``weight_upcast_bytes``: the float32 copies of low-precision parameters (``convert``
+      values whose dimensions are a parameter's, whole or one layer of it): the CPU backend
+      computes bfloat16 dots in float32 and hoists the weights' conversion out of the layer
+      loop; a GPU multiplies bfloat16 natively and makes no such copy.
+      ``live_temp_less_upcast_bytes`` is ``live_temp_bytes`` recomputed without them: the
+      temporary a backend without the copies would need at least, with the same schedule and
+      the same other buffers (the CPU's other float32 intermediates stay in);
+    * ``largest``: the ``top`` largest temporary values (shape, XLA's name).
+    """
+    low = {tuple(sorted(p.shape)) for p in params if jnp.dtype(p.dtype).itemsize < 4}
+    low |= {tuple(sorted(p.shape[1:])) for p in params
+            if jnp.dtype(p.dtype).itemsize < 4 and len(p.shape) > 2}  # fmt: skip
+    best = None
+    for path in glob.glob(os.path.join(dump_dir, "*buffer-assignment.txt")):
+        with open(path) as f:
+            text = f.read()
+        for block in re.split(r"\n(?=allocation \d+:)", text):
+            head = block.split("\n", 1)[0]
+            if "preallocated-temp" in head:
+                size = int(re.search(r"size (\d+)", head).group(1))
+                if best is None or size > best[0]:
+                    best = (size, block, path)
+    if best is None:
+        return dict(temp_bytes=0, live_temp_bytes=0, weight_upcast_bytes=0,
+                    live_temp_less_upcast_bytes=0, largest=[])  # fmt: skip
+    with open(best[2].replace("buffer-assignment.txt", "live-range.txt")) as f:
+        ranges = {m[0]: (int(m[1]), int(m[2])) for m in _RANGE.findall(f.read())}
+    values, upcast, shapes = [], set(), {}
+    for name, size, offset, dtype, dims in _VALUE.findall(best[1]):
+        name = name if "{" in name else name + "{}"
+        size, offset = int(size), int(offset)
+        values.append((name, size, offset))
+        shapes.setdefault((offset, size), (f"{dtype}[{dims}]", name))
+        shape = tuple(int(d) for d in dims.split(",") if d)
+        if dtype == "f32" and "convert" in name and tuple(sorted(shape)) in low:
+            upcast.add(name)
+    live = _live_peak(values, ranges)
+    rest = _live_peak([v for v in values if v[0] not in upcast], ranges)
+    largest = sorted(shapes.items(), key=lambda kv: -kv[0][1])[:top]
+    return dict(
+        temp_bytes=best[0],
+        live_temp_bytes=live,
+        weight_upcast_values=len(upcast),
+        weight_upcast_bytes=sum(v[1] for v in values if v[0] in upcast),
+        live_temp_less_upcast_bytes=rest,
+        largest=[dict(bytes=k[1], shape=v[0], value=v[1]) for k, v in largest],
+    )
 
 
 # -------------------------------------------------------------------------------- fit
@@ -257,11 +348,14 @@ def run_config(path: str, args, lm, rm) -> dict:
         x = decode_inputs(lm, rm, dcfg, b, *sizes)
         row = dict(bucket=x["bucket"], state_bytes=tree_bytes(x["state"]), programs={})
         for name in args.programs:
-            row["programs"][name] = measure(name, x)
-            f = row["programs"][name]
+            row["programs"][name] = f = measure(name, x, not args.no_breakdown)
+            if "temp_breakdown" in f:
+                rest = f["temp_breakdown"]["live_temp_less_upcast_bytes"]
+                f["peak_less_upcast_bytes"] = f["peak_bytes"] - f["temp_bytes"] + rest
             print(f"{path} B={b} {name}: peak {f['peak_bytes'] / 1e9:.2f} GB (args "
                   f"{f['argument_bytes'] / 1e9:.2f}, temp {f['temp_bytes'] / 1e9:.2f}, out "
-                  f"{f['output_bytes'] / 1e9:.2f}, alias {f['alias_bytes'] / 1e9:.2f}); "
+                  f"{f['output_bytes'] / 1e9:.2f}, alias {f['alias_bytes'] / 1e9:.2f}; less "
+                  f"CPU weight upcasts {f.get('peak_less_upcast_bytes', 0) / 1e9:.2f}); "
                   f"compile {f['compile_s']:.0f} s", flush=True)  # fmt: skip
         return row
 
@@ -270,16 +364,19 @@ def run_config(path: str, args, lm, rm) -> dict:
     budget = args.budget_gb * 1e9
     out["fits"] = {}
     for name in args.programs:
-        points = {b: out["batches"][str(b)]["programs"][name]["peak_bytes"]
-                  for b in args.batch_sizes}  # fmt: skip
-        out["fits"][name] = fit_batch(points, budget)
+        for kind in ("peak_bytes", "peak_less_upcast_bytes"):
+            progs = [out["batches"][str(b)]["programs"][name] for b in args.batch_sizes]
+            if all(kind in f for f in progs):
+                points = dict(zip(args.batch_sizes, (f[kind] for f in progs), strict=True))
+                out["fits"].setdefault(name, {})[kind] = fit_batch(points, budget)
     if args.verify and "iteration" in args.programs:
-        fit = out["fits"]["iteration"]
+        fit = out["fits"]["iteration"]["peak_bytes"]
         best = fit.get("largest_batch")
         if best:
             checked = {}
             for b in (best, best + 1):
-                peak = measure("iteration", decode_inputs(lm, rm, dcfg, b, *sizes))["peak_bytes"]
+                x = decode_inputs(lm, rm, dcfg, b, *sizes)
+                peak = measure("iteration", x, breakdown=False)["peak_bytes"]
                 checked[str(b)] = peak
                 print(f"{path} verify B={b}: iteration peak {peak / 1e9:.2f} GB", flush=True)
             fit["verified"] = checked

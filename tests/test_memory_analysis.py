@@ -68,15 +68,26 @@ def test_temp_bytes_positive_and_grow_with_batch(bench, tiny_models):
         # the donated DTO state comes back in place
         assert 0 < f["alias_bytes"] <= f["output_bytes"]
     assert figs[4]["temp_bytes"] > figs[1]["temp_bytes"]
+    # float32 parameters: nothing to upcast, and XLA's buffer report gives the same temporary
+    assert figs[1]["temp_breakdown"]["weight_upcast_bytes"] == 0
+    assert figs[1]["temp_breakdown"]["temp_bytes"] == figs[1]["temp_bytes"]
     # the parameters are arguments at every batch; the per-row inputs grow
     assert figs[4]["argument_bytes"] > figs[1]["argument_bytes"]
 
 
-def test_refine_program_compiles_from_abstract_inputs(bench, tiny_models):
-    lm, rm = tiny_models
+def test_refine_program_in_bfloat16_counts_the_cpu_weight_upcasts(bench):
+    lm, rm = bench.abstract_models(bench.model_config(bench.TINY), "bfloat16")
     f = bench.measure("refine", bench.decode_inputs(lm, rm, _tiny_decode(), 1, 8, 8, 8))
     params = bench.tree_bytes(lm.params) + bench.tree_bytes(rm.params)
     assert f["argument_bytes"] >= params and f["temp_bytes"] > 0
+    # the CPU computes bfloat16 dots in float32: float32 copies of the weights in the temporary
+    t = f["temp_breakdown"]
+    assert 0 < t["weight_upcast_bytes"] < f["temp_bytes"]
+    # XLA's live ranges: what is live at the busiest point fits in the temporary it packed,
+    # and is less without the copies
+    assert 0 < t["live_temp_less_upcast_bytes"] < t["live_temp_bytes"] <= f["temp_bytes"]
+    assert f["peak_bytes"] - f["temp_bytes"] + t["live_temp_less_upcast_bytes"] > params
+    assert f["temp_breakdown"]["largest"][0]["bytes"] > 0
 
 
 def test_program_memory_of_a_known_program():
