@@ -88,6 +88,7 @@ def _parse(argv=None):
     p.add_argument("--rm-suffix-len", type=int, default=8, help="RM template suffix bucket S")
     p.add_argument("--budget-gb", type=float, default=80.0, help="device memory, 1e9 bytes")
     p.add_argument("--verify", action="store_true", help="compile the predicted largest batch")
+    p.add_argument("--table", default=None, help="print a JSON's figures as Markdown, no run")
     p.add_argument("--no-breakdown", action="store_true", help="skip XLA's buffer report")
     p.add_argument("--tiny", action="store_true", help="tiny model shapes (a quick check)")
     p.add_argument("--output", default="benchmarks/results/memory_7b.json")
@@ -328,6 +329,30 @@ def fit_batch(points: dict[int, int], budget: float) -> dict:
                 largest_batch=largest, fit_relative_error=errors)  # fmt: skip
 
 
+def markdown_table(result: dict) -> str:
+    """The figures of a run (``main``'s result or its JSON) as a Markdown table, GB = 1e9 B."""
+    gb = lambda v: f"{v / 1e9:.1f}" if v is not None else "–"  # noqa: E731
+    lines = [
+        "| config | B | program | arguments | temporaries | outputs | aliased | **peak** | "
+        "live temporaries | live temporaries without the float32 weight copies | peak without "
+        "them |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for c in result["configs"]:
+        name = os.path.basename(c["config"]).removesuffix(".yaml")
+        for b, row in c["batches"].items():
+            for prog, f in row["programs"].items():
+                t = f.get("temp_breakdown", {})
+                lines.append(
+                    f"| {name} | {b} | {prog} | {gb(f['argument_bytes'])} | "
+                    f"{gb(f['temp_bytes'])} | {gb(f['output_bytes'])} | {gb(f['alias_bytes'])} | "
+                    f"**{gb(f['peak_bytes'])}** | {gb(t.get('live_temp_bytes'))} | "
+                    f"{gb(t.get('live_temp_less_upcast_bytes'))} | "
+                    f"{gb(f.get('peak_less_upcast_bytes'))} |"
+                )
+    return "\n".join(lines)
+
+
 # -------------------------------------------------------------------------------- main
 
 
@@ -386,6 +411,11 @@ def run_config(path: str, args, lm, rm) -> dict:
 
 def main(argv=None) -> dict:
     args = _parse(argv)
+    if args.table:
+        with open(args.table) as f:
+            result = json.load(f)
+        print(markdown_table(result))
+        return result
     import nabla_jax
 
     t0 = time.perf_counter()
@@ -406,7 +436,7 @@ def main(argv=None) -> dict:
     result = dict(args=vars(args), env=env, models=models, configs=configs, wall_s=round(wall, 1),
                   note="bytes from compiled.memory_analysis() on the CPU backend; peak = "
                   "argument + output + temp - alias")  # fmt: skip
-    print(f"wall {wall:.0f} s", flush=True)
+    print(f"{markdown_table(result)}\nwall {wall:.0f} s", flush=True)
     if args.output:
         os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
         with open(args.output, "w") as f:
