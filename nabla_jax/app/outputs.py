@@ -242,7 +242,8 @@ def check_writable(path: str) -> None:
         except OSError as e:
             raise OutputError(describe_os_error(path, e)) from None
         return
-    parent = os.path.dirname(os.path.abspath(path))
+    # realpath: a dangling symlink creates its target, which may lie in a missing directory.
+    parent = os.path.dirname(os.path.realpath(path))
     try:
         with tempfile.TemporaryFile(dir=parent):
             pass
