@@ -152,6 +152,11 @@ def test_dangling_symlink_output_is_refused_before_models_load(tmp_path, capsys)
            f"cannot create {out}")  # fmt: skip
 
 
+def test_an_output_that_is_not_a_regular_file_is_refused(capsys):
+    _fails(["decode", "--prompt", "hi", "--lm", MISSING, "--output", "/dev/full"], capsys,
+           "/dev/full is not a regular file")  # fmt: skip
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes read-only files")
 def test_read_only_output_is_refused_before_models_load(tmp_path, capsys):
     out = tmp_path / "o.jsonl"

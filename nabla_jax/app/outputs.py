@@ -233,9 +233,15 @@ class RowWriter:
 
 
 def check_writable(path: str) -> None:
-    """Raise :class:`OutputError` when ``path`` exists and cannot be opened for appending, or
-    does not exist and its directory does not accept a new file. Changes nothing."""
+    """Raise :class:`OutputError` when ``path`` exists and is not a regular file or cannot be
+    opened for appending, or does not exist and its directory does not accept a new file.
+    Changes nothing."""
     if os.path.exists(path):
+        if not os.path.isfile(path):
+            raise OutputError(
+                f"{path} is not a regular file (a device, pipe or socket); an output is a file "
+                "that can be resumed — give a file path"
+            )
         try:
             with open(path, "ab"):
                 pass
