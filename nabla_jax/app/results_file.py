@@ -202,6 +202,7 @@ def prepare_results_file(
         notes.append(f"{path}: removed {len(rows) - len(unique)} duplicate row(s)")
         rewrite = True
     if rewrite:
-        lines = [json.dumps({PROVENANCE_KEY: header})] + [json.dumps(r) for r in unique]
+        lines = [json.dumps({PROVENANCE_KEY: header})]
+        lines += [json.dumps(r, ensure_ascii=False) for r in unique]
         write_atomic(path, "".join(line + "\n" for line in lines))
     return notes

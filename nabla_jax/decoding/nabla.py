@@ -207,7 +207,15 @@ class NablaDecoder:
         a ``ValueError`` names the first empty, unrenderable or over-long one (``names[i]``, e.g.
         its file and line, or "prompt i")."""
         for i, p in enumerate(prompts):
-            self._encode(i, p, None if names is None else names[i])
+            label = f"prompt {i}" if names is None else names[i]
+            try:
+                self._encode(i, p, label)
+            except ValueError:
+                raise
+            except Exception as e:  # a chat template that fails on this prompt (jinja, ...)
+                raise ValueError(
+                    f"{label}: the chat template cannot render it ({type(e).__name__}: {e})"
+                ) from e
 
     def _encode(self, i: int, prompt, name: str | None = None):
         """(LM prompt ids, RM prefix ids, RM suffix ids, prompt id), checked against the
