@@ -181,10 +181,11 @@ def convert_tensors_sharded(
     """Like ``convert_tensors``, but each leaf is built straight into its device layout.
 
     Every leaf is ``jax.make_array_from_callback(shape, sharding, callback)``: the callback is
-    asked for one device's index (a tuple of slices of the converted leaf) and slices the
-    (memory-mapped) checkpoint tensors accordingly, layer by layer and after the transpose (a
-    view), so a device receives only its shard and no full copy of a split leaf is ever made on
-    a device. Same key table, strictness and shape checks as the host path.
+    asked for one device's index (a tuple of slices of the converted leaf) and reads only that
+    part of the checkpoint tensors (``safe_open`` slices; for a transposed tensor the index is
+    swapped before the read), layer by layer, so a device receives only its shard and no full
+    copy of a split leaf is ever made on a device. Same key table, strictness and shape checks
+    as the host path.
 
     Args:
       shardings: tree of ``jax.sharding.Sharding`` matching ``shapes``.
@@ -336,7 +337,8 @@ def checkpoint_files(directory: str, allow_pickle: bool = False) -> tuple[str, l
 
 
 def read_checkpoint(directory: str, allow_pickle: bool = False) -> dict[str, np.ndarray]:
-    """All tensors of a checkpoint directory as (memory-mapped where possible) numpy arrays."""
+    """All tensors of a checkpoint directory: safetensors as :class:`SafetensorsTensor` (read
+    when indexed or converted with ``np.asarray``), pickled weights as numpy arrays."""
     kind, files = checkpoint_files(directory, allow_pickle)
     tensors: dict[str, np.ndarray] = {}
     for path in files:
