@@ -159,3 +159,33 @@ def test_truncated_safetensors_is_named(pair, tmp_path):
         ValueError, match=rf"{weights}: not a readable safetensors file .*truncated"
     ):
         nj.load_causal_lm(lm)
+
+
+def test_bench_ctrl_c_says_how_far_it_got(pair, tmp_path, capsys, monkeypatch):
+    from types import SimpleNamespace
+
+    from nabla_jax.app import evaluation
+
+    calls = []
+
+    def runner(*args, **kw):
+        def run(prompts, key):
+            calls.append(len(prompts))
+            if len(calls) > 1:  # Ctrl-C during the second batch
+                raise KeyboardInterrupt
+            return [SimpleNamespace(text="Answer: 1", stats={"model_calls": 1}) for _ in prompts]
+
+        return run
+
+    monkeypatch.setattr(evaluation, "method_runner", runner)
+    out = tmp_path / "acc.jsonl"
+    argv = ["bench", "accuracy", "--methods", "greedy", "--num-problems", "4", "--batch-size",
+            "2", "--output", str(out), "--no-progress", *_common(pair)]  # fmt: skip
+    capsys.readouterr()
+    assert cli.main(argv) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == (
+        f"nabla-jax: interrupted: wrote 2 of 4 rows to {out}; rerun the same command to resume"
+    )
+    assert len(_lines(out)) == 1 + 2
+    assert not os.path.exists(tmp_path / ".acc.jsonl.lock")  # the lock went with the run
