@@ -12,6 +12,7 @@ Layout of a config file (every key optional; unknown keys are an error)::
     mesh: "data=4,model=2"
     baselines: {temperature: 0.6, top_p: 0.95}   # sampling of CoT / Best-of-N / self-consistency
     compilation_cache: false   # do not use the persistent XLA compilation cache (default: on)
+    coordinator_timeout: 120   # seconds a multi-host process waits for the coordinator
     task: {name: math, instruction: "..."}        # the task's problems, prompts and grader
 """
 
@@ -28,7 +29,9 @@ from nabla_jax.functional.reward_settings import REWARD_MODEL_KEYS, check_reward
 
 __all__ = ["TOP_LEVEL_KEYS", "ConfigError", "decode_config_from_dict", "load_run_config"]
 
-TOP_LEVEL_KEYS = ("decode", "models", "mesh", "task", "baselines", "compilation_cache")
+TOP_LEVEL_KEYS = (
+    "decode", "models", "mesh", "task", "baselines", "compilation_cache", "coordinator_timeout",
+)  # fmt: skip
 
 
 class ConfigError(ValueError):
@@ -95,7 +98,7 @@ def load_run_config(path) -> dict[str, Any]:
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"config file {path!r} does not exist")
-    with open(path) as f:
+    with open(path, encoding="utf-8-sig") as f:  # a leading BOM is accepted
         try:
             raw = yaml.load(f, Loader=_yaml_loader()) or {}
         except yaml.YAMLError as e:
@@ -124,6 +127,13 @@ def load_run_config(path) -> dict[str, Any]:
     if not isinstance(raw.get("compilation_cache", True), bool):
         raise ConfigError(
             f"{path}: compilation_cache must be true or false, got {raw['compilation_cache']!r}"
+        )
+    timeout = raw.get("coordinator_timeout")
+    if timeout is not None and (
+        isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0
+    ):
+        raise ConfigError(
+            f"{path}: coordinator_timeout must be a number of seconds > 0, got {timeout!r}"
         )
     if raw.get("task") is not None:
         from nabla_jax.tasks.registry import task_from_config

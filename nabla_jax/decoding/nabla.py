@@ -36,7 +36,7 @@ import jax
 import numpy as np
 
 from nabla_jax.decoding.config import DecodeConfig
-from nabla_jax.decoding.keys import prompt_id
+from nabla_jax.decoding.keys import check_key, prompt_id
 from nabla_jax.decoding.loop import ChunkLimits, run_chunk
 from nabla_jax.decoding.pair import check_pair, model_pair
 from nabla_jax.decoding.results import DecodeResult, row_result
@@ -154,6 +154,7 @@ class NablaDecoder:
             raise TypeError("prompts must be a list of prompts (wrap one prompt in a list)")
         if not prompts:
             return []
+        check_key(key, "NablaDecoder.generate")
         rows = [self._encode(i, p) for i, p in enumerate(prompts)]
         cfg = self.cfg
         b = cfg.batch_size
@@ -206,9 +207,27 @@ class NablaDecoder:
 
     # ---------------------------------------------------------------- host side
 
-    def _encode(self, i: int, prompt) -> tuple[list[int], list[int], list[int], int]:
+    def check_prompts(self, prompts: Sequence[Any], names: Sequence[str] | None = None) -> None:
+        """Render and measure every prompt as :meth:`generate` would, without any model call:
+        a ``ValueError`` names the first empty, unrenderable or over-long one (``names[i]``, e.g.
+        its file and line, or "prompt i")."""
+        for i, p in enumerate(prompts):
+            label = f"prompt {i}" if names is None else names[i]
+            try:
+                self._encode(i, p, label)
+            except ValueError:
+                raise
+            except Exception as e:  # a chat template that fails on this prompt (jinja, ...)
+                raise ValueError(
+                    f"{label}: the chat template cannot render it ({type(e).__name__}: {e})"
+                ) from e
+
+    def _encode(self, i: int, prompt, name: str | None = None):
         """(LM prompt ids, RM prefix ids, RM suffix ids, prompt id), checked against the
         models' positions before any compute."""
+        label = name or f"prompt {i}"
+        if not prompt or (isinstance(prompt, str) and not prompt.strip()):
+            raise ValueError(f"{label} is empty; give the text to decode")
         system = self.cfg.system
         lm_ids = lm_prompt_ids(self.tokenizer, prompt, system=system)
         rm_prefix, rm_suffix = rm_prefix_suffix_ids(self.rm_tokenizer, prompt, system=system)
@@ -220,7 +239,7 @@ class NablaDecoder:
             limit = model.config.max_position_embeddings
             if used > limit:
                 raise ValueError(
-                    f"prompt {i}: its {what} input ({used - n} template tokens) plus max_length "
+                    f"{label}: its {what} input ({used - n} template tokens) plus max_length "
                     f"{n} is {used} tokens, more than the {what}'s {limit} positions; shorten "
                     "the prompt or lower DecodeConfig.max_length"
                 )

@@ -30,6 +30,8 @@ __all__ = [
 ]
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+#: The files that hold a vocabulary (tokenizer_config.json alone holds none).
+_VOCAB_FILES = ("tokenizer.json", "vocab.json", "tokenizer.model", "vocab.txt")
 
 
 def check_model_dir(path) -> str:
@@ -57,9 +59,18 @@ def check_model_dir(path) -> str:
 
 
 def load_tokenizer(path):
-    """The directory's tokenizer via ``AutoTokenizer``, or None when it has no tokenizer files."""
+    """The directory's tokenizer via ``AutoTokenizer``, or None when it has no tokenizer files.
+    Tokenizer settings without a vocabulary (tokenizer_config.json but no tokenizer.json) raise
+    ``FileNotFoundError`` naming the missing file: such a tokenizer would encode nothing."""
+    path = os.fspath(path)
     if not any(os.path.exists(os.path.join(path, f)) for f in _TOKENIZER_FILES):
         return None
+    if not any(os.path.exists(os.path.join(path, f)) for f in _VOCAB_FILES):
+        raise FileNotFoundError(
+            f"{path} has tokenizer settings but no vocabulary: "
+            f"{os.path.join(path, 'tokenizer.json')} is missing (nor vocab.json / tokenizer.model);"
+            " copy the tokenizer files next to config.json, or pass tokenizer=False"
+        )
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(path)
