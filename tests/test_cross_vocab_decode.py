@@ -10,6 +10,7 @@ in programs of the same shapes, so tokens, counters and scores agree exactly.
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import jax
 import pytest
@@ -27,10 +28,15 @@ from tests.tiny_decode import PROMPTS, TINY_DECODE
 
 
 @pytest.fixture(scope="module")
-def pairs(tmp_path_factory):
-    """``(lm, rm, hand)``: the miniature pairing and the hand re-indexed RM (shared vocab)."""
+def pair_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("paper")
-    lm_tok, rm_tok, _, rm_t = save_paper_pair(d)
+    return d, save_paper_pair(d)
+
+
+@pytest.fixture(scope="module")
+def pairs(pair_dir):
+    """``(lm, rm, hand)``: the miniature pairing and the hand re-indexed RM (shared vocab)."""
+    d, (lm_tok, rm_tok, _, rm_t) = pair_dir
     hand = reindexed_rm_by_hand(rm_t, lm_tok, rm_tok, len(lm_tok) + LM_PADDED_ROWS)
     hand.save_pretrained(d / "hand")
     lm_tok.save_pretrained(d / "hand")  # the LM's ids, the RM's weights
@@ -60,6 +66,8 @@ def test_decoder_on_the_pairing_equals_the_rm_reindexed_by_hand(pairs, use_dto):
     got = nj.NablaDecoder(lm, rm, cfg).generate(PROMPTS, key)
     want = nj.NablaDecoder(lm, hand, cfg).generate(PROMPTS, key)
     assert [r.token_ids for r in got] == [r.token_ids for r in want]
+    missed = [r.stats.pop("rm_unmatched_tokens") for r in got]  # by_string reports it
+    assert all(n >= 0 for n in missed) and "rm_unmatched_tokens" not in want[0].stats
     assert [r.stats for r in got] == [r.stats for r in want]
     assert [r.trace for r in got] == [r.trace for r in want]
     assert sum(r.stats["score_calls"] for r in got) > 0  # the RM was read
@@ -73,3 +81,28 @@ def test_best_of_n_on_the_pairing_equals_the_rm_reindexed_by_hand(pairs):
     want = best_of_n(lm, hand, PROMPTS, key, **kw)
     assert [r.token_ids for r in got] == [r.token_ids for r in want]
     assert [t["score"] for r in got for t in r.trace] == [t["score"] for r in want for t in r.trace]
+
+
+def test_cli_decodes_the_pairing_and_names_a_refused_mode(pair_dir, tmp_path, capsys):
+    from nabla_jax.app import cli
+
+    d, _ = pair_dir
+    config = tmp_path / "small.yaml"
+    config.write_text(
+        "decode:\n  max_length: 8\n  max_n_generations: 2\n  batch_size: 2\n"
+        "  grad_threshold: null\n  dto: {num_steps: 2}\n"
+    )
+    common = ["--lm", str(d / "lm"), "--rm", str(d / "rm"), "--config", str(config)]
+    out = tmp_path / "out.jsonl"
+    argv = ["decode", "--prompt", "What is 2 + 2?", "--output", str(out), *common]
+    assert cli.main(argv) == 0
+    err = capsys.readouterr().err
+    assert "rm_vocab by_string:" in err and "unmatched" in err  # the coverage line
+    rows = [json.loads(line) for line in out.read_text().splitlines()[1:]]
+    assert len(rows) == 1 and "rm_unmatched_tokens" in rows[0]["stats"]
+    shared = ["decode", "--prompt", "What is 2 + 2?", "--rm-vocab", "shared", *common]
+    with pytest.raises(SystemExit) as e:
+        cli.main(shared)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "vocabulary" in err[0]

@@ -13,6 +13,7 @@ from nabla_jax.app.cli_setup import (
     load_models,
     model_id,
     model_settings,
+    rm_vocab_of,
     setup_distributed,
     task_of,
 )
@@ -87,6 +88,8 @@ def cmd_bench_accuracy(args) -> int:
         problems=[p.id for p in problems],
     )  # fmt: skip
     check_acceptance(args.acceptance, task, provenance)
+    if rm_vocab_of(args, run) is not None:  # recorded when set (older files stay comparable)
+        provenance["rm_vocab"] = rm_vocab_of(args, run)
     setup_distributed(args, run)
     from nabla_jax.runtime.distributed import is_main_process
 
@@ -104,6 +107,7 @@ def cmd_bench_accuracy(args) -> int:
             lm, rm, problems, methods, cfg, seed=args.seed, results_path=results_path,
             batch_size=args.batch_size, progress=not args.no_progress, baseline_sampling=sampling,
             task=task, provenance=provenance, acceptance=args.acceptance, tracker=tracker,
+            rm_vocab=rm_vocab_of(args, run),
         )  # fmt: skip
         summary = evaluation.summarize(results_path, methods)
         write_atomic(summary_path, json.dumps(summary, indent=2))
@@ -163,6 +167,12 @@ def _add_model_args(p):
     p.add_argument("--lm", help="causal-LM directory (default: the bundled LM)")
     p.add_argument("--rm", help="reward-model directory (default: the bundled RM)")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], help="default float32")
+    p.add_argument(
+        "--rm-vocab", choices=["shared", "by_string"],
+        help="how the RM reads LM token ids: shared (as they are) or by_string (an LM-id -> "
+        "RM-id table by token string, for an RM whose vocabulary adds tokens or pads rows); "
+        "default: the config's models.rm_vocab, else the one that applies",
+    )  # fmt: skip
     p.add_argument("--config", help="YAML run config (see configs/)")
     p.add_argument(
         "--task",

@@ -109,11 +109,14 @@ def check_config_vocab(path: str, flag: str, vocab_size: int) -> None:
             )
 
 
-def precheck_pair(lm_path: str, rm_path: str) -> None:
-    """Before either model loads: the LM and RM directories are not swapped and their
-    vocabularies agree (the loaders and the decoder would find both only after a load)."""
+def precheck_pair(lm_path: str, rm_path: str, rm_vocab: str | None = None) -> str | None:
+    """Before either model loads: the LM and RM directories are not swapped and the RM can read
+    the LM's tokens — the same vocabulary (``rm_vocab`` shared), or one that differs only in
+    added tokens or padded rows, matched by token string (``by_string``; see
+    ``nabla_jax.decoding.pair``). Returns a one-line coverage note for ``by_string``."""
     from nabla_jax.models.load import load_tokenizer, read_model_config
-    from nabla_jax.text.vocab import check_vocab_compatibility
+    from nabla_jax.text.vocab import VocabMismatchError, check_vocab_compatibility
+    from nabla_jax.text.vocab_map import build_vocab_map, resolve_rm_vocab
 
     lm_head, rm_head = checkpoint_head(lm_path), checkpoint_head(rm_path)
     if lm_head == "score" and rm_head == "lm":
@@ -136,8 +139,18 @@ def precheck_pair(lm_path: str, rm_path: str) -> None:
             f"--lm {lm_path!r} has no tokenizer (no tokenizer.json); decoding needs the LM's "
             "tokenizer — copy tokenizer.json and tokenizer_config.json into that directory"
         )
-    if lm_tok is not None and rm_tok is not None:
-        check_vocab_compatibility(lm_tok, rm_tok, lm_cfg.vocab_size, rm_cfg.vocab_size)
+    lm_rows, rm_rows = lm_cfg.vocab_size, rm_cfg.vocab_size
+    try:
+        if rm_vocab == "shared" or (rm_vocab is None and lm_rows == rm_rows):
+            if rm_tok is not None:
+                check_vocab_compatibility(lm_tok, rm_tok, lm_rows, rm_rows)
+            return None
+        if resolve_rm_vocab(rm_vocab, lm_tok, rm_tok, lm_rows, rm_rows) == "shared":
+            return None
+        coverage = build_vocab_map(lm_tok, rm_tok, lm_rows, rm_rows).coverage
+    except (ValueError, VocabMismatchError) as e:
+        raise fail(str(e)) from None
+    return coverage.summary()
 
 
 def same_file(a: str, b: str) -> bool:

@@ -10,6 +10,7 @@ __all__ = [
     "load_models",
     "model_id",
     "model_settings",
+    "rm_vocab_of",
     "setup_distributed",
     "task_of",
 ]
@@ -21,6 +22,11 @@ def model_settings(args, run: dict) -> tuple[str | None, str | None, str]:
     lm = args.lm or models_cfg.get("lm")
     rm = args.rm or models_cfg.get("rm")
     return lm, rm, args.dtype or models_cfg.get("dtype") or "float32"
+
+
+def rm_vocab_of(args, run: dict) -> str | None:
+    """``--rm-vocab``, else the config's ``models.rm_vocab``, else None (the default)."""
+    return getattr(args, "rm_vocab", None) or (run.get("models") or {}).get("rm_vocab")
 
 
 def model_id(path: str | None) -> str:
@@ -39,7 +45,11 @@ def load_models(args, run: dict):
     lm_path, rm_path = lm_path or str(BUNDLED_LM), rm_path or str(BUNDLED_RM)
     check_model_dir(lm_path, "--lm")
     check_model_dir(rm_path, "--rm")
-    precheck_pair(lm_path, rm_path)
+    note = precheck_pair(lm_path, rm_path, rm_vocab_of(args, run))
+    if note:
+        import sys
+
+        print(note, file=sys.stderr)
     mesh = getattr(args, "mesh_obj", None)
     kw = {"mesh": mesh} if mesh is not None else {}
     kw["allow_pickle"] = bool(getattr(args, "allow_pickle", False))

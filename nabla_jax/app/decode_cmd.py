@@ -23,6 +23,7 @@ from nabla_jax.app.cli_setup import (
     load_models,
     model_id,
     model_settings,
+    rm_vocab_of,
     setup_distributed,
     task_of,
 )
@@ -130,7 +131,7 @@ def run_decode(args) -> int:
             done = set(distributed.allgather_json(sorted(done))[0])
         todo = [it for it in items if it.id not in done]
         lm, rm = load_models(args, run)
-        decoder = NablaDecoder(lm, rm, cfg)
+        decoder = NablaDecoder(lm, rm, cfg, rm_vocab=rm_vocab_of(args, run))
         try:  # all prompts, before the first model call
             decoder.check_prompts([it.text for it in items], [it.label for it in items])
         except ValueError as e:

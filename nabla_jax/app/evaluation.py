@@ -101,6 +101,7 @@ def run_benchmark(
     provenance: dict | None = None,
     acceptance: str = "rm",
     tracker=None,
+    rm_vocab: str | None = None,
 ) -> list[dict]:
     """Run every method on every problem; append one JSON line per result to ``results_path``.
 
@@ -108,6 +109,7 @@ def run_benchmark(
     ``acceptance="oracle"`` replaces the reward model in ∇-Reasoner's acceptance test and in
     Best-of-N's ranking by the task's exact scorer (:class:`~nabla_jax.tasks.oracle.OracleScorer`);
     DTO still follows the reward model. Rows then carry ``"acceptance": "oracle"``.
+    ``rm_vocab``: how the RM reads LM ids (``nabla_jax.decoding.pair``; None = the default).
 
     Problems already recorded for a method are skipped (resume). ``tracker`` (an
     :class:`~nabla_jax.app.outputs.Progress`) counts the rows in the file as they are written.
@@ -127,7 +129,7 @@ def run_benchmark(
     if acceptance == "oracle":
         from nabla_jax.tasks.oracle import OracleScorer
 
-        scorer = OracleScorer(task, problems, lm, rm, system=cfg.system)
+        scorer = OracleScorer(task, problems, lm, rm, system=cfg.system, rm_vocab=rm_vocab)
     check_baseline_sampling(
         methods, cfg.rollout if baseline_sampling is None else baseline_sampling
     )
@@ -152,7 +154,7 @@ def run_benchmark(
                 continue
             run = registry.method_runner(
                 method, lm, rm, cfg, baseline_sampling, answer_extractor=task.vote_key,
-                scorer=scorer,
+                scorer=scorer, rm_vocab=rm_vocab,
             )  # fmt: skip
             key = method_key(seed, method)
             bar = tqdm(total=len(todo), desc=method, disable=not progress, unit="problem")

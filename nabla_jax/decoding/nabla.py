@@ -52,6 +52,7 @@ from nabla_jax.text.templates import (
     lm_prompt_ids,
     rm_prefix_suffix_ids,
 )
+from nabla_jax.text.vocab_map import unmatched_ids
 
 __all__ = ["DecodeConfig", "DecodeResult", "NablaDecoder"]
 
@@ -194,6 +195,10 @@ class NablaDecoder:
                     results[i] = row_result(
                         prompts[i], rep, slot, self.tokenizer, self._eos, cfg.stop_strings
                     )
+                    if self.rm_vocabulary.vocab_map is not None:  # by_string: what the RM missed
+                        ids = rows[i][0] + results[i].token_ids
+                        missed = unmatched_ids(self.rm_vocabulary.vocab_map, ids)
+                        results[i].stats["rm_unmatched_tokens"] = len(missed)
                     slot_of[slot] = -1
             bar.n = sum(r is not None for r in results)
             bar.set_postfix(generations=int(rep.counters.generations.sum()))
