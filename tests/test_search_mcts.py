@@ -172,3 +172,42 @@ def test_mcts_bad_input(models):
         mcts(lm, rm, PROMPTS, key, branch=2, max_depth=2, uct_c=-1.0, **kw)
     with pytest.raises(ValueError, match="pass a jax.random key"):
         mcts(lm, rm, PROMPTS, None, branch=2, max_depth=2, **kw)
+
+
+# -------------------------------------------------------------------------------- registry
+
+
+def test_registry_runs_the_searches(models):
+    lm, rm = models
+    from nabla_jax.decoding import DecodeConfig, method_runner, parse_method, run_baseline
+    from nabla_jax.decoding.beam import beam_search
+    from nabla_jax.decoding.registry import check_baseline_sampling
+    from nabla_jax.decoding.weighted import weighted_best_of_n
+
+    assert parse_method("beam:4x2") == ("beam", (4, 2))
+    assert parse_method(" mcts:2x3 ") == ("mcts", (2, 3))
+    assert parse_method("wbon:8") == ("wbon", 8)
+    for bad, msg in [("beam:4", "needs 2 counts"), ("mcts:2x0", "needs 2 counts"),
+                     ("mcts:2x3x1", "needs 2 counts"), ("wbon:2x2", "needs a sample count"),
+                     ("beam", "e.g. beam:4x4")]:  # fmt: skip
+        with pytest.raises(ValueError, match=msg):
+            parse_method(bad)
+    with pytest.raises(ValueError, match=r"\['wbon:2', 'beam:2x2', 'mcts:2x1'\]"):
+        check_baseline_sampling(["wbon:2", "beam:2x2", "beam:2x1", "mcts:2x1", "mcts:1x3"],
+                                GREEDY)  # fmt: skip
+    key = jax.random.key(3)
+    kw = dict(sampling=HOT, max_length=MAX_LEN)
+    via = run_baseline("mcts:2x2", lm, PROMPTS[:2], key, rm=rm, step_delimiter=" ", **kw)
+    direct = mcts(lm, rm, PROMPTS[:2], key, branch=2, max_depth=2, step_delimiter=" ", **kw)
+    assert [(r.token_ids, r.stats) for r in via] == [(r.token_ids, r.stats) for r in direct]
+    # method_runner: the shared settings, the task's delimiter and answer extractor.
+    cfg = DecodeConfig(max_length=MAX_LEN, rollout=HOT)
+    parity = lambda text: len(text) % 2
+    beam = method_runner("beam:2x2", lm, rm, cfg, step_delimiter=" ", answer_extractor=parity)
+    got = beam(PROMPTS[:2], key)
+    want = beam_search(lm, rm, PROMPTS[:2], key, beams=2, expansions=2, step_delimiter=" ", **kw)
+    assert [(r.token_ids, r.stats) for r in got] == [(r.token_ids, r.stats) for r in want]
+    wbon = method_runner("wbon:2", lm, rm, cfg, answer_extractor=parity)(PROMPTS[:2], key)
+    want = weighted_best_of_n(lm, rm, PROMPTS[:2], key, n=2, answer_extractor=parity, **kw)
+    assert [(r.token_ids, r.stats) for r in wbon] == [(r.token_ids, r.stats) for r in want]
+    assert all(r.stats["model_calls"] > 0 for r in got + wbon)

@@ -223,8 +223,9 @@ def run_benchmark(
         if not todo:
             continue
         run = registry.method_runner(
-            method, lm, rm, cfg, baseline_sampling, answer_extractor=task.vote_key, scorer=scorer
-        )
+            method, lm, rm, cfg, baseline_sampling, answer_extractor=task.vote_key, scorer=scorer,
+            step_delimiter=task.step_delimiter,
+        )  # fmt: skip
         key = method_key(seed, method)
         bar = tqdm(total=len(todo), desc=method, disable=not progress, unit="problem")
         for start in range(0, len(todo), batch_size):
