@@ -38,6 +38,7 @@ from nabla_jax.decoding.continuation import (
     Span,
     continue_responses,
 )
+from nabla_jax.decoding.flops import call_flops
 from nabla_jax.decoding.keys import SEARCH, stream_keys
 from nabla_jax.decoding.pair import check_pair
 from nabla_jax.decoding.results import DecodeResult, empty_stats, response_text
@@ -279,6 +280,9 @@ def beam_search(
         for grp in groups
     ]
     eos = set(eos_ids)
+    grp = groups[0]
+    slots = grp.lm_ids.shape[1] + max_length + 1
+    rm_width = grp.frame.prefix_ids.shape[1] + max_length + grp.frame.suffix_ids.shape[1]
     results = []
     for i, p in enumerate(prompts):
         out, j = outs[i // g], i % g
@@ -299,6 +303,10 @@ def beam_search(
         stats["score_calls"] = stats["generations"] = int(out.score_calls[j])
         stats["rewarded_tokens"] = int(out.rm_tokens[j])
         stats["model_calls"] = stats["rollout_calls"] + stats["score_calls"]
+        stats["flops"] = call_flops(
+            lm.config, rm.config, rollout_calls=stats["rollout_calls"], cache_slots=slots,
+            score_calls=0 if scorer is not None else stats["score_calls"], rm_width=rm_width,
+        )  # fmt: skip
         stats.update(
             method=f"beam:{beams}x{expansions}", stop_reason=best["stop_reason"],
             score=best["score"], depth=int(out.depth[j]), beams=len(trace), chosen=0,

@@ -43,6 +43,7 @@ import numpy as np
 from nabla_jax.decoding.buffers import KVState, empty_responses, prefill_prompts
 from nabla_jax.decoding.continuation import TRACE_COUNTS, PromptCache, Sampler, Span
 from nabla_jax.decoding.continuation import continue_responses as cont
+from nabla_jax.decoding.flops import call_flops
 from nabla_jax.decoding.keys import SEARCH, stream_keys
 from nabla_jax.decoding.mcts_tree import Tree, backup, empty_tree, most_visited_leaf, select_leaf
 from nabla_jax.decoding.pair import check_pair
@@ -328,6 +329,9 @@ def mcts(
         for grp in groups
     ]
     eos = set(eos_ids)
+    grp = groups[0]
+    slots = grp.lm_ids.shape[1] + max_length + 1
+    rm_width = grp.frame.prefix_ids.shape[1] + max_length + grp.frame.suffix_ids.shape[1]
     results = []
     for i, p in enumerate(prompts):
         out, j = outs[i // g], i % g
@@ -353,6 +357,10 @@ def mcts(
         stats["score_calls"] = stats["generations"] = int(calls[1])
         stats["rewarded_tokens"] = int(calls[2])
         stats["model_calls"] = stats["rollout_calls"] + stats["score_calls"]
+        stats["flops"] = call_flops(
+            lm.config, rm.config, rollout_calls=stats["rollout_calls"], cache_slots=slots,
+            score_calls=0 if scorer is not None else stats["score_calls"], rm_width=rm_width,
+        )  # fmt: skip
         stats.update(
             method=f"mcts:{branch}x{max_depth}", stop_reason=best["stop_reason"],
             score=best["score"], simulations=int(calls[3]), nodes=len(trace),

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from nabla_jax.decoding.flops import call_flops
 from nabla_jax.decoding.pair import check_pair
 from nabla_jax.decoding.results import DecodeResult
 from nabla_jax.decoding.samples import Sample, generate_samples, sample_result
@@ -24,9 +25,10 @@ from nabla_jax.decoding.sampling import SamplingConfig
 from nabla_jax.decoding.scoring import Scorer, rm_scores
 from nabla_jax.decoding.stopping import default_eos_ids
 from nabla_jax.models.model import CausalLM, RewardModel
-from nabla_jax.text.templates import rm_prefix_suffix_ids
+from nabla_jax.runtime.buckets import bucket_length
+from nabla_jax.text.templates import lm_prompt_ids, rm_prefix_suffix_ids
 
-__all__ = ["check_prompts", "score_samples", "weighted_best_of_n", "weighted_vote"]
+__all__ = ["check_prompts", "rm_inputs", "score_samples", "weighted_best_of_n", "weighted_vote"]
 
 
 def check_prompts(prompts, **counts) -> list:
@@ -39,13 +41,9 @@ def check_prompts(prompts, **counts) -> list:
     return list(prompts)
 
 
-def score_samples(
-    rm_tok, rm, prompts: list, groups: list[list[Sample]], *, eos_ids, system, scorer,
-    batch_size: int,
-):  # fmt: skip
-    """Scores ``[len(prompts), n]`` (float64) and RM input tokens ``[len(prompts)]`` of the
-    samples, each framed ``RM prefix ++ response (a trailing EOS dropped) ++ RM suffix``; a
-    ``scorer`` (RM input id lists -> floats) replaces the reward model."""
+def rm_inputs(rm_tok, prompts: list, groups: list[list[Sample]], eos_ids, system) -> list:
+    """The RM input id lists of every sample, prompt by prompt: ``RM prefix ++ response (a
+    trailing EOS dropped) ++ RM suffix``."""
     eos = set(eos_ids)
     seqs = []
     for p, group in zip(prompts, groups, strict=True):
@@ -53,6 +51,18 @@ def score_samples(
         for s in group:
             body = s.tokens[:-1] if s.tokens and s.tokens[-1] in eos else s.tokens
             seqs.append(prefix + body + suffix)
+    return seqs
+
+
+def score_samples(
+    rm_tok, rm, prompts: list, groups: list[list[Sample]], *, eos_ids, system, scorer,
+    batch_size: int,
+):  # fmt: skip
+    """Scores ``[len(prompts), n]`` (float64) and RM input tokens ``[len(prompts)]`` of the
+    samples, each framed ``RM prefix ++ response (a trailing EOS dropped) ++ RM suffix``; a
+    ``scorer`` (RM input id lists -> floats) replaces the reward model. The RM input width of
+    the scoring program is ``bucket_length`` of the longest input."""
+    seqs = rm_inputs(rm_tok, prompts, groups, eos_ids, system)
     if scorer is not None:
         scores = np.asarray(scorer(seqs), np.float64).reshape(-1)
         if scores.shape != (len(seqs),):
@@ -151,6 +161,10 @@ def weighted_best_of_n(
         rm_tok, rm, prompts, groups, eos_ids=eos_ids, system=system, scorer=scorer,
         batch_size=batch_size,
     )  # fmt: skip
+    # The shapes the programs ran at (samples.generate_samples, scoring.rm_scores).
+    slots = bucket_length(max(len(lm_prompt_ids(lm.tokenizer, p, system=system)) for p in prompts))
+    slots += max_length + 1
+    width = bucket_length(max(len(s) for s in rm_inputs(rm_tok, prompts, groups, eos_ids, system)))
     out = []
     for p, group, sc, tokens in zip(prompts, groups, scores, rm_tokens, strict=True):
         answers = [answer_extractor(s.text) for s in group]
@@ -168,5 +182,9 @@ def weighted_best_of_n(
         res.stats["score_calls"] = n
         res.stats["rewarded_tokens"] = tokens
         res.stats["model_calls"] = res.stats["rollout_calls"] + n
+        res.stats["flops"] = call_flops(
+            lm.config, rm.config, rollout_calls=res.stats["rollout_calls"], cache_slots=slots,
+            score_calls=0 if scorer is not None else n, rm_width=width,
+        )  # fmt: skip
         out.append(res)
     return out
