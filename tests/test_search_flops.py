@@ -82,3 +82,25 @@ def test_search_results_carry_their_flops(models):
         st["rollout_calls"] * token_flops(lm.config, slots)
         + st["score_calls"] * sequence_flops(rm.config, width)
     )
+
+
+def test_sampled_baselines_carry_their_flops(models):
+    lm, rm = models
+    from nabla_jax.decoding import best_of_n, greedy_cot
+    from nabla_jax.decoding.weighted import weighted_best_of_n
+    from nabla_jax.runtime.buckets import bucket_length
+    from nabla_jax.text.templates import lm_prompt_ids
+
+    greedy = greedy_cot(lm, PROMPTS, max_length=8)
+    width = bucket_length(max(len(lm_prompt_ids(lm.tokenizer, p)) for p in PROMPTS))
+    for r in greedy:
+        assert r.stats["flops"] == len(r.token_ids) * token_flops(lm.config, width + 8 + 1)
+    kw = dict(n=2, sampling=SamplingConfig(temperature=1.5), max_length=8)
+    bon = best_of_n(lm, rm, PROMPTS, jax.random.key(1), **kw)
+    wbon = weighted_best_of_n(lm, rm, PROMPTS, jax.random.key(1), answer_extractor=len, **kw)
+    for b, w in zip(bon, wbon, strict=True):  # the same samples and scorings
+        assert (
+            b.stats["flops"]
+            == w.stats["flops"]
+            > b.stats["rollout_calls"] * token_flops(lm.config, width + 9)
+        )

@@ -246,6 +246,8 @@ def run_benchmark(
                         "wall_seconds": wall / len(chunk),
                         "text": r.text,
                     }
+                    if "flops" in r.stats:  # model-call FLOPs (decoding.flops), where counted
+                        row["flops"] = int(r.stats["flops"])
                     if scorer is not None:
                         row["acceptance"] = acceptance
                     f.write(json.dumps(row) + "\n")

@@ -39,7 +39,7 @@ from nabla_jax.decoding.results import DecodeResult
 from nabla_jax.decoding.samples import generate_samples, prompt_keys, sample_result
 from nabla_jax.decoding.sampling import SamplingConfig
 from nabla_jax.decoding.stopping import default_eos_ids
-from nabla_jax.decoding.weighted import score_samples
+from nabla_jax.decoding.weighted import rm_flops, score_samples
 from nabla_jax.models.model import CausalLM, RewardModel
 from nabla_jax.models.partition import shard_model
 
@@ -232,6 +232,9 @@ def best_of_n(
         rm_tok, rm, prompts, groups, eos_ids=eos_ids, system=system, scorer=scorer,
         batch_size=batch_size,
     )  # fmt: skip
+    score_flops = (
+        0 if scorer is not None else rm_flops(rm, rm_tok, prompts, groups, eos_ids, system)
+    )
     out = []
     for i, (p, group) in enumerate(zip(prompts, groups, strict=True)):
         sc = scores[i]
@@ -241,6 +244,7 @@ def best_of_n(
         res.stats["score_calls"] = n
         res.stats["rewarded_tokens"] = rm_tokens[i]
         res.stats["model_calls"] = res.stats["rollout_calls"] + n
+        res.stats["flops"] += n * score_flops
         res.stats["score"] = float(sc[chosen])
         out.append(res)
     return out

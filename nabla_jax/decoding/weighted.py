@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from nabla_jax.decoding.flops import call_flops
+from nabla_jax.decoding.flops import sequence_flops
 from nabla_jax.decoding.pair import check_pair
 from nabla_jax.decoding.results import DecodeResult
 from nabla_jax.decoding.samples import Sample, generate_samples, sample_result
@@ -26,9 +26,16 @@ from nabla_jax.decoding.scoring import Scorer, rm_scores
 from nabla_jax.decoding.stopping import default_eos_ids
 from nabla_jax.models.model import CausalLM, RewardModel
 from nabla_jax.runtime.buckets import bucket_length
-from nabla_jax.text.templates import lm_prompt_ids, rm_prefix_suffix_ids
+from nabla_jax.text.templates import rm_prefix_suffix_ids
 
-__all__ = ["check_prompts", "rm_inputs", "score_samples", "weighted_best_of_n", "weighted_vote"]
+__all__ = [
+    "check_prompts",
+    "rm_flops",
+    "rm_inputs",
+    "score_samples",
+    "weighted_best_of_n",
+    "weighted_vote",
+]
 
 
 def check_prompts(prompts, **counts) -> list:
@@ -52,6 +59,13 @@ def rm_inputs(rm_tok, prompts: list, groups: list[list[Sample]], eos_ids, system
             body = s.tokens[:-1] if s.tokens and s.tokens[-1] in eos else s.tokens
             seqs.append(prefix + body + suffix)
     return seqs
+
+
+def rm_flops(rm, rm_tok, prompts, groups, eos_ids, system) -> int:
+    """FLOPs of one RM scoring in :func:`score_samples`'s program (its input width is
+    ``bucket_length`` of the longest RM input)."""
+    seqs = rm_inputs(rm_tok, prompts, groups, eos_ids, system)
+    return sequence_flops(rm.config, bucket_length(max(max(len(s) for s in seqs), 1)))
 
 
 def score_samples(
@@ -161,10 +175,9 @@ def weighted_best_of_n(
         rm_tok, rm, prompts, groups, eos_ids=eos_ids, system=system, scorer=scorer,
         batch_size=batch_size,
     )  # fmt: skip
-    # The shapes the programs ran at (samples.generate_samples, scoring.rm_scores).
-    slots = bucket_length(max(len(lm_prompt_ids(lm.tokenizer, p, system=system)) for p in prompts))
-    slots += max_length + 1
-    width = bucket_length(max(len(s) for s in rm_inputs(rm_tok, prompts, groups, eos_ids, system)))
+    score_flops = (
+        0 if scorer is not None else rm_flops(rm, rm_tok, prompts, groups, eos_ids, system)
+    )
     out = []
     for p, group, sc, tokens in zip(prompts, groups, scores, rm_tokens, strict=True):
         answers = [answer_extractor(s.text) for s in group]
@@ -182,9 +195,6 @@ def weighted_best_of_n(
         res.stats["score_calls"] = n
         res.stats["rewarded_tokens"] = tokens
         res.stats["model_calls"] = res.stats["rollout_calls"] + n
-        res.stats["flops"] = call_flops(
-            lm.config, rm.config, rollout_calls=res.stats["rollout_calls"], cache_slots=slots,
-            score_calls=0 if scorer is not None else n, rm_width=width,
-        )  # fmt: skip
+        res.stats["flops"] += n * score_flops
         out.append(res)
     return out
