@@ -104,6 +104,11 @@ def _visits_add_up(res, branch, sims):
     for e in res.trace:
         kids = [k for k in by.values() if k["parent"] == e["node"]]
         assert e["visits"] == e["evals"] + sum(k["visits"] for k in kids)
+        if e["parent"] > 0:  # a child continues its parent's steps, one step further
+            up = by[e["parent"]]
+            cut = up["prefix_length"]
+            assert e["prefix_length"] > cut and e["token_ids"][:cut] == up["token_ids"][:cut]
+            assert e["depth"] == up["depth"] + 1
     top = sum(e["visits"] for e in res.trace if e["parent"] == 0)
     assert st["root_visits"] == top == branch * st["simulations"] + (sims - st["simulations"])
     assert st["nodes"] == st["score_calls"] == branch * st["simulations"]

@@ -268,9 +268,9 @@ def mcts(
       One ``DecodeResult`` per prompt; ``stats``: ``score``, ``simulations`` (expansions
       made), ``nodes`` (evaluated children), ``root_visits``, the call counters
       (``model_calls`` = ``rollout_calls`` + ``score_calls``); ``trace``: one entry per
-      evaluated child (``node``, ``parent``, ``depth``, ``visits``, ``evals``, ``value``,
-      ``score``,
-      ``text``, ``token_ids`` of its completed rollout).
+      evaluated child (``node`` slot, ``parent``, ``depth``, ``visits``, ``evals``, ``value``
+      sum, ``prefix_length`` — the tokens of the node's own steps — and the ``score``, ``text``,
+      ``token_ids`` and ``stop_reason`` of its completed rollout).
     """
     check_delimiter(step_delimiter)
     sims = max_depth if simulations is None else simulations
@@ -345,7 +345,7 @@ def mcts(
                  "depth": int(tr.depth[j, node]), "visits": int(tr.visits[j, node]),
                  "evals": int(tr.evals[j, node]),
                  "value": float(tr.value[j, node]), "score": float(out.score[j, node]),
-                 "steps_tokens": int(out.node_length[j, node]), "text": text,
+                 "prefix_length": int(out.node_length[j, node]), "text": text,
                  "token_ids": ids, "stop_reason": reason}
             )  # fmt: skip
         pick = int(out.best[j] if answer == "best" else out.visited[j])
