@@ -216,3 +216,22 @@ def test_registry_runs_the_searches(models):
     want = weighted_best_of_n(lm, rm, PROMPTS[:2], key, n=2, answer_extractor=parity, **kw)
     assert [(r.token_ids, r.stats) for r in wbon] == [(r.token_ids, r.stats) for r in want]
     assert all(r.stats["model_calls"] > 0 for r in got + wbon)
+
+
+def test_mcts_partial_values(models):
+    lm, rm = models
+    key = jax.random.key(1)
+    kw = dict(branch=2, max_depth=3, simulations=3, sampling=HOT, max_length=MAX_LEN,
+              step_delimiter=" ")  # fmt: skip
+    full = mcts(lm, rm, PROMPTS, key, **kw)
+    part = mcts(lm, rm, PROMPTS, key, value="partial", **kw)
+    for f, p in zip(full, part, strict=True):
+        _visits_add_up(p, 2, 3)
+        # No rollout: each node's "completed" response is its own steps.
+        assert all(e["prefix_length"] == len(e["token_ids"]) for e in p.trace)
+        assert p.stats["rollout_calls"] <= f.stats["rollout_calls"]
+        # The first expansion draws the same steps either way (the same keys).
+        first = lambda r: [e["prefix_length"] for e in r.trace if e["depth"] == 1]
+        assert first(f) == first(p)
+    with pytest.raises(ValueError, match="value='prm'"):
+        mcts(lm, rm, PROMPTS, key, value="prm", **kw)

@@ -11,7 +11,8 @@ Each simulation, per prompt:
    cache is stored in its own slot.
 3. **Evaluation** — each child's value is the reward model's (or ``scorer``'s) score of a
    completed rollout from it (to EOS or ``max_length``; ``rollout_sampling``, default the
-   expansion's sampling); a child whose response ended is scored as it is.
+   expansion's sampling); a child whose response ended is scored as it is. With
+   ``value="partial"`` the child's partial response is scored instead (no rollout).
 4. **Backup** — the children's values are summed into their parent and every ancestor, with
    ``B`` visits. A selected node that cannot be expanded is re-evaluated with its mean value
    (one visit).
@@ -63,10 +64,12 @@ from nabla_jax.decoding.stopping import default_eos_ids, stop_tables
 from nabla_jax.decoding.weighted import check_prompts
 from nabla_jax.runtime.profiling import device_get
 
-__all__ = ["ANSWERS", "MCTSOut", "mcts", "mcts_program"]
+__all__ = ["ANSWERS", "VALUES", "MCTSOut", "mcts", "mcts_program"]
 
 #: How the answer is chosen: the best-scored completed rollout, or the most-visited path's.
 ANSWERS = ("best", "visits")
+#: A child's value: the score of a completed rollout from it, or of its partial response.
+VALUES = ("rollout", "partial")
 
 
 class MCTSOut(NamedTuple):
@@ -118,17 +121,27 @@ def _put(pool: KVState, rows, new: KVState) -> KVState:
 
 @functools.partial(
     jax.jit,
-    static_argnames=("branch", "sims", "length", "prog", "roll_prog", "scorer", "pad_id"),
+    static_argnames=(
+        "branch",
+        "sims",
+        "length",
+        "prog",
+        "roll_prog",
+        "scorer",
+        "pad_id",
+        "rollout",
+    ),
 )
 def mcts_program(
     lm, rm, group, key, params, roll_params, tables, steps, max_depth, c, *, branch: int,
     sims: int, length: int, prog: SamplingProgram, roll_prog: SamplingProgram,
-    scorer: Scorer | None = None, pad_id: int = 0,
+    scorer: Scorer | None = None, pad_id: int = 0, rollout: bool = True,
 ) -> MCTSOut:  # fmt: skip
     """MCTS of one :class:`~nabla_jax.decoding.search_rows.SearchGroup` (traceable).
 
     ``tables``: real EOS ids and stop sequences; ``steps``: the step rollout tables;
-    ``max_depth`` (int32) and ``c`` (float32, the UCT constant) are run-time values.
+    ``max_depth`` (int32) and ``c`` (float32, the UCT constant) are run-time values;
+    ``rollout=False`` values a child by its partial response (no rollout).
     """
     TRACE_COUNTS["mcts"] += 1
     g, p = group.lm_ids.shape
@@ -173,12 +186,14 @@ def mcts_program(
         over = ended(step.tokens, step.length, step.stop, tables, length)
         slots = 1 + s.sim * b + jnp.arange(b)  # [B] this simulation's node slots
         pool = _put(s.pool, of_prompt * t + jnp.tile(slots, g), kv)
-        done, _, c2 = cont(
-            lm, prompt=prompt(kv),
-            span=Span(step, step.length, full, active & ~over,
-                      stream_keys(base, SEARCH, counter + 1)),
-            sampler=Sampler(roll_params, roll_prog, tables, pad_id),
-        )  # fmt: skip
+        done, c2 = step, jnp.zeros_like(c1)
+        if rollout:
+            done, _, c2 = cont(
+                lm, prompt=prompt(kv),
+                span=Span(step, step.length, full, active & ~over,
+                          stream_keys(base, SEARCH, counter + 1)),
+                sampler=Sampler(roll_params, roll_prog, tables, pad_id),
+            )  # fmt: skip
         value, _, _ = score_responses(
             rm, frame, done.tokens, done.length, tables, scorer=scorer, wanted=active
         )
@@ -238,6 +253,7 @@ def mcts(
     simulations: int | None = None,
     uct_c: float = 1.0,
     answer: str = "best",
+    value: str = "rollout",
     rollout_sampling: SamplingConfig | None = None,
     step_delimiter: str = "\n",
     stop_strings: Sequence[str] = (),
@@ -261,6 +277,9 @@ def mcts(
       uct_c: the UCT exploration constant (run-time: no recompile per value).
       answer: ``"best"`` (the best-scored completed rollout) or ``"visits"`` (the completed
         rollout at the end of the most-visited path).
+      value: ``"rollout"`` (a child's value is the score of a completed rollout from it) or
+        ``"partial"`` (the score of its partial response, read at the step's end — a process
+        reward; the "completed rollout" of the results is then the node's own response).
       step_delimiter, stop_strings, eos_ids, system, batch_size, scorer: as in
         :func:`~nabla_jax.decoding.beam.beam_search` (``batch_size // B`` prompts per call).
 
@@ -280,6 +299,8 @@ def mcts(
     )  # fmt: skip
     if answer not in ANSWERS:
         raise ValueError(f"answer={answer!r}: must be one of {ANSWERS}")
+    if value not in VALUES:
+        raise ValueError(f"value={value!r}: must be one of {VALUES}")
     if isinstance(uct_c, bool) or not isinstance(uct_c, (int, float)) or not uct_c >= 0:
         raise ValueError(f"uct_c must be a number >= 0, got {uct_c!r}")
     roll = sampling if rollout_sampling is None else rollout_sampling
@@ -324,6 +345,7 @@ def mcts(
                 roll_prog=SamplingProgram.of(roll),
                 scorer=scorer,
                 pad_id=pad,
+                rollout=value == "rollout",
             )
         )  # fmt: skip
         for grp in groups
