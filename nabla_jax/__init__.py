@@ -38,7 +38,7 @@ from nabla_jax.decoding.baselines import (
     self_consistency,
 )
 from nabla_jax.decoding.beam import beam_search
-from nabla_jax.decoding.mcts import mcts
+from nabla_jax.decoding.mcts_search import mcts
 from nabla_jax.decoding.sampling import SamplingConfig, filter_logits, sample_token
 from nabla_jax.decoding.weighted import weighted_best_of_n
 from nabla_jax.functional.article import optimize_reasoning_sequence

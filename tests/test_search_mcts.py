@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from nabla_jax.decoding import SamplingConfig, greedy_cot
-from nabla_jax.decoding.mcts import mcts
+from nabla_jax.decoding.mcts_search import mcts
 from nabla_jax.decoding.mcts_tree import (
     Tree,
     backup,

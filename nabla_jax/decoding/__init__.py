@@ -53,7 +53,7 @@ from nabla_jax.decoding.baselines import (  # noqa: E402
     self_consistency,
 )
 from nabla_jax.decoding.beam import beam_search  # noqa: E402
-from nabla_jax.decoding.mcts import mcts  # noqa: E402
+from nabla_jax.decoding.mcts_search import mcts  # noqa: E402
 from nabla_jax.decoding.registry import (  # noqa: E402
     BASELINES,
     METHODS,

@@ -18,7 +18,7 @@ from typing import Any
 from nabla_jax.decoding.baselines import best_of_n, greedy_cot, sampled_cot, self_consistency
 from nabla_jax.decoding.beam import beam_search
 from nabla_jax.decoding.config import DecodeConfig
-from nabla_jax.decoding.mcts import mcts
+from nabla_jax.decoding.mcts_search import mcts
 from nabla_jax.decoding.nabla import NablaDecoder
 from nabla_jax.decoding.results import DecodeResult
 from nabla_jax.decoding.sampling import SamplingConfig
