@@ -141,6 +141,9 @@ def test_library_errors_are_one_line(pair, tmp_path, capsys):
     pick.mkdir()
     (pick / "config.json").write_text(json.dumps(cfg))
     (pick / "pytorch_model.bin").write_bytes(b"")
+    for f in (pair / "lm").iterdir():  # a tokenizer: an LM without one is refused first
+        if "token" in f.name:
+            (pick / f.name).write_bytes(f.read_bytes())
     argv = ["decode", "--prompt", "hi", "--rm", str(pair / "rm"), "--lm", str(pick)]
     _fails(argv, capsys, "--allow-pickle")
 

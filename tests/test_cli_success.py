@@ -50,8 +50,11 @@ def test_decode_prompts_file_writes_one_row_per_prompt(run_args, tmp_path, capsy
     out = tmp_path / "o.jsonl"
     argv = ["decode", "--prompts", str(prompts), "--output", str(out), "--dtype", dtype]
     assert cli.main([*argv, *common]) == 0
-    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    head, *lines = out.read_text().splitlines()
+    assert json.loads(head)["_provenance"]["kind"] == "decode"
+    rows = [json.loads(line) for line in lines]
     assert [r["prompt"] for r in rows] == questions
+    assert [r["id"] for r in rows] == ["p-0", "p-1", "p-2"]
     for r in rows:
         assert isinstance(r["response"], str)
         assert r["stats"]["model_calls"] >= 1 and r["stats"]["generations"] >= 1

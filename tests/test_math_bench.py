@@ -96,7 +96,9 @@ def test_decode_trace_writes_revisions(pair, files, tmp_path):
     argv = ["decode", "--prompts", str(problems), "--lm", pair[0], "--rm", pair[1],
             "--config", str(cfg), "--output", str(out), "--trace"]  # fmt: skip
     assert cli.main(argv) == 0
-    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    head, *lines = out.read_text().splitlines()
+    assert "_provenance" in json.loads(head)
+    rows = [json.loads(line) for line in lines]
     assert [r["prompt"] for r in rows] == [
         p["problem"] + "\nPut your final answer within \\boxed{}." for p in PROBLEMS
     ]

@@ -213,14 +213,17 @@ def test_mixed_lengths_compile_one_program_per_bucket(pair):
 def test_nonfinite_loss_raises_naming_the_step(pair):
     _, _, lm, rm = pair
     prob = _problem(40)
-    bad = RefineProblem(
-        prob.lm_prefix_ids, prob.rm_prefix_ids, prob.rm_suffix_ids,
-        np.full_like(np.asarray(prob.init), np.nan),
-    )  # fmt: skip
+    nan = np.full_like(np.asarray(prob.init), np.nan)
+    # NaN in the caller's start is named as the caller's input, before any compute ...
+    with pytest.raises(ValueError, match="RefineProblem.init holds .* this is your input"):
+        RefineProblem(prob.lm_prefix_ids, prob.rm_prefix_ids, prob.rm_suffix_ids, nan)
+    # ... a loss that turns non-finite while refining (here: a reward model whose weights are
+    # NaN) is named by its step.
+    rm = nj.RewardModel(rm.config, jax.tree.map(lambda w: w * np.nan, rm.params), None, rm.dtype)
     with pytest.raises(FloatingPointError, match="step 0"):
-        refine(lm, rm, bad, DTOConfig(num_steps=3), jax.random.key(0))
+        refine(lm, rm, prob, DTOConfig(num_steps=3), jax.random.key(0))
     before = compiled_programs()
-    out = refine(lm, rm, bad, DTOConfig(num_steps=3, on_nonfinite="flag"), jax.random.key(0))
+    out = refine(lm, rm, prob, DTOConfig(num_steps=3, on_nonfinite="flag"), jax.random.key(0))
     assert out.trace.nonfinite.all()
     assert compiled_programs() == before, "a host-only setting must not recompile"
 
@@ -235,8 +238,10 @@ def test_article_guards_warn(pair):
     ref[:, 5] = 30.0
     with pytest.warns(UserWarning, match="KL above 2.0 nats"):
         nj.optimize_reasoning_sequence(None, init, lm, lm, ref, num_steps=2)
-    with pytest.raises(FloatingPointError, match="step 0"):
+    with pytest.raises(ValueError, match="init_logits holds .* this is your input"):
         nj.optimize_reasoning_sequence(None, init * np.nan, lm, lm, ref, num_steps=2)
+    with pytest.raises(FloatingPointError, match="step 0"):
+        nj.optimize_reasoning_sequence(None, init, lm, lm, ref * np.nan, num_steps=2)
 
 
 @pytest.mark.parametrize(

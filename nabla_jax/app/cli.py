@@ -7,74 +7,25 @@ import json
 import os
 import sys
 
-from nabla_jax.app.cli_checks import (
-    MAX_SEED,
-    check_acceptance,
-    check_model_dir,
-    check_output_path,
-    fail,
-    one_line,
-    precheck_pair,
-    same_file,
+from nabla_jax.app.cli_checks import MAX_SEED, check_acceptance, check_output_path, fail, one_line
+from nabla_jax.app.cli_setup import (
+    decode_config,
+    load_models,
+    model_id,
+    model_settings,
+    setup_distributed,
+    task_of,
+)
+from nabla_jax.app.outputs import (
+    OutputError,
+    OutputLock,
+    Progress,
+    check_not_input,
+    check_writable,
+    write_atomic,
 )
 
 __all__ = ["build_parser", "cmd_bench_accuracy", "cmd_decode", "cmd_demo", "main"]
-
-
-def _load_models(args, models_cfg: dict | None = None):
-    from nabla_jax.app.bundled import BUNDLED_LM, BUNDLED_RM
-    from nabla_jax.models import load_causal_lm, load_reward_model
-
-    models_cfg = models_cfg or {}
-    lm_path = args.lm or models_cfg.get("lm") or str(BUNDLED_LM)
-    rm_path = args.rm or models_cfg.get("rm") or str(BUNDLED_RM)
-    dtype = args.dtype or models_cfg.get("dtype") or "float32"
-    check_model_dir(lm_path, "--lm")
-    check_model_dir(rm_path, "--rm")
-    precheck_pair(lm_path, rm_path)
-    mesh = getattr(args, "mesh_obj", None)
-    kw = {"mesh": mesh} if mesh is not None else {}
-    kw["allow_pickle"] = bool(getattr(args, "allow_pickle", False))
-    return load_causal_lm(lm_path, dtype, **kw), load_reward_model(rm_path, dtype, **kw)
-
-
-def _decode_config(args):
-    """(DecodeConfig, run-config dict) from --config (YAML) or the bundled defaults."""
-    from nabla_jax.app.bundled import bundled_decode_config
-    from nabla_jax.app.config_io import ConfigError, load_run_config
-
-    if getattr(args, "config", None):
-        try:
-            run = load_run_config(args.config)
-        except (ConfigError, FileNotFoundError) as e:
-            raise fail(str(e)) from e
-        if run.get("compilation_cache") is False:
-            from nabla_jax.runtime import compilation_cache
-
-            compilation_cache.disable()
-        return run["decode"], run
-    return bundled_decode_config(), {}
-
-
-def _setup_distributed(args, run: dict):
-    """jax.distributed + mesh from the command line (or the run config / environment)."""
-    from nabla_jax.runtime import distributed
-
-    distributed.maybe_initialize(
-        coordinator_address=args.coordinator_address,
-        num_processes=args.num_processes,
-        process_id=args.process_id,
-    )
-    spec = args.mesh or run.get("mesh")
-    if spec:
-        from nabla_jax.runtime.sharding import make_mesh
-
-        try:
-            args.mesh_obj = make_mesh(spec)
-        except ValueError as e:
-            raise fail(str(e)) from e
-    else:
-        args.mesh_obj = None
 
 
 def cmd_demo(args) -> int:
@@ -91,92 +42,10 @@ def cmd_demo(args) -> int:
     )
 
 
-def _task(args, run: dict):
-    """The task of ``--task`` / the run config's ``task:`` (default: arithmetic)."""
-    from nabla_jax.tasks import task_from_config
-
-    try:
-        return task_from_config(run, getattr(args, "task", None))
-    except ValueError as e:
-        raise fail(str(e)) from e
-
-
-def _read_prompts(args, task) -> list[str]:
-    """``--prompt`` or the prompts of a ``--prompts`` file read by ``task``, formatted by the
-    task (the math task appends the config's instruction; arithmetic keeps them as given)."""
-    if args.prompt is not None:
-        if not args.prompt.strip():
-            raise fail("--prompt is empty; give the text to decode")
-        return [task.format_prompt(args.prompt)]
-    if not os.path.exists(args.prompts):
-        raise fail(f"--prompts file {args.prompts!r} does not exist")
-    try:
-        return [task.format_prompt(p) for p in task.load_problems(args.prompts)]
-    except ValueError as e:
-        raise fail(str(e)) from e
-
-
-def _model_id(path: str | None) -> str:
-    """A model as recorded in a results file's provenance: its absolute path, or "bundled"."""
-    return os.path.abspath(path) if path else "bundled"
-
-
 def cmd_decode(args) -> int:
-    import jax
+    from nabla_jax.app.decode_cmd import run_decode
 
-    from nabla_jax.decoding.nabla import NablaDecoder
-    from nabla_jax.runtime import distributed
-
-    cfg, run = _decode_config(args)
-    task = _task(args, run)
-    if args.output:
-        if args.prompts and same_file(args.prompts, args.output):
-            raise fail(
-                f"--output {args.output!r} is the --prompts file; writing would overwrite the "
-                "prompts — choose another output path"
-            )
-        check_output_path(args.output, "--output")
-    prompts = _read_prompts(args, task)
-    _setup_distributed(args, run)
-    lm, rm = _load_models(args, run.get("models"))
-    decoder = NablaDecoder(lm, rm, cfg)
-    key = jax.random.key(args.seed)
-    main = distributed.is_main_process()
-    # Decode chunk by chunk and write each chunk's rows at once (flushed), so a kill loses at
-    # most one chunk. A prompt's randomness depends on the key and the prompt only, so chunking
-    # does not change any result.
-    out = open(args.output, "w", encoding="utf-8") if (args.output and main) else None
-    written = 0
-    step = 4 * cfg.batch_size  # several batches per call keep the decoder's slots busy
-    try:
-        for start in range(0, len(prompts), step):
-            chunk = prompts[start : start + step]
-            results = distributed.generate_across_hosts(decoder, chunk, key, mesh=args.mesh_obj)
-            if not main:
-                continue
-            for p, r in zip(chunk, results):
-                row = {"prompt": p, "response": r.text, "stats": dict(r.stats)}
-                if args.trace:
-                    from nabla_jax.app.revisions import print_revisions, revision_events
-
-                    row["revisions"] = [e.to_dict() for e in revision_events(r, lm.tokenizer)]
-                if out is not None:
-                    out.write(json.dumps(row) + "\n")
-                elif args.trace:
-                    print_revisions(r, lm.tokenizer, title=p)
-                    print(f"{dict(r.stats)}\n", flush=True)
-                else:
-                    print(f"### {row['prompt']}\n{row['response']}\n{row['stats']}\n", flush=True)
-                written += 1
-            if out is not None:
-                out.flush()
-                os.fsync(out.fileno())
-    finally:
-        if out is not None:
-            out.close()
-    if out is not None:
-        print(f"wrote {written} responses to {args.output}")
-    return 0
+    return run_decode(args)
 
 
 def cmd_bench_accuracy(args) -> int:
@@ -187,8 +56,8 @@ def cmd_bench_accuracy(args) -> int:
         methods = evaluation.parse_methods(args.methods)
     except ValueError as e:
         raise fail(str(e)) from e
-    cfg, run = _decode_config(args)
-    task = _task(args, run)
+    cfg, run = decode_config(args)
+    task = task_of(args, run)
     sampling = run.get("baselines") if args.config else bundled_baseline_sampling()
     try:
         evaluation.check_baseline_sampling(methods, sampling or cfg.rollout)
@@ -197,44 +66,64 @@ def cmd_bench_accuracy(args) -> int:
     out = args.output
     stem = out[: -len(".jsonl")] if out.endswith(".jsonl") else out
     results_path = out if out.endswith(".jsonl") else out + ".jsonl"
+    summary_path, plot_path = stem + ".summary.json", stem + ".png"
     check_output_path(results_path, "--output", create_dir=True)
+    inputs = {"--config": args.config, "--problems": args.problems, "--lm": args.lm,
+              "--rm": args.rm}  # fmt: skip
+    try:
+        for path in (results_path, summary_path, plot_path):
+            check_not_input(path, inputs)
+            check_writable(path)
+    except OutputError as e:
+        raise fail(str(e)) from None
     problems = _bench_problems(args, task)
     can_plot = evaluation.plotting_available()
     if not can_plot:
         print(evaluation.NO_PLOT_MESSAGE, file=sys.stderr)
+    lm_path, rm_path, dtype = model_settings(args, run)
     provenance = evaluation.provenance(
         seed=args.seed, methods=methods, cfg=cfg, baseline_sampling=sampling,
-        lm=_model_id(args.lm or (run.get("models") or {}).get("lm")),
-        rm=_model_id(args.rm or (run.get("models") or {}).get("rm")),
-        dtype=args.dtype or (run.get("models") or {}).get("dtype") or "float32",
+        lm=model_id(lm_path), rm=model_id(rm_path), dtype=dtype,
         problems=[p.id for p in problems],
     )  # fmt: skip
     check_acceptance(args.acceptance, task, provenance)
-    # Integrity and provenance of an existing results file, before any model loads.
-    for note in evaluation.prepare_results_file(results_path, provenance):
-        print(note, file=sys.stderr)
-    _setup_distributed(args, run)
-    lm, rm = _load_models(args, run.get("models"))
-    evaluation.run_benchmark(
-        lm, rm, problems, methods, cfg, seed=args.seed, results_path=results_path,
-        batch_size=args.batch_size, progress=not args.no_progress, baseline_sampling=sampling,
-        task=task, provenance=provenance, acceptance=args.acceptance,
-    )  # fmt: skip
-    summary = evaluation.summarize(results_path, methods)
-    with open(stem + ".summary.json", "w") as f:
-        json.dump(summary, f, indent=2)
-    what = (
-        f"{len(problems)} arithmetic test problems (seed {args.seed})"
-        if args.problems is None
-        else f"{len(problems)} {task.name} problems from {os.path.basename(args.problems)}"
-    )
-    print(evaluation.format_table(summary))
-    print(f"results: {results_path}\nsummary: {stem}.summary.json")
-    if can_plot:
-        evaluation.plot_summary(summary, stem + ".png", what)
-        print(f"plot: {stem}.png")
-    else:
-        print(evaluation.NO_PLOT_MESSAGE)
+    setup_distributed(args, run)
+    from nabla_jax.runtime.distributed import is_main_process
+
+    # One writer per results file: held from the resume check to the plot.
+    lock = OutputLock(results_path) if is_main_process() else None
+    tracker = args.progress_tracker = Progress()
+    try:
+        if lock is not None:
+            lock.acquire()
+        # Integrity and provenance of an existing results file, before any model loads.
+        for note in evaluation.prepare_results_file(results_path, provenance):
+            print(note, file=sys.stderr)
+        lm, rm = load_models(args, run)
+        evaluation.run_benchmark(
+            lm, rm, problems, methods, cfg, seed=args.seed, results_path=results_path,
+            batch_size=args.batch_size, progress=not args.no_progress, baseline_sampling=sampling,
+            task=task, provenance=provenance, acceptance=args.acceptance, tracker=tracker,
+        )  # fmt: skip
+        summary = evaluation.summarize(results_path, methods)
+        write_atomic(summary_path, json.dumps(summary, indent=2))
+        what = (
+            f"{len(problems)} arithmetic test problems (seed {args.seed})"
+            if args.problems is None
+            else f"{len(problems)} {task.name} problems from {os.path.basename(args.problems)}"
+        )
+        print(evaluation.format_table(summary))
+        print(f"results: {results_path}\nsummary: {summary_path}")
+        if can_plot:
+            evaluation.plot_summary(summary, plot_path, what)
+            print(f"plot: {plot_path}")
+        else:
+            print(evaluation.NO_PLOT_MESSAGE)
+    except (evaluation.ResultsFileError, OutputError) as e:
+        raise fail(str(e)) from None
+    finally:
+        if lock is not None:
+            lock.release()
     return 0
 
 
@@ -285,6 +174,11 @@ def _add_model_args(p):
     p.add_argument("--coordinator-address", help="jax.distributed coordinator host:port")
     p.add_argument("--num-processes", type=int, help="number of processes (hosts)")
     p.add_argument("--process-id", type=int, help="this process's id")
+    p.add_argument(
+        "--coordinator-timeout", type=float, metavar="SECONDS",
+        help="how long a process waits for the coordinator (default: the config's "
+        "coordinator_timeout, $NABLA_COORDINATOR_TIMEOUT, or 120)",
+    )  # fmt: skip
     p.add_argument(
         "--allow-pickle", action="store_true",
         help="load pytorch_model.bin weights (torch.load, weights_only) if no safetensors",
@@ -370,6 +264,9 @@ def _check_args(args) -> None:
     for name in ("num_problems", "batch_size", "max_length"):
         if getattr(args, name, None) is not None and getattr(args, name) < 1:
             raise fail(f"--{name.replace('_', '-')} must be ≥ 1")
+    timeout = getattr(args, "coordinator_timeout", None)
+    if timeout is not None and not timeout > 0:
+        raise fail(f"--coordinator-timeout {timeout} must be a number of seconds > 0")
     seed = getattr(args, "seed", 0)
     if not 0 <= seed <= MAX_SEED:
         raise fail(f"--seed {seed} is out of range; use an integer in [0, 2**63 - 1]")
@@ -388,8 +285,15 @@ def main(argv=None) -> int:
     try:
         _check_args(args)
         return args.func(args)
-    except (SystemExit, KeyboardInterrupt):
+    except SystemExit:
         raise
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        tracker = getattr(args, "progress_tracker", None)
+        line = tracker.interrupted_message() if tracker is not None else "interrupted"
+        print(f"nabla-jax: {line}", file=sys.stderr)
+        return 130
     except Exception as e:
         if args.debug:
             raise

@@ -11,6 +11,7 @@ import sys
 __all__ = [
     "MAX_SEED",
     "check_acceptance",
+    "check_config_vocab",
     "check_model_dir",
     "check_output_path",
     "checkpoint_head",
@@ -68,18 +69,44 @@ def check_model_dir(path: str, what: str) -> str:
     return path
 
 
-def checkpoint_head(path: str) -> str | None:
-    """ "score" / "lm" from a safetensors checkpoint's header (no weights read); None otherwise."""
+def _header_shapes(path: str) -> dict[str, tuple] | None:
+    """{tensor name: shape} of a safetensors checkpoint (headers only); None for pickled or
+    missing weights (the loader gives the full message)."""
     from nabla_jax.models.convert import checkpoint_files, read_safetensors
 
     try:
         kind, files = checkpoint_files(path)
     except (ValueError, FileNotFoundError):
-        return None  # pickled or missing weights: the loader gives the full message
+        return None
     if kind != "safetensors":
         return None
-    keys = set().union(*(read_safetensors(f).keys() for f in files))
-    return "score" if "score.weight" in keys else "lm"
+    shapes: dict[str, tuple] = {}
+    for f in files:
+        shapes.update({k: t.shape for k, t in read_safetensors(f).items()})
+    return shapes
+
+
+def checkpoint_head(path: str) -> str | None:
+    """ "score" / "lm" from a safetensors checkpoint's header (no weights read); None otherwise."""
+    shapes = _header_shapes(path)
+    if shapes is None:
+        return None
+    return "score" if "score.weight" in shapes else "lm"
+
+
+_EMBEDDINGS = ("embed_tokens.weight", "wte.weight", "word_embeddings.weight")
+
+
+def check_config_vocab(path: str, flag: str, vocab_size: int) -> None:
+    """config.json's ``vocab_size`` equals the rows of the checkpoint's token embedding."""
+    shapes = _header_shapes(path) or {}
+    for name, shape in shapes.items():
+        if name.endswith(_EMBEDDINGS) and len(shape) == 2 and shape[0] != vocab_size:
+            raise fail(
+                f"{flag} {path!r}: config.json says vocab_size={vocab_size} but the weights' "
+                f"token embedding {name} has {shape[0]} rows; config.json does not match the "
+                "weights — fix its vocab_size"
+            )
 
 
 def precheck_pair(lm_path: str, rm_path: str) -> None:
@@ -98,7 +125,17 @@ def precheck_pair(lm_path: str, rm_path: str) -> None:
     if rm_head == "lm":
         raise fail(f"--rm {rm_path!r} is a causal LM; it needs a *ForSequenceClassification head")
     lm_cfg, rm_cfg = read_model_config(lm_path), read_model_config(rm_path)
-    lm_tok, rm_tok = load_tokenizer(lm_path), load_tokenizer(rm_path)
+    check_config_vocab(lm_path, "--lm", lm_cfg.vocab_size)
+    check_config_vocab(rm_path, "--rm", rm_cfg.vocab_size)
+    try:
+        lm_tok, rm_tok = load_tokenizer(lm_path), load_tokenizer(rm_path)
+    except FileNotFoundError as e:
+        raise fail(str(e)) from None
+    if lm_tok is None:
+        raise fail(
+            f"--lm {lm_path!r} has no tokenizer (no tokenizer.json); decoding needs the LM's "
+            "tokenizer — copy tokenizer.json and tokenizer_config.json into that directory"
+        )
     if lm_tok is not None and rm_tok is not None:
         check_vocab_compatibility(lm_tok, rm_tok, lm_cfg.vocab_size, rm_cfg.vocab_size)
 

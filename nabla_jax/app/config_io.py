@@ -8,10 +8,11 @@ Layout of a config file (every key optional; unknown keys are an error)::
       rollout: {temperature: 0.6, top_p: 0.95}
       resample: {temperature: 0.5, top_p: 0.95}
       dto: {num_steps: 20, learning_rate: 0.01}
-    models: {lm: path, rm: path, dtype: float32}
+    models: {lm: path, rm: path, dtype: float32, rm_vocab: by_string, rm_steps: {...}}
     mesh: "data=4,model=2"
     baselines: {temperature: 0.6, top_p: 0.95}   # sampling of CoT / Best-of-N / self-consistency
     compilation_cache: false   # do not use the persistent XLA compilation cache (default: on)
+    coordinator_timeout: 120   # seconds a multi-host process waits for the coordinator
     task: {name: math, instruction: "..."}        # the task's problems, prompts and grader
 """
 
@@ -24,10 +25,13 @@ from typing import Any
 from nabla_jax.decoding.config import DecodeConfig
 from nabla_jax.decoding.sampling import SamplingConfig
 from nabla_jax.functional.dto_config import DTOConfig
+from nabla_jax.functional.reward_settings import REWARD_MODEL_KEYS, check_reward_settings
 
 __all__ = ["TOP_LEVEL_KEYS", "ConfigError", "decode_config_from_dict", "load_run_config"]
 
-TOP_LEVEL_KEYS = ("decode", "models", "mesh", "task", "baselines", "compilation_cache")
+TOP_LEVEL_KEYS = (
+    "decode", "models", "mesh", "task", "baselines", "compilation_cache", "coordinator_timeout",
+)  # fmt: skip
 
 
 class ConfigError(ValueError):
@@ -94,7 +98,7 @@ def load_run_config(path) -> dict[str, Any]:
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"config file {path!r} does not exist")
-    with open(path) as f:
+    with open(path, encoding="utf-8-sig") as f:  # a leading BOM is accepted
         try:
             raw = yaml.load(f, Loader=_yaml_loader()) or {}
         except yaml.YAMLError as e:
@@ -109,13 +113,27 @@ def load_run_config(path) -> dict[str, Any]:
     out = dict(raw)
     out["decode"] = decode_config_from_dict(raw.get("decode"))
     models = raw.get("models") or {}
-    bad = sorted(set(models) - {"lm", "rm", "dtype"})
+    model_keys = ("lm", "rm", "dtype", *REWARD_MODEL_KEYS)
+    bad = sorted(set(models) - set(model_keys))
     if bad:
-        raise ConfigError(f"{path}: unknown key(s) {bad} in models; valid keys: lm, rm, dtype")
+        raise ConfigError(
+            f"{path}: unknown key(s) {bad} in models; valid keys: {', '.join(model_keys)}"
+        )
+    try:
+        check_reward_settings(models)
+    except ValueError as e:
+        raise ConfigError(f"{path}: {e}") from e
     out["models"] = models
     if not isinstance(raw.get("compilation_cache", True), bool):
         raise ConfigError(
             f"{path}: compilation_cache must be true or false, got {raw['compilation_cache']!r}"
+        )
+    timeout = raw.get("coordinator_timeout")
+    if timeout is not None and (
+        isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0
+    ):
+        raise ConfigError(
+            f"{path}: coordinator_timeout must be a number of seconds > 0, got {timeout!r}"
         )
     if raw.get("task") is not None:
         from nabla_jax.tasks.registry import task_from_config

@@ -18,6 +18,15 @@ from collections.abc import Sequence
 
 import jax
 
+from nabla_jax.app.outputs import RowWriter, atomic_path, write_atomic
+from nabla_jax.app.results_file import (
+    PROVENANCE_KEY,
+    ResultsFileError,
+    bench_row_key,
+    dedupe,
+    prepare_results_file,
+    read_results,
+)
 from nabla_jax.decoding import registry
 from nabla_jax.decoding.config import DecodeConfig
 from nabla_jax.decoding.registry import check_baseline_sampling, parse_methods
@@ -56,13 +65,6 @@ def method_key(seed: int, method: str):
     return jax.random.fold_in(jax.random.key(seed), sum(map(ord, method)))
 
 
-PROVENANCE_KEY = "_provenance"
-
-
-class ResultsFileError(ValueError):
-    """A results file that cannot be resumed: a corrupt line, or rows of another run."""
-
-
 def provenance(
     *, seed: int, methods: Sequence[str], cfg: DecodeConfig, baseline_sampling=None,
     lm: str, rm: str, dtype: str, problems: Sequence[str],
@@ -77,90 +79,10 @@ def provenance(
     }, default=str))  # fmt: skip
 
 
-def read_results(path: str) -> tuple[dict | None, list[dict]]:
-    """(provenance header or None, result rows) of a results file; ``ResultsFileError`` naming
-    the file and line for one that is not JSON."""
-    header, rows = None, []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ResultsFileError(
-                    f"{path}, line {n}: not valid JSON ({e.msg}); the results file is corrupt — "
-                    "fix or delete that line, or choose another --output"
-                ) from None
-            if isinstance(row, dict) and PROVENANCE_KEY in row:
-                header = row[PROVENANCE_KEY]
-            else:
-                rows.append(row)
-    return header, rows
-
-
-def _repair_torn_tail(path: str) -> str | None:
-    """A last line without its newline was cut mid-write: complete it if it is whole JSON, else
-    drop it (its result is recomputed). Returns a note saying what was done, or None."""
-    with open(path, "rb") as f:
-        data = f.read()
-    if not data or data.endswith(b"\n"):
-        return None
-    start = data.rfind(b"\n") + 1
-    line_no = data.count(b"\n") + 1
-    try:
-        json.loads(data[start:])
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        with open(path, "r+b") as f:
-            f.truncate(start)
-        return (
-            f"{path}: removed a torn last line (line {line_no}, {len(data) - start} bytes, cut "
-            "mid-write); its result will be recomputed"
-        )
-    with open(path, "ab") as f:
-        f.write(b"\n")
-    return f"{path}: line {line_no} had no final newline; added it"
-
-
-def prepare_results_file(path: str, prov: dict) -> list[str]:
-    """Check an existing results file before a resume: repair a torn last line, refuse corrupt
-    lines (naming file and line) and rows of a different run (a provenance mismatch names the
-    differing settings). Returns notes for the user. A missing or empty file passes."""
-    if not os.path.exists(path) or os.path.getsize(path) == 0:
-        return []
-    notes = [n for n in [_repair_torn_tail(path)] if n]
-    header, rows = read_results(path)
-    if header is None:
-        if not rows:
-            return notes
-        raise ResultsFileError(
-            f"{path} has results but no provenance record (written by an older version or "
-            "another tool), so resuming cannot check they come from the same run; move it away "
-            "or choose another --output"
-        )
-    diff = sorted(k for k in set(header) | set(prov) if header.get(k) != prov.get(k))
-    if diff:
-        shown = "; ".join(
-            f"{k}: file {_short(header.get(k))} vs now {_short(prov.get(k))}" for k in diff
-        )
-        raise ResultsFileError(
-            f"{path} holds results of a different run ({shown}); resuming would mix them — "
-            "rerun with the same settings or choose another --output"
-        )
-    return notes
-
-
-def _short(value, limit: int = 60) -> str:
-    text = json.dumps(value)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
 def _done(path) -> set[tuple[str, str]]:
-    done = set()
     if path and os.path.exists(path):
-        for row in read_results(path)[1]:
-            done.add((row["method"], row["problem_id"]))
-    return done
+        return {bench_row_key(row) for row in read_results(path)[1]}
+    return set()
 
 
 def run_benchmark(
@@ -178,6 +100,7 @@ def run_benchmark(
     task: Task | None = None,
     provenance: dict | None = None,
     acceptance: str = "rm",
+    tracker=None,
 ) -> list[dict]:
     """Run every method on every problem; append one JSON line per result to ``results_path``.
 
@@ -186,13 +109,14 @@ def run_benchmark(
     Best-of-N's ranking by the task's exact scorer (:class:`~nabla_jax.tasks.oracle.OracleScorer`);
     DTO still follows the reward model. Rows then carry ``"acceptance": "oracle"``.
 
-    Problems already recorded for a method are skipped (resume). With ``provenance`` (see
-    :func:`provenance`), an existing file is checked first (``prepare_results_file``) and a new
-    one starts with the provenance record. Each batch's rows are flushed to disk when written.
-    Each method's key is derived from ``seed`` and the method name, so reruns reproduce the same
-    samples. The sampled
-    baselines draw with ``baseline_sampling`` (default ``cfg.rollout``); a greedy one is an error
-    raised before anything runs.
+    Problems already recorded for a method are skipped (resume). ``tracker`` (an
+    :class:`~nabla_jax.app.outputs.Progress`) counts the rows in the file as they are written.
+    With ``provenance`` (see :func:`provenance`), an existing file is checked first
+    (``prepare_results_file``: resume, extension, de-duplication) and a new one starts with the
+    provenance record. Each row is flushed when written, each batch synced to disk. Each
+    method's key is derived from ``seed`` and the method name, so reruns reproduce the same
+    samples. The sampled baselines draw with ``baseline_sampling`` (default ``cfg.rollout``); a
+    greedy one is an error raised before anything runs.
     """
     from tqdm.auto import tqdm
 
@@ -214,26 +138,29 @@ def run_benchmark(
         for note in prepare_results_file(results_path, provenance):
             print(note)
         if not os.path.exists(results_path) or os.path.getsize(results_path) == 0:
-            with open(results_path, "w", encoding="utf-8") as f:
-                f.write(json.dumps({PROVENANCE_KEY: provenance}) + "\n")
+            write_atomic(results_path, json.dumps({PROVENANCE_KEY: provenance}) + "\n")
     done = _done(results_path)
+    if tracker is not None:
+        keys = {(m, p.id) for m in methods for p in problems}
+        tracker.start(results_path, total=len(keys), done=len(keys & done))
     rows = []
-    for method in methods:
-        todo = [p for p in problems if (method, p.id) not in done]
-        if not todo:
-            continue
-        run = registry.method_runner(
-            method, lm, rm, cfg, baseline_sampling, answer_extractor=task.vote_key, scorer=scorer,
-            step_delimiter=task.step_delimiter,
-        )  # fmt: skip
-        key = method_key(seed, method)
-        bar = tqdm(total=len(todo), desc=method, disable=not progress, unit="problem")
-        for start in range(0, len(todo), batch_size):
-            chunk = todo[start : start + batch_size]
-            t0 = time.perf_counter()
-            results = run([task.format_prompt(p) for p in chunk], key)
-            wall = time.perf_counter() - t0
-            with open(results_path, "a") as f:
+    writer = RowWriter(results_path, tracker)
+    try:
+        for method in methods:
+            todo = [p for p in problems if (method, p.id) not in done]
+            if not todo:
+                continue
+            run = registry.method_runner(
+                method, lm, rm, cfg, baseline_sampling, answer_extractor=task.vote_key,
+                scorer=scorer, step_delimiter=task.step_delimiter,
+            )  # fmt: skip
+            key = method_key(seed, method)
+            bar = tqdm(total=len(todo), desc=method, disable=not progress, unit="problem")
+            for start in range(0, len(todo), batch_size):
+                chunk = todo[start : start + batch_size]
+                t0 = time.perf_counter()
+                results = run([task.format_prompt(p) for p in chunk], key)
+                wall = time.perf_counter() - t0
                 for p, r in zip(chunk, results):
                     row = {
                         "method": method,
@@ -250,19 +177,20 @@ def run_benchmark(
                         row["flops"] = int(r.stats["flops"])
                     if scorer is not None:
                         row["acceptance"] = acceptance
-                    f.write(json.dumps(row) + "\n")
+                    writer.write(row)
                     rows.append(row)
-                f.flush()
-                os.fsync(f.fileno())
-            bar.update(len(chunk))
-        bar.close()
+                writer.sync()
+                bar.update(len(chunk))
+            bar.close()
+    finally:
+        writer.close()
     return rows
 
 
 def summarize(results_path: str, methods: Sequence[str] | None = None) -> dict:
     """``{method: {accuracy, mean_model_calls, wall_seconds, n}}`` from the JSONL results."""
     by: dict[str, list[dict]] = {}
-    for row in read_results(results_path)[1]:
+    for row in dedupe(read_results(results_path)[1]):
         by.setdefault(row["method"], []).append(row)
     order = list(methods) if methods else list(by)
     out = {}
@@ -316,8 +244,12 @@ def plot_summary(summary: dict, path: str, title: str = "") -> None:
     if title:
         ax.set_title(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    fmt = os.path.splitext(path)[1].lstrip(".") or "png"
+    try:
+        with atomic_path(path) as tmp:  # a kill or a full disk never leaves half a plot
+            fig.savefig(tmp, dpi=120, format=fmt)
+    finally:
+        plt.close(fig)
 
 
 def format_table(summary: dict) -> str:

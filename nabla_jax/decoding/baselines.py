@@ -189,6 +189,7 @@ def best_of_n(
     system: str | None = None,
     batch_size: int = 8,
     scorer: Callable[[list[list[int]]], Sequence[float]] | None = None,
+    rm_vocab: str | None = None,
 ) -> list[DecodeResult]:
     """Best-of-N: ``n`` samples per prompt, each scored by the reward model; keep the argmax.
 
@@ -203,6 +204,8 @@ def best_of_n(
       rm: the ``RewardModel`` (its tokenizer's chat template, or the LM's when it has none).
       n: samples per prompt.
       scorer: optional replacement for the RM score: list of RM input id lists -> floats.
+      rm_vocab: how the RM reads LM ids (``"shared"``, ``"by_string"`` or None: see
+        :mod:`nabla_jax.decoding.pair`); the response ids are mapped to RM ids by string.
 
     Returns:
       One ``DecodeResult`` per prompt; ``stats``: ``generations = n``, ``score_calls = n``,
@@ -210,7 +213,7 @@ def best_of_n(
       trace entry has the sample's ``score``.
     """
     prompts = _check_common(lm, prompts, max_length, batch_size, n)
-    rm_tok = check_pair(lm, rm, "Best-of-N")
+    rm_tok, vocabulary = check_pair(lm, rm, "Best-of-N", rm_vocab)
     if scorer is not None and not callable(scorer):
         raise TypeError("scorer must be callable: list of RM input id lists -> scores")
     if not prompts:
@@ -228,12 +231,13 @@ def best_of_n(
         batch_size=batch_size,
     )
     eos_ids = tuple(eos_ids) if eos_ids is not None else default_eos_ids(lm)
+    framing = (rm_tok, vocabulary)
     scores, rm_tokens = score_samples(
-        rm_tok, rm, prompts, groups, eos_ids=eos_ids, system=system, scorer=scorer,
+        framing, rm, prompts, groups, eos_ids=eos_ids, system=system, scorer=scorer,
         batch_size=batch_size,
     )  # fmt: skip
     score_flops = (
-        0 if scorer is not None else rm_flops(rm, rm_tok, prompts, groups, eos_ids, system)
+        0 if scorer is not None else rm_flops(rm, framing, prompts, groups, eos_ids, system)
     )
     out = []
     for i, (p, group) in enumerate(zip(prompts, groups, strict=True)):

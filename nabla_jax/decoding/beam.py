@@ -95,13 +95,15 @@ class _Beams(NamedTuple):
     jax.jit, static_argnames=("beams", "expand", "length", "prog", "scorer", "pad_id")
 )
 def beam_program(
-    lm, rm, group, key, params, tables, steps, max_depth, *, beams: int, expand: int, length: int,
-    prog: SamplingProgram, scorer: Scorer | None = None, pad_id: int = 0,
+    lm, rm, group, key, params, tables, steps, max_depth, rm_ids=None, *, beams: int,
+    expand: int, length: int, prog: SamplingProgram, scorer: Scorer | None = None,
+    pad_id: int = 0,
 ) -> BeamOut:  # fmt: skip
     """Beam search of one :class:`~nabla_jax.decoding.search_rows.SearchGroup` (traceable).
 
     ``tables``: the real EOS ids and stop sequences; ``steps``: the rollout tables (EOS ids,
-    step-ending tokens, stop sequences); ``max_depth``: run-time int32.
+    step-ending tokens, stop sequences); ``max_depth``: run-time int32; ``rm_ids [V_lm]``: the
+    RM id of each LM id (None: the RM reads LM ids).
     """
     TRACE_COUNTS["beam"] += 1
     g, p = group.lm_ids.shape
@@ -144,7 +146,14 @@ def beam_program(
             sampler=Sampler(params, prog, steps, pad_id),
         )
         new, _, _ = score_responses(
-            rm, frame, resp.tokens, resp.length, tables, scorer=scorer, wanted=active
+            rm,
+            frame,
+            resp.tokens,
+            resp.length,
+            tables,
+            scorer=scorer,
+            wanted=active,
+            rm_ids=rm_ids,
         )
         rm_tok = jnp.where(active, rm_input_length(frame, resp.tokens, resp.length, tables), 0)
         keep = (jnp.isfinite(s.score) & s.done).reshape(-1)[jnp.arange(r) // expand]
@@ -210,6 +219,7 @@ def beam_search(
     system: str | None = None,
     batch_size: int = 8,
     scorer: Scorer | None = None,
+    rm_vocab: str | None = None,
 ) -> list[DecodeResult]:
     """Step-level beam search with the reward model (or ``scorer``) read at each step's end.
 
@@ -224,6 +234,8 @@ def beam_search(
       stop_strings, eos_ids, system: as in :func:`~nabla_jax.decoding.baselines.best_of_n`.
       batch_size: rows per compiled call; ``max(1, batch_size // (N·M))`` prompts share one.
       scorer: RM input id lists -> floats, replacing the reward model (e.g. an oracle).
+      rm_vocab: how the RM reads LM ids (``"shared"``, ``"by_string"`` or None: see
+        :mod:`nabla_jax.decoding.pair`).
 
     Returns:
       One ``DecodeResult`` per prompt: the best-scored final beam; ``stats``: ``score``,
@@ -242,7 +254,8 @@ def beam_search(
         raise TypeError(f"sampling must be a SamplingConfig, got {type(sampling).__name__}")
     if scorer is not None and not callable(scorer):
         raise TypeError("scorer must be callable: list of RM input id lists -> scores")
-    rm_tok = check_pair(lm, rm, "beam search")
+    rm_tok, vocabulary = check_pair(lm, rm, "beam search", rm_vocab)
+    rm_ids = None if vocabulary.vocab_map is None else jnp.asarray(vocabulary.vocab_map.table)
     if not prompts:
         return []
     tok = lm.tokenizer
@@ -269,6 +282,7 @@ def beam_search(
                 tables,
                 steps,
                 np.int32(max_depth),
+                rm_ids,
                 beams=beams,
                 expand=expansions,
                 length=max_length,

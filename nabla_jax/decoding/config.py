@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from nabla_jax.decoding.sampling import SamplingConfig, SamplingParams, SamplingProgram
-from nabla_jax.functional.dto_config import DTOConfig, DTOHyper
+from nabla_jax.functional.dto_config import DTOConfig, DTOHyper, DTOProgram
 
 __all__ = ["DecodeConfig", "DecodeHyper", "DecodeProgram"]
 
@@ -81,6 +81,14 @@ class DecodeConfig:
       refine_passes: passes over the response: when a row reaches its end (or has no
         candidate left) before its generation budget is spent, it starts again from its first
         token, up to this many passes (1 = the paper's single pass).
+
+    Diagnostics (off by default):
+
+      fidelity_top_k: at each refinement, rank the ``k`` most probable refined tokens by the
+        reward gradient's linear estimate and by re-scoring, and record their Spearman
+        correlation in the trace (:mod:`nabla_jax.decoding.fidelity`; ``k`` ≥ 2, the issue's
+        16 a good choice; None = off). Costs one RM gradient and ``k`` RM scorings per
+        refinement, not counted as model calls.
     """
 
     max_length: int = 1024
@@ -105,6 +113,7 @@ class DecodeConfig:
     positions_per_iteration: int = 1
     refine_passes: int = 1
     accept_margin: float | None = None
+    fidelity_top_k: int | None = None
 
     def __post_init__(self):
         def bad(name, want):
@@ -133,6 +142,9 @@ class DecodeConfig:
             bad("grad_top_k", "None or an int ≥ 1")
         if q is not None and self.grad_top_k is not None:
             bad("grad_top_k", "None when grad_quantile is set (choose one rank rule)")
+        f = self.fidelity_top_k
+        if f is not None and (not _is_int(f) or f < 2):
+            bad("fidelity_top_k", "None or an int ≥ 2")
         g = self.dto_lr_gap
         if g is not None and not (_is_real(g) and g > 0):
             bad("dto_lr_gap", "None or a finite number > 0")
@@ -218,6 +230,7 @@ class DecodeConfig:
             resample_excludes_current=self.resample_excludes_current,
             positions_per_iteration=self.positions_per_iteration,
             refine_passes=self.refine_passes,
+            fidelity_top_k=self.fidelity_top_k,
         )
 
 
@@ -237,7 +250,7 @@ class DecodeProgram:
       dto_lr_gap: per-row learning rates sized to the logit gap.
       accept_margin: acceptance needs a margin over the current score.
       rejection_sampling, use_dto, resample_excludes_current, positions_per_iteration,
-      refine_passes: as in :class:`DecodeConfig`.
+      refine_passes, fidelity_top_k: as in :class:`DecodeConfig`.
     """
 
     max_length: int
@@ -249,7 +262,7 @@ class DecodeProgram:
     entropy: bool
     uses_probe: bool
     grad_rank: str | None
-    dto: DTOConfig
+    dto: DTOProgram
     dto_lr_gap: bool
     accept_margin: bool
     rejection_sampling: bool
@@ -257,6 +270,7 @@ class DecodeProgram:
     resample_excludes_current: bool
     positions_per_iteration: int
     refine_passes: int
+    fidelity_top_k: int | None = None
 
 
 class DecodeHyper(NamedTuple):

@@ -29,6 +29,7 @@ __all__ = [
     "RESAMPLE",
     "ROLLOUT",
     "SEARCH",
+    "check_key",
     "prompt_base_keys",
     "prompt_id",
     "rollout_keys",
@@ -36,6 +37,21 @@ __all__ = [
 ]
 
 ROLLOUT, RESAMPLE, DTO, PROBE, SEARCH = 0, 1, 2, 3, 4
+
+
+def check_key(key, where: str) -> None:
+    """A ``TypeError`` in one line for a key that is not a ``jax.random`` key (an int, a seed,
+    None): ``where`` names the call."""
+    dtype = getattr(key, "dtype", None)
+    if dtype is not None and (
+        jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key)
+        or (jnp.dtype(dtype) == jnp.uint32 and getattr(key, "shape", None) == (2,))
+    ):
+        return
+    raise TypeError(
+        f"{where}: key must be a jax.random key, got {type(key).__name__} {key!r:.40}; pass "
+        "jax.random.key(0) (not 0)"
+    )
 
 
 def prompt_id(messages: Any) -> int:

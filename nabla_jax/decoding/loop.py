@@ -42,6 +42,8 @@ import jax
 import jax.numpy as jnp
 
 from nabla_jax.decoding.config import DecodeHyper, DecodeProgram
+from nabla_jax.decoding.diagnostics import NextTokenOracle, diagnose, oracle_tokens
+from nabla_jax.decoding.fidelity import first_order_fidelity
 from nabla_jax.decoding.pair import ModelPair
 from nabla_jax.decoding.scoring import Scorer
 from nabla_jax.decoding.state import Inserts, RowState, insert_rows
@@ -86,24 +88,53 @@ class Report(NamedTuple):
 
 
 def iteration(m: ModelPair, state: RowState, h: DecodeHyper, tables: StopTables, *,
-              prog: DecodeProgram, scorer: Scorer | None = None,
-              pad_id: int = 0) -> RowState:  # fmt: skip
-    """One step of the ∇-Reasoner loop for every live row (traceable; see the module doc)."""
+              prog: DecodeProgram, scorer: Scorer | None = None, pad_id: int = 0,
+              oracle: NextTokenOracle | None = None) -> RowState:  # fmt: skip
+    """One step of the ∇-Reasoner loop for every live row (traceable; see the module doc).
+
+    ``oracle``: an optional host function naming the right next token of a response prefix;
+    the events then record its probability before and after DTO (:mod:`.diagnostics`).
+    """
     sel = select(m, state, h, prog=prog)
     refined = refine(m, state, sel.committed, sel.chosen, h, prog=prog)
     proposal = resample(state, sel, refined, h, prog=prog)
+    right = oracle_tokens(oracle, state.prompt_ids, state.prompt_mask, state.resp.tokens,
+                          sel.committed, sel.chosen)  # fmt: skip
+    diagnosis = diagnose(refined.original, refined.logits[:, 0], proposal.old, proposal.token,
+                         right, h, prog=prog)  # fmt: skip
+    if prog.fidelity_top_k:
+        diagnosis = diagnosis._replace(fidelity=_fidelity(m, state, sel, refined, tables, prog))
     rolled = roll_out(m, state, sel, proposal, h, tables, prog=prog, pad_id=pad_id)
     scores = score(m, state, proposal, rolled, tables, prog=prog, scorer=scorer)
     accepted = accept(proposal, scores, h, prog=prog)
-    return commit(state, sel, refined, proposal, rolled, scores, accepted, h, prog=prog)
+    return commit(state, sel, refined, proposal, rolled, scores, accepted, diagnosis, h,
+                  prog=prog)  # fmt: skip
+
+
+def _fidelity(m: ModelPair, state: RowState, sel, refined, tables, prog: DecodeProgram):
+    """Spearman ``[B]`` of the RM gradient's estimates at the selected positions (NaN for rows
+    without one; skipped when no row selected one)."""
+    b = sel.chosen.shape[0]
+    k = min(prog.fidelity_top_k, m.lm.config.vocab_size)
+
+    def run(_):
+        rho = first_order_fidelity(m, state.rm_frame, state.resp.tokens, state.resp.length,
+                                   sel.committed, refined.logits[:, 0], tables, k)[0]  # fmt: skip
+        return jnp.where(sel.chosen, rho, jnp.nan)
+
+    def skip(_):
+        return jnp.full((b,), jnp.nan, jnp.float32)
+
+    return jax.lax.cond(jnp.any(sel.chosen), run, skip, None)
 
 
 @functools.partial(
-    jax.jit, static_argnames=("prog", "scorer", "pad_id"), donate_argnames=("state",)
+    jax.jit, static_argnames=("prog", "scorer", "pad_id", "oracle"), donate_argnames=("state",)
 )
 def run_chunk(m: ModelPair, state: RowState, *, inserts: Inserts, key, hyper: DecodeHyper,
               tables: StopTables, limits: ChunkLimits, prog: DecodeProgram,
-              scorer: Scorer | None = None, pad_id: int = 0):  # fmt: skip
+              scorer: Scorer | None = None, pad_id: int = 0,
+              oracle: NextTokenOracle | None = None):  # fmt: skip
     """Insert prompts, then iterate on device; returns ``(state, Report)``.
 
     Stops after ``limits.max_iters`` iterations, when no row is live, or as soon as
@@ -119,7 +150,9 @@ def run_chunk(m: ModelPair, state: RowState, *, inserts: Inserts, key, hyper: De
 
     def body(carry):
         it, s = carry
-        return it + 1, iteration(m, s, hyper, tables, prog=prog, scorer=scorer, pad_id=pad_id)
+        return it + 1, iteration(
+            m, s, hyper, tables, prog=prog, scorer=scorer, pad_id=pad_id, oracle=oracle
+        )
 
     _, state = jax.lax.while_loop(cond, body, (jnp.zeros((), jnp.int32), state))
     report = Report(

@@ -133,7 +133,8 @@ def _put(pool: KVState, rows, new: KVState) -> KVState:
     ),
 )
 def mcts_program(
-    lm, rm, group, key, params, roll_params, tables, steps, max_depth, c, *, branch: int,
+    lm, rm, group, key, params, roll_params, tables, steps, max_depth, c, rm_ids=None, *,
+    branch: int,
     sims: int, length: int, prog: SamplingProgram, roll_prog: SamplingProgram,
     scorer: Scorer | None = None, pad_id: int = 0, rollout: bool = True,
 ) -> MCTSOut:  # fmt: skip
@@ -141,7 +142,8 @@ def mcts_program(
 
     ``tables``: real EOS ids and stop sequences; ``steps``: the step rollout tables;
     ``max_depth`` (int32) and ``c`` (float32, the UCT constant) are run-time values;
-    ``rollout=False`` values a child by its partial response (no rollout).
+    ``rollout=False`` values a child by its partial response (no rollout); ``rm_ids [V_lm]``:
+    the RM id of each LM id (None: the RM reads LM ids).
     """
     TRACE_COUNTS["mcts"] += 1
     g, p = group.lm_ids.shape
@@ -195,7 +197,14 @@ def mcts_program(
                 sampler=Sampler(roll_params, roll_prog, tables, pad_id),
             )  # fmt: skip
         value, _, _ = score_responses(
-            rm, frame, done.tokens, done.length, tables, scorer=scorer, wanted=active
+            rm,
+            frame,
+            done.tokens,
+            done.length,
+            tables,
+            scorer=scorer,
+            wanted=active,
+            rm_ids=rm_ids,
         )
         value = jnp.where(active, value, 0.0)
         rm_tok = jnp.where(active, rm_input_length(frame, done.tokens, done.length, tables), 0)
@@ -261,6 +270,7 @@ def mcts(
     system: str | None = None,
     batch_size: int = 8,
     scorer: Scorer | None = None,
+    rm_vocab: str | None = None,
 ) -> list[DecodeResult]:
     """Step-level MCTS with UCT selection and completed-rollout values.
 
@@ -280,7 +290,7 @@ def mcts(
       value: ``"rollout"`` (a child's value is the score of a completed rollout from it) or
         ``"partial"`` (the score of its partial response, read at the step's end — a process
         reward; the "completed rollout" of the results is then the node's own response).
-      step_delimiter, stop_strings, eos_ids, system, batch_size, scorer: as in
+      step_delimiter, stop_strings, eos_ids, system, batch_size, scorer, rm_vocab: as in
         :func:`~nabla_jax.decoding.beam.beam_search` (``batch_size // B`` prompts per call).
 
     Returns:
@@ -309,7 +319,8 @@ def mcts(
             raise TypeError(f"{name} must be a SamplingConfig, got {type(sc).__name__}")
     if scorer is not None and not callable(scorer):
         raise TypeError("scorer must be callable: list of RM input id lists -> scores")
-    rm_tok = check_pair(lm, rm, "MCTS")
+    rm_tok, vocabulary = check_pair(lm, rm, "MCTS", rm_vocab)
+    rm_ids = None if vocabulary.vocab_map is None else jnp.asarray(vocabulary.vocab_map.table)
     if not prompts:
         return []
     tok = lm.tokenizer
@@ -325,31 +336,16 @@ def mcts(
     key = typed_key(jax.random.key(0) if key is None and greedy else key)
     groups = prompt_groups(lm, rm, rm_tok, prompts, group=g, max_length=max_length,
                            system=system)  # fmt: skip
+    run = functools.partial(
+        mcts_program, branch=branch, sims=sims, length=max_length,
+        prog=SamplingProgram.of(sampling), roll_prog=SamplingProgram.of(roll), scorer=scorer,
+        pad_id=pad, rollout=value == "rollout",
+    )  # fmt: skip
     outs = [
-        device_get(
-            mcts_program(
-                lm,
-                rm,
-                grp,
-                key,
-                SamplingParams.of(sampling),
-                SamplingParams.of(roll),
-                tables,
-                steps,
-                np.int32(max_depth),
-                np.float32(uct_c),
-                branch=branch,
-                sims=sims,
-                length=max_length,
-                prog=SamplingProgram.of(sampling),
-                roll_prog=SamplingProgram.of(roll),
-                scorer=scorer,
-                pad_id=pad,
-                rollout=value == "rollout",
-            )
-        )  # fmt: skip
+        device_get(run(lm, rm, grp, key, SamplingParams.of(sampling), SamplingParams.of(roll),
+                       tables, steps, np.int32(max_depth), np.float32(uct_c), rm_ids))
         for grp in groups
-    ]
+    ]  # fmt: skip
     eos = set(eos_ids)
     grp = groups[0]
     slots = grp.lm_ids.shape[1] + max_length + 1

@@ -36,13 +36,12 @@ import jax
 import numpy as np
 
 from nabla_jax.decoding.config import DecodeConfig
-from nabla_jax.decoding.keys import prompt_id
+from nabla_jax.decoding.keys import check_key, prompt_id
 from nabla_jax.decoding.loop import ChunkLimits, run_chunk
-from nabla_jax.decoding.pair import ModelPair, check_pair
+from nabla_jax.decoding.pair import check_pair, model_pair
 from nabla_jax.decoding.results import DecodeResult, row_result
 from nabla_jax.decoding.state import Inserts, empty_state
 from nabla_jax.decoding.stopping import default_eos_ids, stop_tables
-from nabla_jax.functional.checks import rm_embedding_table
 from nabla_jax.models.model import CausalLM, RewardModel
 from nabla_jax.models.partition import shard_model
 from nabla_jax.runtime import compilation_cache, sharding
@@ -67,6 +66,16 @@ class NablaDecoder:
       rm: the reward model (``RewardModel``); its tokenizer's chat template (or the LM's, when
         the RM has no tokenizer) frames the response for the reward terms.
       cfg: a ``DecodeConfig``.
+      rm_vocab: how the RM reads LM token ids — ``"shared"`` (as they are), ``"by_string"``
+        (an LM-id → RM-id table by token string: a reward model whose vocabulary adds tokens or
+        pads rows, e.g. a Qwen3 RM for a Qwen2.5 policy) or None (the one that applies; see
+        :mod:`nabla_jax.decoding.pair`). ``decoder.rm_vocabulary.vocab_map.coverage`` reports
+        the LM tokens with no RM match.
+      next_token_oracle: optional host function ``(prompt_ids, response_ids) -> right next
+        token id, or -1``: each refinement's trace then records the right token's probability
+        before and after DTO (``p_right_before`` / ``p_right_after``; see
+        :mod:`nabla_jax.decoding.diagnostics`). For the bundled task:
+        ``nabla_jax.tasks.arithmetic_oracle.NextTokenOracle``.
       mesh: optional ``jax.sharding.Mesh`` ("data", "model"): the models' weights are split
         over "model" and the slots over "data" (``cfg.batch_size`` must divide by it).
       scorer: optional acceptance-test scorer: called with a list of full RM input id lists
@@ -87,13 +96,19 @@ class NablaDecoder:
         *,
         scorer: Callable[[list[list[int]]], Sequence[float]] | None = None,
         mesh=None,
+        rm_vocab: str | None = None,
+        next_token_oracle: Callable[[Sequence[int], Sequence[int]], int] | None = None,
     ):
         cfg = DecodeConfig() if cfg is None else cfg
         if not isinstance(cfg, DecodeConfig):
             raise TypeError(f"cfg must be a DecodeConfig, got {type(cfg).__name__}")
         if scorer is not None and not callable(scorer):
             raise TypeError("scorer must be callable: list of RM input id lists -> scores")
-        self.rm_tokenizer = check_pair(lm, rm, "the decoder")
+        if next_token_oracle is not None and not callable(next_token_oracle):
+            raise TypeError("next_token_oracle must be callable: (prompt ids, response ids) -> id")
+        self.next_token_oracle = next_token_oracle
+        checked = check_pair(lm, rm, "the decoder", rm_vocab)
+        self.rm_tokenizer, self.rm_vocabulary = checked
         if mesh is not None:
             sharding.check_batch_divisible(cfg.batch_size, mesh, "DecodeConfig.batch_size")
             lm, rm = shard_model(lm, mesh), shard_model(rm, mesh)
@@ -104,7 +119,7 @@ class NablaDecoder:
         self._eos = set(self.eos_ids)
         stop_ids = [self.tokenizer.encode(s, add_special_tokens=False) for s in cfg.stop_strings]
         self._tables = stop_tables(self.eos_ids, stop_ids)
-        self._models = ModelPair(lm, rm, rm_embedding_table(lm, rm))
+        self._models = model_pair(lm, rm, self.rm_vocabulary)
         self._pad = lm.config.pad_token_id if lm.config.pad_token_id is not None else 0
         # Waiting prompts enter when this many slots are free: a first rollout then serves
         # several new rows at once instead of running the whole batch's loop for one.
@@ -139,6 +154,7 @@ class NablaDecoder:
             raise TypeError("prompts must be a list of prompts (wrap one prompt in a list)")
         if not prompts:
             return []
+        check_key(key, "NablaDecoder.generate")
         rows = [self._encode(i, p) for i, p in enumerate(prompts)]
         cfg = self.cfg
         b = cfg.batch_size
@@ -169,6 +185,7 @@ class NablaDecoder:
             state, report = run_chunk(
                 self._models, state, inserts=ins, key=key, hyper=hyper, tables=self._tables,
                 limits=limits, prog=prog, scorer=self.scorer, pad_id=self._pad,
+                oracle=self.next_token_oracle,
             )  # fmt: skip
             rep = device_get(report)
             for slot, i in enumerate(slot_of):
@@ -190,9 +207,27 @@ class NablaDecoder:
 
     # ---------------------------------------------------------------- host side
 
-    def _encode(self, i: int, prompt) -> tuple[list[int], list[int], list[int], int]:
+    def check_prompts(self, prompts: Sequence[Any], names: Sequence[str] | None = None) -> None:
+        """Render and measure every prompt as :meth:`generate` would, without any model call:
+        a ``ValueError`` names the first empty, unrenderable or over-long one (``names[i]``, e.g.
+        its file and line, or "prompt i")."""
+        for i, p in enumerate(prompts):
+            label = f"prompt {i}" if names is None else names[i]
+            try:
+                self._encode(i, p, label)
+            except ValueError:
+                raise
+            except Exception as e:  # a chat template that fails on this prompt (jinja, ...)
+                raise ValueError(
+                    f"{label}: the chat template cannot render it ({type(e).__name__}: {e})"
+                ) from e
+
+    def _encode(self, i: int, prompt, name: str | None = None):
         """(LM prompt ids, RM prefix ids, RM suffix ids, prompt id), checked against the
         models' positions before any compute."""
+        label = name or f"prompt {i}"
+        if not prompt or (isinstance(prompt, str) and not prompt.strip()):
+            raise ValueError(f"{label} is empty; give the text to decode")
         system = self.cfg.system
         lm_ids = lm_prompt_ids(self.tokenizer, prompt, system=system)
         rm_prefix, rm_suffix = rm_prefix_suffix_ids(self.rm_tokenizer, prompt, system=system)
@@ -204,7 +239,7 @@ class NablaDecoder:
             limit = model.config.max_position_embeddings
             if used > limit:
                 raise ValueError(
-                    f"prompt {i}: its {what} input ({used - n} template tokens) plus max_length "
+                    f"{label}: its {what} input ({used - n} template tokens) plus max_length "
                     f"{n} is {used} tokens, more than the {what}'s {limit} positions; shorten "
                     "the prompt or lower DecodeConfig.max_length"
                 )

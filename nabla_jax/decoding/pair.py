@@ -2,7 +2,13 @@
 
 Every entry point that decodes with a model pair — the ∇-Reasoner decoder, Best-of-N, the
 baselines — checks its models here, before any compute: the types, the LM's tokenizer and chat
-template, and that the RM reads the LM's tokens.
+template, and how the RM reads the LM's tokens (``rm_vocab``):
+
+* ``"shared"`` — the RM reads LM token ids as they are (one tokenizer, or compatible ones);
+* ``"by_string"`` — the vocabularies differ in added tokens or padded rows (a Qwen2.5 policy
+  with a Qwen3 reward model): an LM-id → RM-id table built once by token string maps every id
+  the RM reads and selects the RM embedding rows DTO differentiates through
+  (:mod:`nabla_jax.functional.vocab_map`). The default when the vocabularies differ only so.
 """
 
 from __future__ import annotations
@@ -10,21 +16,49 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import jax
+import jax.numpy as jnp
 
+from nabla_jax.functional.checks import rm_embedding_table
+from nabla_jax.functional.vocab_map import RMVocabulary, resolve_rm_vocabulary
 from nabla_jax.models.model import CausalLM, RewardModel
 from nabla_jax.text.templates import require_chat_template
 from nabla_jax.text.vocab import shared_rm_tokenizer
 
-__all__ = ["ModelPair", "check_policy", "check_pair"]
+__all__ = ["CheckedPair", "ModelPair", "check_pair", "check_policy", "model_pair"]
 
 
 class ModelPair(NamedTuple):
-    """The policy, the reward model, and the RM embedding rows indexed by LM token id
-    (``rm_table [V_lm, D_rm]``) — the models argument of every compiled decode program."""
+    """The models argument of every compiled decode program.
+
+    Attributes:
+      lm: the policy.
+      rm: the reward model.
+      rm_table: ``[V_lm, D_rm]`` the RM embedding rows indexed by LM token id.
+      rm_ids: ``[V_lm]`` int32 the RM id of each LM id (``rm_vocab: by_string``), or None when
+        the RM reads LM ids as they are.
+    """
 
     lm: CausalLM
     rm: RewardModel
     rm_table: jax.Array
+    rm_ids: jax.Array | None = None
+
+
+class CheckedPair(NamedTuple):
+    """What :func:`check_pair` found: the tokenizer that frames responses for the RM, and how
+    the RM reads LM ids."""
+
+    rm_tokenizer: object
+    vocabulary: RMVocabulary
+
+
+def model_pair(lm, rm, vocabulary: RMVocabulary) -> ModelPair:
+    """The :class:`ModelPair` of a checked pair."""
+    if vocabulary.mode == "shared":
+        return ModelPair(lm, rm, rm_embedding_table(lm, rm))
+    table = vocabulary.vocab_map.table
+    return ModelPair(lm, rm, vocabulary.embed_table(rm.embed_matrix()),
+                     jnp.asarray(table, jnp.int32))  # fmt: skip
 
 
 def check_policy(lm, user: str) -> None:
@@ -40,13 +74,25 @@ def check_policy(lm, user: str) -> None:
     require_chat_template(lm.tokenizer, "LM")
 
 
-def check_pair(lm, rm, user: str):
-    """:func:`check_policy`, ``rm`` a nabla-jax ``RewardModel`` that reads the LM's token ids;
-    returns the tokenizer that frames responses for the RM."""
+def check_pair(lm, rm, user: str, rm_vocab: str | None = None) -> CheckedPair:
+    """:func:`check_policy`, ``rm`` a nabla-jax ``RewardModel``, and how it reads LM ids.
+
+    ``rm_vocab``: ``"shared"``, ``"by_string"`` or None (shared when the vocabularies agree,
+    by_string when they differ only in added tokens or padded rows; see the module doc).
+    Unrelated tokenizers, or a by-string table that would feed the RM other text, are refused.
+    """
     check_policy(lm, user)
     if not isinstance(rm, RewardModel):
         raise TypeError(
             f"rm must be a nabla_jax RewardModel (load it with nj.load_reward_model), got "
             f"{type(rm).__name__}"
         )
-    return shared_rm_tokenizer(lm, rm, user)
+    if rm_vocab == "shared" or (
+        rm_vocab is None and lm.config.vocab_size == rm.config.vocab_size
+    ):  # the RM reads LM ids as they are: the tokenizers must agree
+        return CheckedPair(shared_rm_tokenizer(lm, rm, user), RMVocabulary("shared"))
+    vocabulary = resolve_rm_vocabulary(lm, rm, rm_vocab)
+    if vocabulary.mode == "shared":
+        return CheckedPair(shared_rm_tokenizer(lm, rm, user), vocabulary)
+    require_chat_template(rm.tokenizer, "RM")
+    return CheckedPair(rm.tokenizer, vocabulary)

@@ -84,9 +84,9 @@ class Baseline:
 
 
 #: Optional settings a comparison shares; each baseline takes the ones it names.
-OPTIONS = frozenset({"sampling", "answer_extractor", "scorer", "step_delimiter"})
+OPTIONS = frozenset({"sampling", "answer_extractor", "scorer", "rm_vocab", "step_delimiter"})
 
-_SEARCH = frozenset({"sampling", "scorer", "step_delimiter"})
+_SEARCH = frozenset({"sampling", "scorer", "rm_vocab", "step_delimiter"})
 
 
 BASELINES: Mapping[str, Baseline] = {
@@ -109,7 +109,7 @@ BASELINES: Mapping[str, Baseline] = {
             True,
             True,
             "Best-of-N ranked by the reward model",
-            frozenset({"sampling", "scorer"}),
+            frozenset({"sampling", "scorer", "rm_vocab"}),
         ),
         Baseline(
             "sc",
@@ -127,7 +127,7 @@ BASELINES: Mapping[str, Baseline] = {
             True,
             True,
             "weighted Best-of-N: the answer with the largest summed reward",
-            frozenset({"sampling", "answer_extractor", "scorer"}),
+            frozenset({"sampling", "answer_extractor", "scorer", "rm_vocab"}),
         ),
         Baseline(
             "beam",
@@ -310,6 +310,7 @@ def method_runner(
     *,
     answer_extractor: Callable[[str], Hashable | None] | None = None,
     scorer: Scorer | None = None,
+    rm_vocab: str | None = None,
     step_delimiter: str | None = None,
 ) -> Callable[[Sequence[Any], Any], list[DecodeResult]]:
     """``run(prompts, key) -> list[DecodeResult]`` for one method, sharing ``cfg``'s settings
@@ -324,12 +325,14 @@ def method_runner(
       scorer: an exact acceptance scorer (RM input id lists -> floats) replacing the reward
         model in ∇-Reasoner's acceptance test, in Best-of-N's ranking and in the tree searches'
         values; None = the RM.
+      rm_vocab: how the RM reads LM ids (:mod:`nabla_jax.decoding.pair`); None = the default.
       step_delimiter: the task's step delimiter of the tree searches (None = their default,
         ``"\\n"``: one line per step).
     """
     name, n = parse_method(method)
     if name in NABLA_VARIANTS:
-        decoder = NablaDecoder(lm, rm, with_overrides(cfg, NABLA_VARIANTS[name]), scorer=scorer)
+        variant = with_overrides(cfg, NABLA_VARIANTS[name])
+        decoder = NablaDecoder(lm, rm, variant, scorer=scorer, rm_vocab=rm_vocab)
         return lambda prompts, key: decoder.generate(prompts, key)
     sampling = cfg.rollout if sampling is None else sampling
     check_baseline_sampling([method], sampling)
@@ -341,6 +344,8 @@ def method_runner(
         common["answer_extractor"] = answer_extractor
     if scorer is not None:
         common["scorer"] = scorer
+    if rm_vocab is not None:
+        common["rm_vocab"] = rm_vocab
     if step_delimiter is not None:
         common["step_delimiter"] = step_delimiter
     return lambda prompts, key: run_baseline((name, n), lm, prompts, key, rm=rm, **common)

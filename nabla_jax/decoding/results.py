@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -46,7 +47,12 @@ class DecodeResult:
         "max_generations"; "stopped": the response ended first).
       trace: one dict per refinement: position (index in the response), old_token, new_token,
         proposed, accepted (None without a proposal), score_current, score_proposed (None
-        when not scored).
+        when not scored); what DTO did to the resample distribution there
+        (:mod:`nabla_jax.decoding.diagnostics`): kl (KL(refined ‖ original), nats), dlogp (the
+        proposed token's change in log-probability), top1_changed, topk_changed, and with a
+        next-token oracle right_token, p_right_before, p_right_after (None without one); with
+        ``fidelity_top_k``, fidelity (Spearman of the RM gradient's linear estimates against
+        re-scored swaps, :mod:`nabla_jax.decoding.fidelity`; None when not measured).
     """
 
     prompt: Any
@@ -99,6 +105,14 @@ def row_result(prompt, report, b: int, tokenizer, eos: set, stop_strings) -> Dec
                 "accepted": bool(ev.accepted[b, i]) if proposed else None,
                 "score_current": float(ev.score_current[b, i]) if scored else None,
                 "score_proposed": float(ev.score_proposed[b, i]) if scored else None,
+                "kl": float(ev.kl[b, i]),
+                "dlogp": float(ev.dlogp[b, i]),
+                "top1_changed": bool(ev.top1_changed[b, i]),
+                "topk_changed": bool(ev.topk_changed[b, i]),
+                "right_token": right if (right := int(ev.right_token[b, i])) >= 0 else None,
+                "p_right_before": float(ev.p_right_before[b, i]) if right >= 0 else None,
+                "p_right_after": float(ev.p_right_after[b, i]) if right >= 0 else None,
+                "fidelity": None if math.isnan(rho := float(ev.fidelity[b, i])) else rho,
             }
         )
     return DecodeResult(prompt, text, ids, stats, trace)

@@ -19,7 +19,7 @@ import numpy as np
 
 from nabla_jax.decoding.flops import token_flops
 from nabla_jax.decoding.generate import generate_padded
-from nabla_jax.decoding.keys import prompt_id, rollout_keys
+from nabla_jax.decoding.keys import check_key, prompt_id, rollout_keys
 from nabla_jax.decoding.results import DecodeResult, empty_stats
 from nabla_jax.decoding.sampling import SamplingConfig
 from nabla_jax.decoding.stopping import STOP_EOS, STOP_REASONS, default_eos_ids, trim_text
@@ -74,9 +74,13 @@ def generate_samples(
     greedy = sampling.greedy
     if not greedy and key is None:
         raise ValueError("sampling with temperature > 0 needs a key")
+    if key is not None:
+        check_key(key, "sampling")
     rows = []  # (prompt ids, key index)
     pids = []
-    for p in prompts:
+    for row, p in enumerate(prompts):
+        if not p or (isinstance(p, str) and not p.strip()):
+            raise ValueError(f"prompt {row} is empty; give the text to decode")
         ids = lm_prompt_ids(lm.tokenizer, p, system=system)
         pids.append(prompt_id(build_messages(p, system=system)))
         rows += [(ids, len(rows) + i) for i in range(n)]

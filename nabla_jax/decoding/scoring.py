@@ -51,9 +51,9 @@ class RMFrame(NamedTuple):
     suffix_mask: jax.Array
 
 
-def response_inputs(frame: RMFrame, tokens, length, tables):
+def response_inputs(frame: RMFrame, tokens, length, tables, rm_ids=None):
     """RM input ids and mask ``[B, Q + L + S]`` of responses ``tokens [B, L]`` of ``length [B]``
-    framed by ``frame``.
+    framed by ``frame``; ``rm_ids [V_lm]`` maps LM ids to RM ids (None: the same ids).
 
     A last token that is an EOS id (``tables``) is masked out, like the acceptance test's text.
     """
@@ -61,8 +61,9 @@ def response_inputs(frame: RMFrame, tokens, length, tables):
     last = jnp.take_along_axis(tokens, jnp.maximum(length - 1, 0)[:, None], axis=1)[:, 0]
     body = length - ((length > 0) & hits_eos(last, tables)).astype(jnp.int32)
     resp_mask = (slots < body[:, None]).astype(jnp.int32)
+    body_ids = tokens if rm_ids is None else rm_ids[tokens]
     ids = jnp.concatenate(
-        [frame.prefix_ids, jnp.where(resp_mask > 0, tokens, 0), frame.suffix_ids], axis=1
+        [frame.prefix_ids, jnp.where(resp_mask > 0, body_ids, 0), frame.suffix_ids], axis=1
     )
     mask = jnp.concatenate([frame.prefix_mask, resp_mask, frame.suffix_mask], axis=1)
     mask = mask.astype(jnp.int32)
@@ -122,7 +123,7 @@ def callback_scores(scorer: Scorer, ids, mask, wanted):
 
 def score_responses(
     rm, frame: RMFrame, tokens, length, tables, *, scorer: Scorer | None = None, wanted=None,
-    cache_slots: int | None = None,
+    cache_slots: int | None = None, rm_ids=None,
 ):  # fmt: skip
     """Scores ``[B]`` of responses ``tokens [B, L]`` of ``length [B]`` framed by the RM template
     ``frame`` (traceable).
@@ -130,9 +131,10 @@ def score_responses(
     Returns ``(scores, rm_tokens, cache)``: the reward model's (or ``scorer``'s) score, the
     number of RM input tokens of each row, and — with ``cache_slots`` — the reward model's
     keys/values of the input (a ``KVCache`` of that many slots; the template prefix in slots
-    ``[0, Q)``, response token ``j`` in slot ``Q + j``), else None.
+    ``[0, Q)``, response token ``j`` in slot ``Q + j``), else None. ``rm_ids [V_lm]`` maps
+    the response's LM ids to RM ids (None: the RM reads them as they are).
     """
-    ids, mask = response_inputs(frame, tokens, length, tables)
+    ids, mask = response_inputs(frame, tokens, length, tables, rm_ids)
     n_tokens = jnp.sum(mask, axis=-1)
     if cache_slots is not None:
         score, cache = score_inputs(rm, ids, mask, cache_slots)

@@ -76,6 +76,15 @@ class Events(NamedTuple):
     score_current: jax.Array  # float32 (meaningful when scored)
     score_proposed: jax.Array
     scored: jax.Array  # bool
+    # What DTO did to the resample distribution (nabla_jax.decoding.diagnostics):
+    kl: jax.Array  # float32 KL(refined ‖ original), nats
+    dlogp: jax.Array  # float32 change in log-probability of the proposed token
+    top1_changed: jax.Array  # bool
+    topk_changed: jax.Array  # bool
+    right_token: jax.Array  # int32 the oracle's right token, -1 = none
+    p_right_before: jax.Array  # float32 its probability before / after DTO
+    p_right_after: jax.Array
+    fidelity: jax.Array  # float32 Spearman of the gradient's estimates (NaN = not measured)
 
 
 class RowState(NamedTuple):
@@ -150,6 +159,14 @@ def empty_state(lm, rm, b, p, q, s, length, window, *, latents=False, events=Non
         score_current=jnp.zeros((b, e), jnp.float32),
         score_proposed=jnp.zeros((b, e), jnp.float32),
         scored=jnp.zeros((b, e), bool),
+        kl=jnp.zeros((b, e), jnp.float32),
+        dlogp=jnp.zeros((b, e), jnp.float32),
+        top1_changed=jnp.zeros((b, e), bool),
+        topk_changed=jnp.zeros((b, e), bool),
+        right_token=jnp.full((b, e), -1, jnp.int32),
+        p_right_before=jnp.zeros((b, e), jnp.float32),
+        p_right_after=jnp.zeros((b, e), jnp.float32),
+        fidelity=jnp.full((b, e), jnp.nan, jnp.float32),
     )
     lm_slots = p + length + window
     return RowState(

@@ -48,35 +48,37 @@ def check_prompts(prompts, **counts) -> list:
     return list(prompts)
 
 
-def rm_inputs(rm_tok, prompts: list, groups: list[list[Sample]], eos_ids, system) -> list:
+def rm_inputs(framing, prompts: list, groups: list[list[Sample]], eos_ids, system) -> list:
     """The RM input id lists of every sample, prompt by prompt: ``RM prefix ++ response (a
-    trailing EOS dropped) ++ RM suffix``."""
+    trailing EOS dropped, its LM ids mapped to RM ids) ++ RM suffix``; ``framing`` is
+    :func:`~nabla_jax.decoding.pair.check_pair`'s ``(rm_tokenizer, vocabulary)``."""
+    rm_tok, vocabulary = framing
     eos = set(eos_ids)
     seqs = []
     for p, group in zip(prompts, groups, strict=True):
         prefix, suffix = rm_prefix_suffix_ids(rm_tok, p, system=system)
         for s in group:
             body = s.tokens[:-1] if s.tokens and s.tokens[-1] in eos else s.tokens
-            seqs.append(prefix + body + suffix)
+            seqs.append(prefix + vocabulary.rm_id_list(body) + suffix)
     return seqs
 
 
-def rm_flops(rm, rm_tok, prompts, groups, eos_ids, system) -> int:
+def rm_flops(rm, framing, prompts, groups, eos_ids, system) -> int:
     """FLOPs of one RM scoring in :func:`score_samples`'s program (its input width is
     ``bucket_length`` of the longest RM input)."""
-    seqs = rm_inputs(rm_tok, prompts, groups, eos_ids, system)
+    seqs = rm_inputs(framing, prompts, groups, eos_ids, system)
     return sequence_flops(rm.config, bucket_length(max(max(len(s) for s in seqs), 1)))
 
 
 def score_samples(
-    rm_tok, rm, prompts: list, groups: list[list[Sample]], *, eos_ids, system, scorer,
+    framing, rm, prompts: list, groups: list[list[Sample]], *, eos_ids, system, scorer,
     batch_size: int,
 ):  # fmt: skip
     """Scores ``[len(prompts), n]`` (float64) and RM input tokens ``[len(prompts)]`` of the
     samples, each framed ``RM prefix ++ response (a trailing EOS dropped) ++ RM suffix``; a
     ``scorer`` (RM input id lists -> floats) replaces the reward model. The RM input width of
     the scoring program is ``bucket_length`` of the longest input."""
-    seqs = rm_inputs(rm_tok, prompts, groups, eos_ids, system)
+    seqs = rm_inputs(framing, prompts, groups, eos_ids, system)
     if scorer is not None:
         scores = np.asarray(scorer(seqs), np.float64).reshape(-1)
         if scores.shape != (len(seqs),):
@@ -140,13 +142,14 @@ def weighted_best_of_n(
     system: str | None = None,
     batch_size: int = 8,
     scorer: Scorer | None = None,
+    rm_vocab: str | None = None,
 ) -> list[DecodeResult]:
     """Weighted Best-of-N: ``n`` samples per prompt, the answer with the largest summed reward.
 
     Args:
       lm, rm, prompts, key, n, sampling, max_length, stop_strings, eos_ids, system,
-        batch_size, scorer: as in :func:`nabla_jax.decoding.baselines.best_of_n` (the same
-        samples and scores).
+        batch_size, scorer, rm_vocab: as in :func:`nabla_jax.decoding.baselines.best_of_n` (the
+        same samples and scores).
       answer_extractor: ``text -> answer or None``, the task's (as for self-consistency).
 
     Returns:
@@ -163,7 +166,7 @@ def weighted_best_of_n(
     if scorer is not None and not callable(scorer):
         raise TypeError("scorer must be callable: list of RM input id lists -> scores")
     prompts = check_prompts(prompts, max_length=max_length, batch_size=batch_size, n=n)
-    rm_tok = check_pair(lm, rm, "weighted Best-of-N")
+    framing = check_pair(lm, rm, "weighted Best-of-N", rm_vocab)
     if not prompts:
         return []
     eos_ids = tuple(eos_ids) if eos_ids is not None else default_eos_ids(lm)
@@ -172,11 +175,11 @@ def weighted_best_of_n(
         stop_strings=stop_strings, eos_ids=eos_ids, system=system, batch_size=batch_size,
     )  # fmt: skip
     scores, rm_tokens = score_samples(
-        rm_tok, rm, prompts, groups, eos_ids=eos_ids, system=system, scorer=scorer,
+        framing, rm, prompts, groups, eos_ids=eos_ids, system=system, scorer=scorer,
         batch_size=batch_size,
     )  # fmt: skip
     score_flops = (
-        0 if scorer is not None else rm_flops(rm, rm_tok, prompts, groups, eos_ids, system)
+        0 if scorer is not None else rm_flops(rm, framing, prompts, groups, eos_ids, system)
     )
     out = []
     for p, group, sc, tokens in zip(prompts, groups, scores, rm_tokens, strict=True):

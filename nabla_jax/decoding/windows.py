@@ -28,11 +28,14 @@ from nabla_jax.runtime.rows import take_span
 __all__ = ["prefix_caches", "window_buckets", "window_problems"]
 
 
-def window_problems(lm, state: RowState, at, rows, k: int, latents: bool, tail: int | None = None):
+def window_problems(lm, state: RowState, at, rows, k: int, latents: bool, tail: int | None = None,
+                    rm_ids=None):  # fmt: skip
     """The windows of the rows in ``rows [B]`` starting at ``at [B]`` (traceable).
 
     ``k``: window slots; ``tail``: slots for the rest of the rollout after the window (default
     ``L - k``: any rest fits; less when the caller knows every rest is shorter).
+    ``rm_ids``: ``[V_lm]`` RM id of each LM id (the response tokens the RM reads are mapped),
+    or None when the RM reads LM ids as they are.
     Returns ``(problems, window_mask [B, K])``; rows outside ``rows`` are masked filler
     (``row_valid`` 0, empty window).
     """
@@ -49,12 +52,14 @@ def window_problems(lm, state: RowState, at, rows, k: int, latents: bool, tail: 
     tail_at = at[:, None] + k + jnp.arange(tail)[None, :]
     tail_mask = (tail_at < resp.length[:, None]).astype(jnp.int32)
     tail_ids = take_span(resp.argmax, tail_at) * tail_mask
+    rm_resp = resp.tokens if rm_ids is None else rm_ids[resp.tokens]
+    rm_tail = tail_ids if rm_ids is None else rm_ids[tail_ids] * tail_mask
     problems = PaddedProblems(
         lm_prefix_ids=jnp.concatenate([state.prompt_ids, resp.tokens * before], axis=1),
         lm_prefix_mask=jnp.concatenate([state.prompt_mask, before], axis=1),
-        rm_prefix_ids=jnp.concatenate([state.rm_prefix_ids, resp.tokens * before], axis=1),
+        rm_prefix_ids=jnp.concatenate([state.rm_prefix_ids, rm_resp * before], axis=1),
         rm_prefix_mask=jnp.concatenate([state.rm_prefix_mask, before], axis=1),
-        rm_suffix_ids=jnp.concatenate([tail_ids, state.rm_suffix_ids], axis=1),
+        rm_suffix_ids=jnp.concatenate([rm_tail, state.rm_suffix_ids], axis=1),
         rm_suffix_mask=jnp.concatenate([tail_mask, state.rm_suffix_mask], axis=1),
         init=init,
         window_mask=window_mask,

@@ -11,6 +11,9 @@
   hyperparameters; any ``optax.GradientTransformation`` may replace it.
 * :class:`EmbeddingReward`, :class:`EmbeddingLM` — your own differentiable reward / policy as a
   function of embeddings.
+* :func:`resolve_rm_vocabulary`, :func:`rm_soft_embeds`, :func:`map_token_ids` — a reward model
+  with another vocabulary, through an LM-id → RM-id table (docs/reward-models.md).
+* :func:`aggregate_steps` — per-step (process) reward scores ``[B, S]`` to one reward ``[B]``.
 
 docs/functional.md walks through it.
 """
@@ -28,8 +31,17 @@ from nabla_jax.functional.program import (
 )
 from nabla_jax.functional.refine_one import make_refine
 from nabla_jax.functional.step import DTOState, RefineTrace, dto_step, init_state, window_logits
+from nabla_jax.functional.step_scores import AGGREGATIONS, aggregate_steps, soft_min_steps
+from nabla_jax.functional.vocab_map import (
+    RMVocabulary,
+    map_token_ids,
+    mapped_rm_embeddings,
+    resolve_rm_vocabulary,
+    rm_soft_embeds,
+)
 
 __all__ = [
+    "AGGREGATIONS",
     "Context",
     "DTOState",
     "EmbeddingLM",
@@ -37,7 +49,9 @@ __all__ = [
     "PackSizes",
     "PaddedProblems",
     "PrefixCaches",
+    "RMVocabulary",
     "RefineTrace",
+    "aggregate_steps",
     "check_models",
     "check_rm_ids",
     "dto_step",
@@ -45,11 +59,16 @@ __all__ = [
     "grad_norms_rows_jit",
     "init_state",
     "make_refine",
+    "map_token_ids",
+    "mapped_rm_embeddings",
     "pack",
     "paper_optimizer",
     "prepare_context",
     "refine_rows",
     "refine_rows_jit",
+    "resolve_rm_vocabulary",
     "rm_embedding_table",
+    "rm_soft_embeds",
+    "soft_min_steps",
     "window_logits",
 ]

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from nabla_jax.functional.checks import check_finite_input
 from nabla_jax.functional.dto_config import DTOConfig
 from nabla_jax.functional.packing import PaddedProblems
 from nabla_jax.functional.program import refine_rows_jit
@@ -82,6 +83,7 @@ def optimize_reasoning_sequence(
         raise ValueError(
             f"ref_logits {ref_logits.shape} must have the shape of init_logits {init_logits.shape}"
         )
+    check_finite_input(init_logits, "init_logits")
     if not isinstance(reward_model, (CausalLM, RewardModel)):
         raise TypeError("reward_model must be a nabla_jax CausalLM or RewardModel")
     if reward_model.config.vocab_size != init_logits.shape[1]:

@@ -11,7 +11,20 @@ from nabla_jax.functional.dto_config import DTOConfig
 from nabla_jax.functional.pluggable import EmbeddingLM, EmbeddingReward, lm_sizes
 from nabla_jax.models.model import CausalLM, RewardModel
 
-__all__ = ["check_models", "check_rm_ids", "rm_embedding_table"]
+__all__ = ["check_finite_input", "check_models", "check_rm_ids", "rm_embedding_table"]
+
+
+def check_finite_input(x, name: str) -> None:
+    """A caller's array holding NaN or ±inf is named as the caller's input (a non-finite start
+    would otherwise surface later as a non-finite loss, blamed on the learning rate)."""
+    a = np.asarray(x, np.float32)
+    bad = ~np.isfinite(a)
+    if bad.any():
+        where = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(
+            f"{name} holds {int(bad.sum())} NaN/inf value(s) (first {a[where]} at index {where}): "
+            "this is your input, not a training problem — pass finite values"
+        )
 
 
 def check_models(lm, rm, cfg: DTOConfig, *, stacklevel: int = 3) -> None:

@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 
 import jax.numpy as jnp
 
-from nabla_jax.functional.dto_config import DTOConfig
+from nabla_jax.functional.dto_config import DTOProgram
 from nabla_jax.functional.objectives import kl_positions, loglik_positions
 from nabla_jax.functional.packing import PaddedProblems
 from nabla_jax.functional.pluggable import EmbeddingLM, EmbeddingReward
@@ -77,7 +77,7 @@ def _open_slots(key_mask, write, new_mask):
     return key_mask.at[rows, slots].set(new_mask.astype(key_mask.dtype), mode="drop")
 
 
-def prepare_context(lm, rm, batch: PaddedProblems, cfg: DTOConfig, given=None,
+def prepare_context(lm, rm, batch: PaddedProblems, cfg: DTOProgram, given=None,
                     rm_table=None) -> Context:  # fmt: skip
     """Prefix keys/values once per call: computed here, or taken from ``given`` (PrefixCaches).
 

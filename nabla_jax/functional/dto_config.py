@@ -13,6 +13,8 @@ import math
 from typing import Any, NamedTuple
 
 __all__ = [
+    "DTOProgram",
+    "schedule_multiplier",
     "KL_DIRECTIONS",
     "MODES",
     "OBJECTIVES",
@@ -205,58 +207,50 @@ class DTOConfig:
             kl_warn_threshold=f(self.kl_warn_threshold),
         )
 
-    def program(self) -> DTOConfig:
-        """This config with every traced number at a fixed value: the compiled program's key.
+    @property
+    def has_reward(self) -> bool:
+        """The reward term exists (a non-zero ``reward_coeff``)."""
+        return self.reward_coeff != 0
+
+    @property
+    def has_kl(self) -> bool:
+        """The KL term exists (a non-zero ``lambda_kl``)."""
+        return self.lambda_kl != 0
+
+    @property
+    def has_gumbel(self) -> bool:
+        """Gumbel noise is drawn (``gumbel_scale > 0``)."""
+        return self.gumbel_scale > 0
+
+    def program(self) -> DTOProgram:
+        """The structure of this config — the compiled program's key, with no number in it.
 
         Two configs that differ only in :class:`DTOHyper` values (or host-only settings) share
         one compiled program. What stays is structure: objective, mode, steps, optimizer and
         schedule kinds, the relaxation's hardness, and whether the reward, the KL term and the
         Gumbel noise are present at all (zero versus non-zero coefficients).
         """
-        return dataclasses.replace(
-            self,
-            learning_rate=1.0,
-            weight_decay=0.0,
-            b1=0.9,
-            b2=0.999,
-            eps=1e-8,
-            warmup_ratio=0.0,
-            warmup_steps=None,
-            min_lr_ratio=0.1,
-            reward_coeff=float(self.reward_coeff != 0),
-            nll_coeff=1.0,
-            lambda_kl=float(self.lambda_kl != 0),
-            tau=1.0,
-            gumbel_scale=float(self.gumbel_scale > 0),
-            kl_warn_threshold=2.0,
-            on_nonfinite="raise",
-            ste_warn_steps=8,
+        return DTOProgram(
+            objective=self.objective,
+            mode=self.mode,
+            num_steps=self.num_steps,
+            optimizer=self.optimizer,
+            schedule=self.schedule,
+            kl_direction=self.kl_direction,
+            reward_form=self.reward_form,
+            hard=self.hard,
+            update_postfix=self.update_postfix,
+            grad_caching=self.grad_caching,
+            window_dtype=self.window_dtype,
+            has_reward=self.has_reward,
+            has_kl=self.has_kl,
+            has_gumbel=self.has_gumbel,
         )
 
     def schedule_multiplier(self, step, warmup, min_lr_ratio):
-        """Schedule multiplier at optimizer step ``step`` (0-based), as torch ``LambdaLR``.
-
-        Args:
-          step: the step (int or traced).
-          warmup: warmup steps (float32, possibly traced).
-          min_lr_ratio: floor of the multiplier after warmup (cosine and linear).
-        """
-        import jax.numpy as jnp
-
-        step = jnp.asarray(step, jnp.float32)
-        warm = jnp.asarray(warmup, jnp.float32)
-        total = float(self.num_steps)
-        warm_mult = step / jnp.maximum(1.0, warm)
-        if self.schedule == "constant":
-            after = jnp.ones_like(step)
-        else:
-            if self.schedule == "cosine":
-                progress = (step - warm) / jnp.maximum(1.0, total - warm)
-                after = 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
-            else:
-                after = (total - step) / jnp.maximum(1.0, total - warm)
-            after = jnp.maximum(min_lr_ratio, after)
-        return jnp.where(step < warm, warm_mult, after)
+        """Schedule multiplier at optimizer step ``step`` (0-based), as torch ``LambdaLR``
+        (:func:`schedule_multiplier`)."""
+        return schedule_multiplier(self.schedule, self.num_steps, step, warmup, min_lr_ratio)
 
     def lr_multiplier(self, step, hyper: DTOHyper | None = None):
         """:meth:`schedule_multiplier` with the warmup and floor of ``hyper`` (default: this
@@ -268,3 +262,74 @@ class DTOConfig:
         """The scheduled learning rate at optimizer step ``step``."""
         h = self.hyper() if hyper is None else hyper
         return h.learning_rate * self.lr_multiplier(step, h)
+
+
+def schedule_multiplier(schedule: str, num_steps: int, step, warmup, min_lr_ratio):
+    """The learning-rate multiplier at optimizer step ``step`` (0-based), as torch ``LambdaLR``.
+
+    Args:
+      schedule: "cosine" | "linear" | "constant" after warmup.
+      num_steps: steps of the refinement.
+      step: the step (int or traced).
+      warmup: warmup steps (float32, possibly traced).
+      min_lr_ratio: floor of the multiplier after warmup (cosine and linear).
+    """
+    import jax.numpy as jnp
+
+    step = jnp.asarray(step, jnp.float32)
+    warm = jnp.asarray(warmup, jnp.float32)
+    total = float(num_steps)
+    warm_mult = step / jnp.maximum(1.0, warm)
+    if schedule == "constant":
+        after = jnp.ones_like(step)
+    else:
+        if schedule == "cosine":
+            progress = (step - warm) / jnp.maximum(1.0, total - warm)
+            after = 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
+        else:
+            after = (total - step) / jnp.maximum(1.0, total - warm)
+        after = jnp.maximum(min_lr_ratio, after)
+    return jnp.where(step < warm, warm_mult, after)
+
+
+@dataclasses.dataclass(frozen=True)
+class DTOProgram:
+    """The static structure of a :class:`DTOConfig` (``cfg.program()``): what a compiled
+    refinement's shapes and branches depend on, and nothing else — a learning rate or
+    coefficient cannot be read from it by mistake (those are :class:`DTOHyper` values).
+
+    Attributes:
+      objective, mode, num_steps, optimizer, schedule, kl_direction, reward_form, hard,
+      update_postfix, grad_caching, window_dtype: as in :class:`DTOConfig`.
+      has_reward, has_kl, has_gumbel: whether the reward term, the KL term and the Gumbel
+        noise exist (non-zero ``reward_coeff``, ``lambda_kl``, ``gumbel_scale``).
+    """
+
+    objective: str
+    mode: str
+    num_steps: int
+    optimizer: str
+    schedule: str
+    kl_direction: str
+    reward_form: str
+    hard: bool
+    update_postfix: bool
+    grad_caching: bool
+    window_dtype: str
+    has_reward: bool
+    has_kl: bool
+    has_gumbel: bool
+
+    @property
+    def calls_per_full_step(self) -> int:
+        """Model calls a full step costs: LM fwd+bwd (paper objective) and RM fwd+bwd."""
+        return (2 if self.objective == "paper" else 0) + 2
+
+    def schedule_multiplier(self, step, warmup, min_lr_ratio):
+        """The learning-rate multiplier at ``step`` (:func:`schedule_multiplier`)."""
+        return schedule_multiplier(self.schedule, self.num_steps, step, warmup, min_lr_ratio)
+
+    def learning_rate_at(self, step, hyper: DTOHyper):
+        """The scheduled learning rate at optimizer step ``step`` with ``hyper``'s numbers."""
+        h = hyper
+        return h.learning_rate * self.schedule_multiplier(step, h.warmup, h.min_lr_ratio)

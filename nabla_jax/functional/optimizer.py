@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from nabla_jax.functional.dto_config import DTOConfig, DTOHyper
+from nabla_jax.functional.dto_config import DTOConfig, DTOHyper, DTOProgram
 
 __all__ = ["paper_optimizer", "scale_by_adam"]
 
@@ -59,7 +59,9 @@ def scale_by_adam(b1, b2, eps) -> optax.GradientTransformation:
     return optax.GradientTransformation(init, update)
 
 
-def paper_optimizer(cfg: DTOConfig, hyper: DTOHyper | None = None) -> optax.GradientTransformation:
+def paper_optimizer(
+    cfg: DTOConfig | DTOProgram, hyper: DTOHyper | None = None
+) -> optax.GradientTransformation:
     """The DTO optimizer of ``cfg`` with its numbers from ``hyper`` (default ``cfg.hyper()``).
 
     Args:

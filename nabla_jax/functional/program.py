@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import optax
 
 from nabla_jax.functional.context import PrefixCaches, prepare_context
-from nabla_jax.functional.dto_config import DTOConfig, DTOHyper
+from nabla_jax.functional.dto_config import DTOHyper, DTOProgram
 from nabla_jax.functional.optimizer import paper_optimizer
 from nabla_jax.functional.packing import PaddedProblems
 from nabla_jax.functional.step import (
@@ -60,7 +60,7 @@ def check_batch(batch: PaddedProblems) -> None:
     chex.assert_type([batch.init, batch.ref_logits], float)
 
 
-def refine_rows(lm, rm, rm_table, batch: PaddedProblems, keys, h: DTOHyper, cfg: DTOConfig,
+def refine_rows(lm, rm, rm_table, batch: PaddedProblems, keys, h: DTOHyper, cfg: DTOProgram,
                 prefixes: PrefixCaches | None = None,
                 optimizer: optax.GradientTransformation | None = None):  # fmt: skip
     """Refine a padded batch (traceable; no host work).
@@ -88,14 +88,16 @@ def refine_rows(lm, rm, rm_table, batch: PaddedProblems, keys, h: DTOHyper, cfg:
     state0 = init_state(lm, batch, cfg, tx)
 
     def step(state, step_index):
-        return dto_step(lm, rm, ctx, batch, state, keys, step_index, cfg, h, tx,
-                        paper_lr=optimizer is None)  # fmt: skip
+        return dto_step(
+            lm, rm, ctx=ctx, batch=batch, state=state, keys=keys, step_index=step_index,
+            cfg=cfg, h=h, optimizer=tx, paper_lr=optimizer is None,
+        )  # fmt: skip
 
     final, trace = jax.lax.scan(step, state0, jnp.arange(cfg.num_steps))
     return window_logits(lm, final.params, cfg), final, trace
 
 
-def grad_norms_rows(lm, rm, rm_table, batch: PaddedProblems, keys, h: DTOHyper, cfg: DTOConfig,
+def grad_norms_rows(lm, rm, rm_table, batch: PaddedProblems, keys, h: DTOHyper, cfg: DTOProgram,
                     prefixes: PrefixCaches | None = None):  # fmt: skip
     """``‖∂loss/∂y_k‖₂`` per window position ``[B, K]`` (0 on padding) at the initial window.
 

@@ -18,7 +18,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nabla_jax.functional.checks import check_models, check_rm_ids, rm_embedding_table
+from nabla_jax.functional.checks import (
+    check_finite_input,
+    check_models,
+    check_rm_ids,
+    rm_embedding_table,
+)
 from nabla_jax.functional.dto_config import DTOConfig
 from nabla_jax.functional.packing import pad_problems, plan_chunks
 from nabla_jax.functional.program import grad_norms_rows_jit, refine_rows_jit
@@ -73,6 +78,7 @@ class RefineProblem:
             )
         if self.ref_logits is not None and np.asarray(self.ref_logits).shape[0] != init.shape[0]:
             raise ValueError("RefineProblem.ref_logits must have one row per window position")
+        check_finite_input(init, "RefineProblem.init")
 
 
 class RefineResult(NamedTuple):

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import optax
 
 from nabla_jax.functional.context import Context, kl_rows, lm_loglik, rm_reward
-from nabla_jax.functional.dto_config import DTOConfig, DTOHyper
+from nabla_jax.functional.dto_config import DTOHyper, DTOProgram
 from nabla_jax.functional.packing import PaddedProblems
 from nabla_jax.functional.ste import st_softmax, ste_argmax
 
@@ -91,22 +91,22 @@ class DTOState(NamedTuple):
     batch_full_steps: jax.Array
 
 
-def uses_rm(rm, cfg: DTOConfig) -> bool:
+def uses_rm(rm, cfg: DTOProgram) -> bool:
     """Whether the reward takes part in the loss (static)."""
-    return rm is not None and (cfg.objective == "article" or cfg.reward_coeff != 0)
+    return rm is not None and (cfg.objective == "article" or cfg.has_reward)
 
 
-def window_logits(lm, params, cfg: DTOConfig):
+def window_logits(lm, params, cfg: DTOProgram):
     """Window logits ``[B, K, V]`` float32 from the parameters (logits, or latents via the head)."""
     z = params if cfg.mode == "logits" else lm.head_logits(params)
     return z.astype(jnp.float32)
 
 
-def relax_window(z, keys, step, cfg: DTOConfig, h: DTOHyper):
+def relax_window(z, keys, step, cfg: DTOProgram, h: DTOHyper):
     """Straight-through relaxation of ``z [B, K, V]``; Gumbel keys folded with the step."""
     if cfg.objective == "article":
         return ste_argmax(z)
-    if cfg.gumbel_scale > 0:  # static: the program keeps only whether noise is drawn
+    if cfg.has_gumbel:  # static: the program keeps only whether noise is drawn
         step_keys = jax.vmap(lambda k: jax.random.fold_in(k, step))(keys)
         return jax.vmap(lambda zz, kk: st_softmax(zz, h.tau, cfg.hard, kk, h.gumbel_scale))(
             z, step_keys
@@ -114,7 +114,7 @@ def relax_window(z, keys, step, cfg: DTOConfig, h: DTOHyper):
     return st_softmax(z, h.tau, cfg.hard)
 
 
-def model_loss_rows(lm, rm, ctx: Context, batch, y, cfg: DTOConfig, h: DTOHyper):
+def model_loss_rows(lm, rm, ctx: Context, batch, y, cfg: DTOProgram, h: DTOHyper):
     """The models' part of the loss per row: ``(loss [B], loglik [B], reward [B])``."""
     b = y.shape[0]
     reward = rm_reward(rm, ctx, batch, y, cfg) if uses_rm(rm, cfg) else jnp.zeros(b)
@@ -124,7 +124,7 @@ def model_loss_rows(lm, rm, ctx: Context, batch, y, cfg: DTOConfig, h: DTOHyper)
     return -reward, jnp.zeros(b), reward
 
 
-def init_state(lm, batch: PaddedProblems, cfg: DTOConfig, optimizer) -> DTOState:
+def init_state(lm, batch: PaddedProblems, cfg: DTOProgram, optimizer) -> DTOState:
     """The state before step 0: the windows' initial parameters and a fresh optimizer state.
 
     Args:
@@ -158,9 +158,9 @@ def _step_learning_rate(cfg, h, optimizer_is_paper, opt_state, step_index):
     return jnp.asarray(jnp.nan if lr is None else lr, jnp.float32)
 
 
-def dto_step(lm, rm, ctx: Context, batch: PaddedProblems, state: DTOState, keys, step_index,
-             cfg: DTOConfig, h: DTOHyper, optimizer, *, paper_lr: bool = True):  # fmt: skip
-    """One optimizer step of every row.
+def dto_step(lm, rm, *, ctx: Context, batch: PaddedProblems, state: DTOState, keys, step_index,
+             cfg: DTOProgram, h: DTOHyper, optimizer, paper_lr: bool = True):  # fmt: skip
+    """One optimizer step of every row (keyword arguments after the models).
 
     Args:
       lm, rm: the policy and the reward (nabla-jax models, ``EmbeddingLM`` / ``EmbeddingReward``).
@@ -209,7 +209,7 @@ def dto_step(lm, rm, ctx: Context, batch: PaddedProblems, state: DTOState, keys,
     def param_objective(params):
         yy = relax_window(window_logits(lm, params, cfg), keys, step_index, cfg, h)
         lin = jnp.sum(jax.lax.stop_gradient(gy) * yy)
-        if cfg.objective != "article" and cfg.lambda_kl == 0:
+        if cfg.objective != "article" and not cfg.has_kl:
             kl = jnp.zeros(params.shape[0])
         else:
             kl = kl_rows(window_logits(lm, params, cfg), batch.ref_logits, win, cfg.kl_direction)

@@ -30,6 +30,7 @@ __all__ = [
     "plan_conversion",
     "read_checkpoint",
     "read_safetensors",
+    "SafetensorsTensor",
     "to_device",
     "unflatten_tree",
 ]
@@ -113,6 +114,21 @@ def plan_conversion(cfg: ModelConfig, keys: Iterable[str], shapes: Mapping) -> d
     return plan
 
 
+def _shape_mismatch(cfg: ModelConfig, key: str, got, path: str, want) -> CheckpointMismatchError:
+    """A weight whose shape does not fit the model config.json describes; when the differing
+    axis is the vocabulary, say that config.json's ``vocab_size`` disagrees with the weights."""
+    got, want = tuple(int(n) for n in got), tuple(int(n) for n in want)
+    msg = f"{key}: shape {got} does not fit {path}{want}"
+    if len(got) == len(want):
+        for g, w in zip(got, want):
+            if g != w and w == cfg.vocab_size:
+                return CheckpointMismatchError(
+                    f"config.json says vocab_size={w} but the weights have {g} rows in {key} "
+                    f"({msg}); config.json does not match the weights — fix its vocab_size"
+                )
+    return CheckpointMismatchError(f"{msg}; config.json does not match the weights")
+
+
 def _cast(x: np.ndarray, dtype: str) -> np.ndarray:
     target = np.float32 if dtype == "float32" else ml_dtypes.bfloat16
     return np.asarray(x).astype(target, copy=False)
@@ -138,15 +154,11 @@ def convert_tensors(
             if path not in flat:
                 flat[path] = np.empty(want, dtype=_cast(np.zeros(()), dtype).dtype)
             if tuple(x.shape) != tuple(want[1:]):
-                raise CheckpointMismatchError(
-                    f"{key}: shape {tuple(x.shape)} does not fit {path}{tuple(want[1:])}"
-                )
+                raise _shape_mismatch(cfg, key, x.shape, path, want[1:])
             flat[path][layer] = _cast(x, dtype)
         else:
             if tuple(x.shape) != tuple(want):
-                raise CheckpointMismatchError(
-                    f"{key}: shape {tuple(x.shape)} does not fit {path}{tuple(want)}"
-                )
+                raise _shape_mismatch(cfg, key, x.shape, path, want)
             flat[path] = _cast(x, dtype)
     _check_tied(plan, tensors)
     return unflatten_tree(flat)
@@ -169,10 +181,11 @@ def convert_tensors_sharded(
     """Like ``convert_tensors``, but each leaf is built straight into its device layout.
 
     Every leaf is ``jax.make_array_from_callback(shape, sharding, callback)``: the callback is
-    asked for one device's index (a tuple of slices of the converted leaf) and slices the
-    (memory-mapped) checkpoint tensors accordingly, layer by layer and after the transpose (a
-    view), so a device receives only its shard and no full copy of a split leaf is ever made on
-    a device. Same key table, strictness and shape checks as the host path.
+    asked for one device's index (a tuple of slices of the converted leaf) and reads only that
+    part of the checkpoint tensors (``safe_open`` slices; for a transposed tensor the index is
+    swapped before the read), layer by layer, so a device receives only its shard and no full
+    copy of a split leaf is ever made on a device. Same key table, strictness and shape checks
+    as the host path.
 
     Args:
       shardings: tree of ``jax.sharding.Sharding`` matching ``shapes``.
@@ -189,13 +202,18 @@ def convert_tensors_sharded(
         want = flat_shapes[path].shape
         want = tuple(want[1:]) if layer is not None else tuple(want)
         if tuple(got) != want:
-            raise CheckpointMismatchError(f"{key}: shape {tuple(got)} does not fit {path}{want}")
+            raise _shape_mismatch(cfg, key, got, path, want)
         sources.setdefault(path, {})[layer] = (key, transform)
     _check_tied(plan, tensors)
     target = _cast(np.zeros(()), dtype).dtype
 
-    def view(key, transform):
-        return apply_transpose(tensors[key], transform == "T")
+    def view(key, transform, index):
+        """``apply_transpose(tensor, T)[index]``, reading only that part of the file."""
+        x = tensors[key]
+        if transform == "T" and len(index) >= 2:
+            index = index[:-2] + (index[-1], index[-2])
+            return apply_transpose(x[index], True)
+        return x[index] if index else np.asarray(x)
 
     def leaf(path):
         shape = flat_shapes[path].shape
@@ -207,9 +225,9 @@ def convert_tensors_sharded(
             index = index + (slice(None),) * (len(shape) - len(index))
             if stacked:
                 layers = range(shape[0])[index[0]]
-                parts = [_cast(view(*src[i])[index[1:]], dtype) for i in layers]
+                parts = [_cast(view(*src[i], index[1:]), dtype) for i in layers]
                 return np.stack(parts) if parts else np.empty((0,) + shape[1:], target)
-            return np.ascontiguousarray(_cast(view(*src[None])[index], dtype))
+            return np.ascontiguousarray(_cast(view(*src[None], index), dtype))
 
         return jax.make_array_from_callback(shape, flat_shardings[path], callback, dtype=target)
 
@@ -231,49 +249,57 @@ _ST_DTYPES = {
 }
 
 
-def read_safetensors(path: str) -> dict[str, np.ndarray]:
-    """Memory-map a ``.safetensors`` file: ``{name: array}`` without reading the data yet.
+class SafetensorsTensor:
+    """One tensor of an open safetensors file, read only when indexed (``x[slices]`` reads that
+    part: a device's shard) or converted (``np.asarray(x)`` reads all of it)."""
 
-    Arrays are views into the mapped file, so a slice of one (a device's shard) reads only
-    that part from disk.
-    """
-    with open(path, "rb") as f:
-        n = int.from_bytes(f.read(8), "little")
-        header = json.loads(f.read(n))
-    header.pop("__metadata__", None)
-    data = np.memmap(path, dtype=np.uint8, mode="r", offset=8 + n)
-    out = {}
-    for name, info in header.items():
-        if info["dtype"] not in _ST_DTYPES:
-            raise ValueError(f"{path}: tensor {name} has unsupported dtype {info['dtype']}")
-        start, end = info["data_offsets"]
-        dt = np.dtype(_ST_DTYPES[info["dtype"]])
-        out[name] = data[start:end].view(dt).reshape(info["shape"])
-    return out
+    def __init__(self, handle, path: str, name: str):
+        self._handle, self.path, self.name = handle, path, name
+        self._slice = handle.get_slice(name)
+        code = self._slice.get_dtype()
+        if code not in _ST_DTYPES:
+            raise ValueError(f"{path}: tensor {name} has unsupported dtype {code}")
+        self.dtype = np.dtype(_ST_DTYPES[code])
+        self.shape = tuple(int(n) for n in self._slice.get_shape())
+        self.ndim = len(self.shape)
+
+    def __getitem__(self, index) -> np.ndarray:
+        if self.ndim == 0:
+            return np.asarray(self)[index]
+        return np.asarray(self._slice[index])
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        x = np.asarray(self._handle.get_tensor(self.name))
+        return x if dtype is None else x.astype(dtype)
+
+    def __repr__(self) -> str:
+        return f"SafetensorsTensor({self.name!r}, shape={self.shape}, dtype={self.dtype})"
+
+
+def read_safetensors(path: str) -> dict[str, SafetensorsTensor]:
+    """Open a ``.safetensors`` file with ``safetensors.safe_open`` (numpy): ``{name: tensor}``
+    without reading the data yet. The package checks the header and that the data offsets
+    cover the file exactly, so a truncated or garbled file fails here
+    (:class:`CorruptCheckpointError` naming it), not later in a reshape."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        handle = safe_open(path, framework="numpy")
+        names = list(handle.keys())
+    except (SafetensorError, OSError) as e:
+        if isinstance(e, FileNotFoundError):
+            raise
+        size = os.path.getsize(path) if os.path.exists(path) else 0
+        raise CorruptCheckpointError(
+            f"{path}: not a readable safetensors file ({size} bytes: {e}); the file is corrupt "
+            "or truncated — re-save or re-download it"
+        ) from None
+    return {name: SafetensorsTensor(handle, path, name) for name in names}
 
 
 class CorruptCheckpointError(ValueError):
     """A checkpoint file that cannot be read (truncated, random bytes, bad JSON) or whose
     weights are not finite; the message names the file or the tensor."""
-
-
-def _read_safetensors_named(path: str) -> dict[str, np.ndarray]:
-    """``read_safetensors`` whose failures on a corrupt file name that file (a truncated or
-    garbled file otherwise surfaces as a JSON, overflow or reshape error from deep inside)."""
-    try:
-        return read_safetensors(path)
-    except (json.JSONDecodeError, UnicodeDecodeError, OverflowError, MemoryError) as e:
-        raise CorruptCheckpointError(
-            f"{path}: unreadable safetensors header ({type(e).__name__}: {e}); the file is "
-            "corrupt or truncated — re-save or re-download it"
-        ) from None
-    except (ValueError, TypeError, KeyError) as e:
-        if isinstance(e, ValueError) and str(e).startswith(f"{path}:"):
-            raise
-        raise CorruptCheckpointError(
-            f"{path}: its data does not match its header ({type(e).__name__}: {e}); the file "
-            "is corrupt or truncated — re-save or re-download it"
-        ) from None
 
 
 def checkpoint_files(directory: str, allow_pickle: bool = False) -> tuple[str, list[str]]:
@@ -311,12 +337,13 @@ def checkpoint_files(directory: str, allow_pickle: bool = False) -> tuple[str, l
 
 
 def read_checkpoint(directory: str, allow_pickle: bool = False) -> dict[str, np.ndarray]:
-    """All tensors of a checkpoint directory as (memory-mapped where possible) numpy arrays."""
+    """All tensors of a checkpoint directory: safetensors as :class:`SafetensorsTensor` (read
+    when indexed or converted with ``np.asarray``), pickled weights as numpy arrays."""
     kind, files = checkpoint_files(directory, allow_pickle)
     tensors: dict[str, np.ndarray] = {}
     for path in files:
         if kind == "safetensors":
-            part = _read_safetensors_named(path)
+            part = read_safetensors(path)
         else:
             import torch
 

@@ -19,6 +19,7 @@ __all__ = [
     "INIT",
     "HEADS",
     "KVCache",
+    "NO_HEAD",
     "LayerNorm",
     "RMSNorm",
     "TransformerBase",
@@ -40,6 +41,9 @@ __all__ = [
 # Initializer of every matrix (embeddings, kernels, heads): normal with std 0.02.
 INIT = nn.initializers.normal(0.02)
 HEADS = ("lm", "score")
+#: The head value of a module without a head parameter: the backbone that process-reward heads
+#: (``models/prm.py``) sit on.
+NO_HEAD = "none"
 # Large negative used instead of -inf so a fully masked row (a padding query) stays finite.
 _MASK_VALUE = -1e30
 
@@ -205,8 +209,8 @@ class TransformerBase(nn.Module):
     Attributes:
       cfg: the architecture (``ModelConfig``).
       dtype: parameter and activation dtype (float32 or bfloat16).
-      head: "lm" (causal-LM head: ``lm_head [D, V]`` unless tied to the embedding) or "score"
-        (sequence-classification head ``score [D, C]``).
+      head: "lm" (causal-LM head: ``lm_head [D, V]`` unless tied to the embedding), "score"
+        (sequence-classification head ``score [D, C]``) or ``NO_HEAD`` (no head parameter).
     The heads are applied outside Flax by ``lm_logits`` / ``score_logits`` on the parameters.
     """
 
@@ -217,8 +221,8 @@ class TransformerBase(nn.Module):
     def declare_head(self):
         """Create the head parameter; called last in a family's ``setup``."""
         c = self.cfg
-        if self.head not in HEADS:
-            raise ValueError(f"head must be one of {HEADS}, got {self.head!r}")
+        if self.head not in HEADS + (NO_HEAD,):
+            raise ValueError(f"head must be one of {HEADS + (NO_HEAD,)}, got {self.head!r}")
         if self.head == "lm" and not c.tie_word_embeddings:
             self.param("lm_head", INIT, (c.hidden_size, c.vocab_size), self.dtype)
         if self.head == "score":

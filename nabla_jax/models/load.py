@@ -22,6 +22,7 @@ from nabla_jax.models.registry import config_from_hf, family_of
 
 __all__ = [
     "check_finite",
+    "check_model_dir",
     "load_causal_lm",
     "load_reward_model",
     "load_tokenizer",
@@ -29,9 +30,13 @@ __all__ = [
 ]
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+#: The files that hold a vocabulary (tokenizer_config.json alone holds none).
+_VOCAB_FILES = ("tokenizer.json", "vocab.json", "tokenizer.model", "vocab.txt")
 
 
-def _check_dir(path) -> str:
+def check_model_dir(path) -> str:
+    """``path`` as a str once it names a local HF model directory holding ``config.json``;
+    otherwise a one-line ``TypeError`` / ``FileNotFoundError`` saying what to pass."""
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(
             f"path must be a str or os.PathLike naming a local model directory, "
@@ -54,9 +59,18 @@ def _check_dir(path) -> str:
 
 
 def load_tokenizer(path):
-    """The directory's tokenizer via ``AutoTokenizer``, or None when it has no tokenizer files."""
+    """The directory's tokenizer via ``AutoTokenizer``, or None when it has no tokenizer files.
+    Tokenizer settings without a vocabulary (tokenizer_config.json but no tokenizer.json) raise
+    ``FileNotFoundError`` naming the missing file: such a tokenizer would encode nothing."""
+    path = os.fspath(path)
     if not any(os.path.exists(os.path.join(path, f)) for f in _TOKENIZER_FILES):
         return None
+    if not any(os.path.exists(os.path.join(path, f)) for f in _VOCAB_FILES):
+        raise FileNotFoundError(
+            f"{path} has tokenizer settings but no vocabulary: "
+            f"{os.path.join(path, 'tokenizer.json')} is missing (nor vocab.json / tokenizer.model);"
+            " copy the tokenizer files next to config.json, or pass tokenizer=False"
+        )
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(path)
@@ -90,7 +104,7 @@ def check_finite(params, path, layer_stack: str = "layers") -> None:
 
 
 def _load(path, dtype, head, allow_pickle, tokenizer, mesh=None):
-    path = _check_dir(path)
+    path = check_model_dir(path)
     dtype = resolve_dtype(dtype)
     cfg = read_model_config(path)
     tensors = read_checkpoint(path, allow_pickle)

@@ -16,6 +16,7 @@ import numpy as np
 from nabla_jax.models.config import ModelConfig
 from nabla_jax.models.family import ModelFamily
 from nabla_jax.models.layers import (
+    NO_HEAD,
     KVCache,
     embed_tokens,
     init_kv_cache,
@@ -27,6 +28,7 @@ from nabla_jax.models.registry import config_from_hf, family_of
 
 __all__ = [
     "DTYPES",
+    "Backbone",
     "CausalLM",
     "ModelOutput",
     "RewardModel",
@@ -300,6 +302,13 @@ class RewardModel(_Model):
         """Score head on pooled hidden states ``[..., D]`` → ``[...]`` (or ``[..., C]``)."""
         out = score_logits(hidden, self.params["score"])
         return out[..., 0] if self.config.num_labels == 1 else out
+
+
+class Backbone(_Model):
+    """The transformer without a head: ``hidden_states`` / ``forward`` only. Process reward
+    models (``models/prm.py``) put their own heads on it."""
+
+    head = NO_HEAD
 
 
 @jax.jit

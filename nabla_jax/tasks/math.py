@@ -43,6 +43,8 @@ class MathProblem:
     id: str
     question: str
     answer: str | None = None
+    #: Where a loaded problem came from ("file: line 12"); not part of its value.
+    where: str | None = dataclasses.field(default=None, compare=False, repr=False)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -75,6 +77,7 @@ def _to_problem(obj, index: int, where: str, stem: str) -> MathProblem:
         id=f"{stem}-{index}" if pid is None else str(pid),
         question=text,
         answer=_answer_text(obj.get("answer"), where),
+        where=where,
     )
 
 
@@ -120,7 +123,7 @@ def load_problems(path: str | Path) -> list[MathProblem]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"problem file not found: {path}")
-    text = path.read_text(encoding="utf-8")
+    text = path.read_text(encoding="utf-8-sig")  # a leading BOM is not part of the JSON
     if not text.strip():
         raise MathFileError(f"{path}: file is empty (expected JSON or JSONL problems)")
     items = [

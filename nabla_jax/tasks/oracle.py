@@ -15,10 +15,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from nabla_jax.decoding.pair import check_pair
 from nabla_jax.text.templates import rm_prefix_suffix_ids
-from nabla_jax.text.vocab import shared_rm_tokenizer
 
-__all__ = ["OracleScorer"]
+__all__ = ["OracleScorer", "ReferenceNextToken"]
 
 
 class OracleScorer:
@@ -30,17 +30,20 @@ class OracleScorer:
       lm, rm: the decoding models (the RM's template frames the inputs; the LM's tokenizer
         decodes the response ids).
       system: the system message the decoder uses (part of the template prefix).
+      rm_vocab: how the RM reads LM ids (``nabla_jax.decoding.pair``); with ``by_string`` the
+        response ids in an RM input are RM ids, decoded with the RM's tokenizer.
 
     Raises ``ValueError`` when the task has no oracle, and ``KeyError`` (from the call) for an
     input whose prefix belongs to none of the problems.
     """
 
-    def __init__(self, task, problems: Sequence, lm, rm, *, system: str | None = None):
+    def __init__(self, task, problems: Sequence, lm, rm, *, system: str | None = None,
+                 rm_vocab: str | None = None):  # fmt: skip
         if task.oracle is None:
             raise ValueError(f"task {task.name!r} has no oracle (an exact scorer of responses)")
         self.task = task
-        self.tokenizer = lm.tokenizer
-        rm_tok = shared_rm_tokenizer(lm, rm, "the oracle scorer")
+        rm_tok, vocabulary = check_pair(lm, rm, "the oracle scorer", rm_vocab)
+        self.tokenizer = lm.tokenizer if vocabulary.mode == "shared" else rm_tok
         self._by_prefix: dict[tuple[int, ...], object] = {}
         self._suffixes: set[tuple[int, ...]] = set()
         for p in problems:
@@ -69,3 +72,42 @@ class OracleScorer:
             text = self.tokenizer.decode(response, skip_special_tokens=True)
             out.append(float(self.task.oracle(problem, text)))
         return np.asarray(out, np.float64)
+
+
+class ReferenceNextToken:
+    """``oracle(prompt_ids, response_ids) -> right next token id, or -1``: a next-token oracle
+    from the problems' reference solutions, for the decoder's gradient diagnostics
+    (``NablaDecoder(..., next_token_oracle=...)``).
+
+    While a response agrees with its problem's reference solution (its text is a prefix of the
+    solution's), the right next token is the first token of the rest of the solution, encoded
+    by the LM tokenizer; after the first disagreement there is none (-1). On the bundled task
+    that is the exact digits of a line's result.
+
+    Args:
+      task: a :class:`~nabla_jax.tasks.registry.Task` (its ``format_prompt``).
+      problems: the problems being decoded; each needs a ``solution``.
+      tokenizer: the LM tokenizer (chat template included).
+      system: the decoder's system message.
+    """
+
+    def __init__(self, task, problems: Sequence, tokenizer, *, system: str | None = None):
+        from nabla_jax.text.templates import lm_prompt_ids
+
+        self.tokenizer = tokenizer
+        self._solution: dict[tuple[int, ...], str] = {}
+        for p in problems:
+            if getattr(p, "solution", None) is None:
+                raise ValueError(f"problem {p.id!r} has no reference solution for the oracle")
+            ids = lm_prompt_ids(tokenizer, task.format_prompt(p), system=system)
+            self._solution[tuple(ids)] = p.solution
+
+    def __call__(self, prompt_ids: Sequence[int], response_ids: Sequence[int]) -> int:
+        solution = self._solution.get(tuple(int(i) for i in prompt_ids))
+        if solution is None:
+            return -1
+        done = self.tokenizer.decode(list(response_ids), skip_special_tokens=True)
+        if not solution.startswith(done) or len(done) >= len(solution):
+            return -1
+        rest = self.tokenizer.encode(solution[len(done) :], add_special_tokens=False)
+        return int(rest[0]) if rest else -1

@@ -26,10 +26,12 @@ class Problem:
     answer: int | None = None
     solution: str | None = None
     num_ops: int | None = None
+    #: Where a loaded problem came from ("file: line 12"); not part of its value.
+    where: str | None = dataclasses.field(default=None, compare=False, repr=False)
 
     def to_dict(self) -> dict:
         """The non-``None`` fields, as saved by :func:`save_problems`."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None and k != "where"}
 
 
 def _parse_answer(value, where: str) -> int | None:
@@ -67,6 +69,7 @@ def _to_problem(obj, index: int, where: str, stem: str) -> Problem:
         answer=_parse_answer(obj.get("answer"), where),
         solution=solution,
         num_ops=num_ops,
+        where=where,
     )
 
 
@@ -83,7 +86,7 @@ def load_problems(path: str | Path) -> list[Problem]:
     if not path.is_file():
         raise FileNotFoundError(f"problem file not found: {path}")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a leading BOM is not part of the JSON
     except UnicodeDecodeError as e:
         raise ProblemFileError(
             f"{path}: not UTF-8 text (byte {e.start}); expected a JSON list or JSONL of problems"

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 
 from nabla_jax.decoding.buffers import select_rows
 from nabla_jax.decoding.config import DecodeHyper, DecodeProgram
+from nabla_jax.decoding.diagnostics import Diagnosis
 from nabla_jax.decoding.state import END_STOPPED, RowState
 from nabla_jax.decoding.steps.refine import Refined
 from nabla_jax.decoding.steps.resample import Proposal
@@ -26,7 +27,7 @@ __all__ = ["commit"]
 
 
 def commit(state: RowState, sel: Selection, refined: Refined, proposal: Proposal,
-           rolled: Rolled, scores: Scores, accepted, h: DecodeHyper, *,
+           rolled: Rolled, scores: Scores, accepted, diagnosis: Diagnosis, h: DecodeHyper, *,
            prog: DecodeProgram) -> RowState:  # fmt: skip
     """The next :class:`RowState` (traceable)."""
     c, chosen, proposing = state.counters, sel.chosen, proposal.proposing
@@ -40,6 +41,8 @@ def commit(state: RowState, sel: Selection, refined: Refined, proposal: Proposal
     at = ev.count
     scored = proposing & prog.rejection_sampling
     new_token = jnp.where(proposing, proposal.token, proposal.old)
+    no_rho = jnp.full_like(diagnosis.kl, jnp.nan)  # fidelity not measured
+    rho = no_rho if diagnosis.fidelity is None else diagnosis.fidelity
     events = ev._replace(
         count=ev.count + chosen,
         position=put_at(ev.position, at, sel.committed, chosen),
@@ -50,6 +53,14 @@ def commit(state: RowState, sel: Selection, refined: Refined, proposal: Proposal
         score_current=put_at(ev.score_current, at, scores.current, chosen),
         score_proposed=put_at(ev.score_proposed, at, scores.new, chosen),
         scored=put_at(ev.scored, at, scored, chosen),
+        kl=put_at(ev.kl, at, diagnosis.kl, chosen),
+        dlogp=put_at(ev.dlogp, at, diagnosis.dlogp, chosen),
+        top1_changed=put_at(ev.top1_changed, at, diagnosis.top1_changed, chosen),
+        topk_changed=put_at(ev.topk_changed, at, diagnosis.topk_changed, chosen),
+        right_token=put_at(ev.right_token, at, diagnosis.right, chosen),
+        p_right_before=put_at(ev.p_right_before, at, diagnosis.p_right_before, chosen),
+        p_right_after=put_at(ev.p_right_after, at, diagnosis.p_right_after, chosen),
+        fidelity=put_at(ev.fidelity, at, rho, chosen),
     )
 
     committed = jnp.where(chosen, jnp.minimum(proposal.last + 1, resp_next.length), sel.committed)

@@ -36,12 +36,15 @@ class Refined(NamedTuple):
       dto_calls: ``[B]`` int32 model calls of the full DTO steps.
       optimized: ``[B]`` int32 window tokens times DTO steps.
       nonfinite: ``[B]`` bool the DTO loss went non-finite.
+      original: ``[B, V]`` float32 the rollout's own logits at the selected position (what
+        DTO started from).
     """
 
     logits: jax.Array
     dto_calls: jax.Array
     optimized: jax.Array
     nonfinite: jax.Array
+    original: jax.Array
 
 
 def window_store(lm, resp, at, width: int, latents: bool):
@@ -85,10 +88,10 @@ def refine(m: ModelPair, state: RowState, at, chosen, h: DecodeHyper, *,
     zero = jnp.zeros((b,), jnp.int32)
     if not prog.use_dto:
         logits = window_store(m.lm, state.resp, at, width, latents)
-        return Refined(logits, zero, zero, jnp.zeros((b,), bool))
+        return Refined(logits, zero, zero, jnp.zeros((b,), bool), logits[:, 0])
+    here = window_store(m.lm, state.resp, at, 1, latents)[:, 0]
     tx = None  # the paper's optimizer
     if prog.dto_lr_gap:
-        here = window_store(m.lm, state.resp, at, 1, latents)[:, 0]
         tx = row_scaled_optimizer(prog, h, gap_learning_rate(here, h, prog))
     given = prefix_caches(m.lm, state, at, latents)
     keys = stream_keys(state.base_key, DTO, state.counters.refinements)
@@ -96,7 +99,9 @@ def refine(m: ModelPair, state: RowState, at, chosen, h: DecodeHyper, *,
 
     def branch(k, tail):
         def run(_):
-            problems, wmask = window_problems(m.lm, state, at, chosen, k, latents, tail)
+            problems, wmask = window_problems(
+                m.lm, state, at, chosen, k, latents, tail, rm_ids=m.rm_ids
+            )
             logits, final, trace = refine_rows(
                 m.lm, m.rm, m.rm_table, problems, keys, h.dto, prog.dto, given, tx
             )
@@ -118,4 +123,4 @@ def refine(m: ModelPair, state: RowState, at, chosen, h: DecodeHyper, *,
     branches = [skip] + [branch(k, t) for k, t in shapes]
     logits, full_steps, nonfinite, k_used = jax.lax.switch(index, branches, None)
     optimized = k_used * prog.dto.num_steps
-    return Refined(logits, full_steps * prog.dto.calls_per_full_step, optimized, nonfinite)
+    return Refined(logits, full_steps * prog.dto.calls_per_full_step, optimized, nonfinite, here)

@@ -58,7 +58,8 @@ def score(m: ModelPair, state: RowState, proposal: Proposal, rolled: Rolled,
 
         def run(_):
             return score_responses(m.rm, state.rm_frame, new.tokens, new.length, tables,
-                                   scorer=hook, wanted=rows, cache_slots=slots)  # fmt: skip
+                                   scorer=hook, wanted=rows, cache_slots=slots,
+                                   rm_ids=m.rm_ids)  # fmt: skip
 
         def skip(_):
             return jnp.zeros((b,), jnp.float32), jnp.zeros((b,), jnp.int32), state.rm_cache

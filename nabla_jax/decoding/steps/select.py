@@ -87,7 +87,7 @@ def _probe(m: ModelPair, state: RowState, cheap, committed, ready, h: DecodeHype
         searching, cursor, pos, probes, calls, qual = carry
         cand = first_index(cheap & (slots >= cursor[:, None]), n)
         searching = searching & (cand < n)
-        problems, wmask = window_problems(m.lm, state, cand, searching, k, latents)
+        problems, wmask = window_problems(m.lm, state, cand, searching, k, latents, rm_ids=m.rm_ids)
         given = prefix_caches(m.lm, state, cand, latents)
         keys = stream_keys(state.base_key, PROBE, probes)
         norms = grad_norms_rows(m.lm, m.rm, m.rm_table, problems, keys, h.dto, prog.dto, given)

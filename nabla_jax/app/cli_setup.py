@@ -1,0 +1,101 @@
+"""What the ``decode`` and ``bench accuracy`` commands share: the run config, the task, the
+models, the multi-host setup, and how models are recorded in a results file's provenance."""
+
+from __future__ import annotations
+
+from nabla_jax.app.cli_checks import check_model_dir, fail, precheck_pair
+
+__all__ = [
+    "decode_config",
+    "load_models",
+    "model_id",
+    "model_settings",
+    "setup_distributed",
+    "task_of",
+]
+
+
+def model_settings(args, run: dict) -> tuple[str | None, str | None, str]:
+    """(--lm path or None for bundled, --rm path or None, dtype) from the flags or the config."""
+    models_cfg = run.get("models") or {}
+    lm = args.lm or models_cfg.get("lm")
+    rm = args.rm or models_cfg.get("rm")
+    return lm, rm, args.dtype or models_cfg.get("dtype") or "float32"
+
+
+def model_id(path: str | None) -> str:
+    """A model as recorded in a results file's provenance: its absolute path, or "bundled"."""
+    import os
+
+    return os.path.abspath(path) if path else "bundled"
+
+
+def load_models(args, run: dict):
+    """(LM, RM) of the flags / run config (default: the bundled pair), checked first."""
+    from nabla_jax.app.bundled import BUNDLED_LM, BUNDLED_RM
+    from nabla_jax.models import load_causal_lm, load_reward_model
+
+    lm_path, rm_path, dtype = model_settings(args, run)
+    lm_path, rm_path = lm_path or str(BUNDLED_LM), rm_path or str(BUNDLED_RM)
+    check_model_dir(lm_path, "--lm")
+    check_model_dir(rm_path, "--rm")
+    precheck_pair(lm_path, rm_path)
+    mesh = getattr(args, "mesh_obj", None)
+    kw = {"mesh": mesh} if mesh is not None else {}
+    kw["allow_pickle"] = bool(getattr(args, "allow_pickle", False))
+    return load_causal_lm(lm_path, dtype, **kw), load_reward_model(rm_path, dtype, **kw)
+
+
+def decode_config(args):
+    """(DecodeConfig, run-config dict) from --config (YAML) or the bundled defaults."""
+    from nabla_jax.app.bundled import bundled_decode_config
+    from nabla_jax.app.config_io import ConfigError, load_run_config
+
+    if getattr(args, "config", None):
+        try:
+            run = load_run_config(args.config)
+        except (ConfigError, FileNotFoundError) as e:
+            raise fail(str(e)) from e
+        if run.get("compilation_cache") is False:
+            from nabla_jax.runtime import compilation_cache
+
+            compilation_cache.disable()
+        return run["decode"], run
+    return bundled_decode_config(), {}
+
+
+def setup_distributed(args, run: dict) -> None:
+    """jax.distributed + mesh from the command line (or the run config / environment). The
+    coordinator wait is ``--coordinator-timeout``, else the config's ``coordinator_timeout``,
+    else ``NABLA_COORDINATOR_TIMEOUT`` or 120 s."""
+    from nabla_jax.runtime import distributed
+
+    timeout = getattr(args, "coordinator_timeout", None)
+    if timeout is None:
+        timeout = run.get("coordinator_timeout")
+    distributed.maybe_initialize(
+        coordinator_address=args.coordinator_address,
+        num_processes=args.num_processes,
+        process_id=args.process_id,
+        connect_timeout=timeout,
+    )
+    spec = args.mesh or run.get("mesh")
+    if spec:
+        from nabla_jax.runtime.sharding import make_mesh
+
+        try:
+            args.mesh_obj = make_mesh(spec)
+        except ValueError as e:
+            raise fail(str(e)) from e
+    else:
+        args.mesh_obj = None
+
+
+def task_of(args, run: dict):
+    """The task of ``--task`` / the run config's ``task:`` (default: arithmetic)."""
+    from nabla_jax.tasks import task_from_config
+
+    try:
+        return task_from_config(run, getattr(args, "task", None))
+    except ValueError as e:
+        raise fail(str(e)) from e
