@@ -37,7 +37,10 @@ from nabla_jax.decoding.baselines import (
     sampled_cot,
     self_consistency,
 )
+from nabla_jax.decoding.beam import beam_search
+from nabla_jax.decoding.mcts_search import mcts
 from nabla_jax.decoding.sampling import SamplingConfig, filter_logits, sample_token
+from nabla_jax.decoding.weighted import weighted_best_of_n
 from nabla_jax.functional.article import optimize_reasoning_sequence
 from nabla_jax.functional.dto_config import DTOConfig
 from nabla_jax.functional.objectives import (
@@ -130,18 +133,21 @@ __all__ = [
     "refine",
     "refine_batch",
     "window_grad_norms",
-    # Decoding: sampling, the ∇-Reasoner decoder, baselines.
+    # Decoding: sampling, the ∇-Reasoner decoder, baselines, tree searches.
     "DecodeConfig",
     "DecodeResult",
     "NablaDecoder",
     "SamplingConfig",
+    "beam_search",
     "best_of_n",
     "filter_logits",
     "greedy_cot",
     "majority_vote",
+    "mcts",
     "sample_token",
     "sampled_cot",
     "self_consistency",
+    "weighted_best_of_n",
     # Devices.
     "make_mesh",
     # Modules and subpackages.

@@ -241,9 +241,10 @@ def test_parse_method_and_run_baseline(models):
     assert parse_method("cot") == ("cot", None)
     assert parse_method("nabla", extra=("nabla",)) == ("nabla", None)
     assert parse_method("nabla-nodto") == ("nabla-nodto", None)  # one registry: variants too
-    assert set(BASELINES) == {"greedy", "cot", "bon", "sc"}
+    assert set(BASELINES) == {"greedy", "cot", "bon", "sc", "wbon", "beam", "mcts"}
     for bad, msg in [
-        ("beam:4", "unknown method"),
+        ("beam:4", "needs 2 counts"),
+        ("tree:4", "unknown method"),
         ("nabla-bogus", "unknown method"),
         ("nabla:2", "takes no sample count"),
         ("bon", "needs a sample count"),

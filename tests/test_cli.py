@@ -32,7 +32,8 @@ def test_bad_prompts_file(capsys):
 
 
 def test_unknown_method(capsys):
-    _fails(["bench", "accuracy", "--methods", "greedy,mcts"], capsys, "unknown method 'mcts'")
+    _fails(["bench", "accuracy", "--methods", "greedy,tot"], capsys, "unknown method 'tot'")
+    _fails(["bench", "accuracy", "--methods", "greedy,mcts"], capsys, "mcts needs 2 counts")
     _fails(["bench", "accuracy", "--methods", "bon"], capsys, "needs a sample count")
 
 

@@ -154,7 +154,7 @@ def run_benchmark(
                 continue
             run = registry.method_runner(
                 method, lm, rm, cfg, baseline_sampling, answer_extractor=task.vote_key,
-                scorer=scorer, rm_vocab=rm_vocab,
+                scorer=scorer, rm_vocab=rm_vocab, step_delimiter=task.step_delimiter,
             )  # fmt: skip
             key = method_key(seed, method)
             bar = tqdm(total=len(todo), desc=method, disable=not progress, unit="problem")
@@ -175,6 +175,8 @@ def run_benchmark(
                         "wall_seconds": wall / len(chunk),
                         "text": r.text,
                     }
+                    if "flops" in r.stats:  # model-call FLOPs (decoding.flops), where counted
+                        row["flops"] = int(r.stats["flops"])
                     if scorer is not None:
                         row["acceptance"] = acceptance
                     writer.write(row)

@@ -52,6 +52,8 @@ from nabla_jax.decoding.baselines import (  # noqa: E402
     sampled_cot,
     self_consistency,
 )
+from nabla_jax.decoding.beam import beam_search  # noqa: E402
+from nabla_jax.decoding.mcts_search import mcts  # noqa: E402
 from nabla_jax.decoding.registry import (  # noqa: E402
     BASELINES,
     METHODS,
@@ -62,6 +64,7 @@ from nabla_jax.decoding.registry import (  # noqa: E402
     parse_methods,
     run_baseline,
 )
+from nabla_jax.decoding.weighted import weighted_best_of_n, weighted_vote  # noqa: E402
 
 __all__ += [
     "BASELINES",
@@ -71,13 +74,17 @@ __all__ += [
     "method_runner",
     "parse_methods",
     "baselines",
+    "beam_search",
     "best_of_n",
     "greedy_cot",
     "majority_vote",
+    "mcts",
     "parse_method",
     "run_baseline",
     "sampled_cot",
     "self_consistency",
+    "weighted_best_of_n",
+    "weighted_vote",
 ]
 
 

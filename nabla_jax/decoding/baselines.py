@@ -38,13 +38,10 @@ from nabla_jax.decoding.pair import check_pair, check_policy
 from nabla_jax.decoding.results import DecodeResult
 from nabla_jax.decoding.samples import generate_samples, prompt_keys, sample_result
 from nabla_jax.decoding.sampling import SamplingConfig
-from nabla_jax.decoding.scoring import rm_scores
 from nabla_jax.decoding.stopping import default_eos_ids
+from nabla_jax.decoding.weighted import rm_flops, score_samples
 from nabla_jax.models.model import CausalLM, RewardModel
 from nabla_jax.models.partition import shard_model
-from nabla_jax.text.templates import (
-    rm_prefix_suffix_ids,
-)
 
 __all__ = [
     "best_of_n",
@@ -233,28 +230,25 @@ def best_of_n(
         system=system,
         batch_size=batch_size,
     )
-    eos = set(eos_ids) if eos_ids is not None else set(default_eos_ids(lm))
-    seqs = []
-    for p, group in zip(prompts, groups, strict=True):
-        prefix, suffix = rm_prefix_suffix_ids(rm_tok, p, system=system)
-        for s in group:
-            body = s.tokens[:-1] if s.tokens and s.tokens[-1] in eos else s.tokens
-            seqs.append(prefix + vocabulary.rm_id_list(body) + suffix)
-    if scorer is not None:
-        scores = np.asarray(scorer(seqs), np.float64).reshape(-1)
-        if scores.shape != (len(seqs),):
-            raise ValueError(f"scorer returned {scores.shape[0]} scores for {len(seqs)} inputs")
-    else:
-        scores = rm_scores(rm, seqs, batch_size=2 * batch_size)
+    eos_ids = tuple(eos_ids) if eos_ids is not None else default_eos_ids(lm)
+    framing = (rm_tok, vocabulary)
+    scores, rm_tokens = score_samples(
+        framing, rm, prompts, groups, eos_ids=eos_ids, system=system, scorer=scorer,
+        batch_size=batch_size,
+    )  # fmt: skip
+    score_flops = (
+        0 if scorer is not None else rm_flops(rm, framing, prompts, groups, eos_ids, system)
+    )
     out = []
     for i, (p, group) in enumerate(zip(prompts, groups, strict=True)):
-        sc = scores[i * n : (i + 1) * n]
+        sc = scores[i]
         chosen = int(np.argmax(sc))  # first index among ties
         extra = [{"score": float(v)} for v in sc]
         res = sample_result(p, f"bon:{n}", group, chosen, extra)
         res.stats["score_calls"] = n
-        res.stats["rewarded_tokens"] = sum(len(s) for s in seqs[i * n : (i + 1) * n])
+        res.stats["rewarded_tokens"] = rm_tokens[i]
         res.stats["model_calls"] = res.stats["rollout_calls"] + n
+        res.stats["flops"] += n * score_flops
         res.stats["score"] = float(sc[chosen])
         out.append(res)
     return out

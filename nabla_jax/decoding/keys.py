@@ -7,7 +7,8 @@ Each use then folds in a stream id and the prompt's own counter:
 * ``ROLLOUT`` and the generation number (0 for the first rollout; Best-of-N sample ``i`` uses
   ``i``, so sample 0 is the ∇-Reasoner decoder's first rollout under the same key);
 * ``RESAMPLE`` and the iteration number; ``DTO`` and the refinement number (Gumbel noise);
-  ``PROBE`` and the probe number.
+  ``PROBE`` and the probe number; ``SEARCH`` and a tree search's row counter (beam search,
+  MCTS: :mod:`nabla_jax.decoding.search_rows`).
 
 Two identical prompts in one call therefore decode identically; fold a sample index into ``key``
 (one call per sample) for distinct samples.
@@ -27,6 +28,7 @@ __all__ = [
     "PROBE",
     "RESAMPLE",
     "ROLLOUT",
+    "SEARCH",
     "check_key",
     "prompt_base_keys",
     "prompt_id",
@@ -34,7 +36,7 @@ __all__ = [
     "stream_keys",
 ]
 
-ROLLOUT, RESAMPLE, DTO, PROBE = 0, 1, 2, 3
+ROLLOUT, RESAMPLE, DTO, PROBE, SEARCH = 0, 1, 2, 3, 4
 
 
 def check_key(key, where: str) -> None:

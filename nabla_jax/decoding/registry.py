@@ -1,7 +1,9 @@
 """The method registry: every decoding method by name, baselines and ∇-Reasoner variants alike.
 
-Names: ``greedy``, ``cot``, ``bon:N``, ``sc:N`` (the baselines) and ``nabla`` with its ablations
-(``nabla-norej``, ``nabla-nodto``, ``nabla-nocache``). :func:`parse_method` validates one spec,
+Names: ``greedy``, ``cot``, ``bon:N``, ``sc:N``, ``wbon:N`` (weighted Best-of-N) and the tree
+searches ``beam:NxM`` (N beams, M expansions each) and ``mcts:BxD`` (B children per expansion,
+depth D) — the baselines — and ``nabla`` with its ablations (``nabla-norej``, ``nabla-nodto``,
+``nabla-nocache``). :func:`parse_method` validates one spec,
 :func:`parse_methods` a comma-separated list; :func:`method_runner` builds ``run(prompts, key)``
 for a method from shared settings — the evaluation and the CLI both go through it. What a task
 contributes (the answer self-consistency votes on, an exact acceptance scorer) is passed in.
@@ -14,11 +16,14 @@ from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any
 
 from nabla_jax.decoding.baselines import best_of_n, greedy_cot, sampled_cot, self_consistency
+from nabla_jax.decoding.beam import beam_search
 from nabla_jax.decoding.config import DecodeConfig
+from nabla_jax.decoding.mcts_search import mcts
 from nabla_jax.decoding.nabla import NablaDecoder
 from nabla_jax.decoding.results import DecodeResult
 from nabla_jax.decoding.sampling import SamplingConfig
 from nabla_jax.decoding.scoring import Scorer
+from nabla_jax.decoding.weighted import weighted_best_of_n
 from nabla_jax.models.model import CausalLM, RewardModel
 
 __all__ = [
@@ -41,14 +46,16 @@ class Baseline:
     """A registered baseline.
 
     Attributes:
-      name: the method name (``greedy``, ``cot``, ``bon``, ``sc``).
+      name: the method name (``greedy``, ``cot``, ``bon``, ``sc``, ``wbon``, ``beam``, ``mcts``).
       fn: the function.
-      takes_n: the method takes a sample count (``bon:8``); required then.
+      takes_n: the method takes a count (``bon:8``, ``beam:4x4``); required then.
       needs_key: the function takes a PRNG key.
       needs_rm: the function takes a reward model.
       description: one line.
       options: the shared optional settings (:data:`OPTIONS`) the function takes; the others
         are not passed to it.
+      counts: the keyword arguments the spec's counts fill (``("n",)`` for ``bon:N``,
+        ``("beams", "expansions")`` for ``beam:NxM``); default ``("n",)`` when ``takes_n``.
     """
 
     name: str
@@ -58,10 +65,28 @@ class Baseline:
     needs_rm: bool
     description: str
     options: frozenset[str] = frozenset()
+    counts: tuple[str, ...] = ()
+
+    @property
+    def count_names(self) -> tuple[str, ...]:
+        """The keyword arguments the spec's counts fill (empty without a count)."""
+        return self.counts or (("n",) if self.takes_n else ())
+
+    @property
+    def spec(self) -> str:
+        """The method as a spec spells it: ``bon:N``, ``beam:NxM``, ``greedy``."""
+        letters = ("N", "M") if self.name != "mcts" else ("B", "D")
+        return (
+            f"{self.name}:{'x'.join(letters[: len(self.count_names)])}"
+            if self.takes_n
+            else (self.name)
+        )
 
 
 #: Optional settings a comparison shares; each baseline takes the ones it names.
-OPTIONS = frozenset({"sampling", "answer_extractor", "scorer", "rm_vocab"})
+OPTIONS = frozenset({"sampling", "answer_extractor", "scorer", "rm_vocab", "step_delimiter"})
+
+_SEARCH = frozenset({"sampling", "scorer", "rm_vocab", "step_delimiter"})
 
 
 BASELINES: Mapping[str, Baseline] = {
@@ -95,6 +120,35 @@ BASELINES: Mapping[str, Baseline] = {
             "self-consistency majority vote",
             frozenset({"sampling", "answer_extractor"}),
         ),
+        Baseline(
+            "wbon",
+            weighted_best_of_n,
+            True,
+            True,
+            True,
+            "weighted Best-of-N: the answer with the largest summed reward",
+            frozenset({"sampling", "answer_extractor", "scorer", "rm_vocab"}),
+        ),
+        Baseline(
+            "beam",
+            beam_search,
+            True,
+            True,
+            True,
+            "step-level beam search: N beams, M expansions each, scored at each step end",
+            _SEARCH,
+            ("beams", "expansions"),
+        ),
+        Baseline(
+            "mcts",
+            mcts,
+            True,
+            True,
+            True,
+            "step-level MCTS: B children per expansion, depth D, UCT, rollout values",
+            _SEARCH,
+            ("branch", "max_depth"),
+        ),
     )
 }
 
@@ -108,20 +162,21 @@ NABLA_VARIANTS: Mapping[str, Mapping[str, Any]] = {
 }
 
 #: Every method name, as a spec would spell it (``:N`` for a sample count).
-METHODS: tuple[str, ...] = tuple(
-    f"{b.name}:N" if b.takes_n else b.name for b in BASELINES.values()
-) + tuple(NABLA_VARIANTS)
+METHODS: tuple[str, ...] = tuple(b.spec for b in BASELINES.values()) + tuple(NABLA_VARIANTS)
 
 
-def parse_method(spec: str, *, extra: Sequence[str] = ()) -> tuple[str, int | None]:
-    """``"bon:8"`` -> ``("bon", 8)``; ``"greedy"`` / ``"nabla"`` -> ``(name, None)``.
+def parse_method(spec: str, *, extra: Sequence[str] = ()) -> tuple[str, Any]:
+    """``"bon:8"`` -> ``("bon", 8)``; ``"beam:4x4"`` -> ``("beam", (4, 4))``; ``"greedy"`` /
+    ``"nabla"`` -> ``(name, None)``.
 
     Args:
-      spec: a method name, with ``:N`` (N >= 1) for the methods that take a sample count.
+      spec: a method name, with ``:N`` (N >= 1) for the methods that take a sample count and
+        ``:NxM`` (both >= 1) for the tree searches (``beam:NxM``, ``mcts:BxD``).
       extra: further accepted names without a count.
 
     Returns:
-      ``(name, n)``; ``n`` is None for methods without a sample count.
+      ``(name, count)``: an int for ``:N``, a pair of ints for ``:NxM``, None for methods
+      without a count.
 
     Raises:
       ValueError: unknown method, a missing / malformed count, or a count given to a method that
@@ -144,12 +199,18 @@ def parse_method(spec: str, *, extra: Sequence[str] = ()) -> tuple[str, int | No
         if colon:
             raise ValueError(f"method {spec!r}: {name} takes no sample count (known: {known})")
         return name, None
-    count = count.strip()
-    if not colon or not count.isdigit() or int(count) < 1:
-        raise ValueError(
-            f"method {spec!r}: {name} needs a sample count >= 1, e.g. {name}:8 (known: {known})"
+    parts = [c.strip() for c in count.split("x")] if colon else []
+    wanted = len(base.count_names)
+    if len(parts) != wanted or not all(c.isdigit() and int(c) >= 1 for c in parts):
+        what = (
+            "a sample count >= 1"
+            if wanted == 1
+            else (f"{wanted} counts >= 1 ({' x '.join(base.count_names)})")
         )
-    return name, int(count)
+        example = f"{name}:8" if wanted == 1 else f"{name}:{'x'.join(['4'] * wanted)}"
+        raise ValueError(f"method {spec!r}: {name} needs {what}, e.g. {example} (known: {known})")
+    counts = tuple(int(c) for c in parts)
+    return name, counts[0] if wanted == 1 else counts
 
 
 def parse_methods(spec: str | Sequence[str]) -> list[str]:
@@ -166,10 +227,25 @@ def parse_methods(spec: str | Sequence[str]) -> list[str]:
     return names
 
 
+def _samples(method: str) -> bool:
+    """Whether a method's answers are drawn (several draws of one distribution)."""
+    if method == "cot":
+        return True
+    name, _, count = method.partition(":")
+    if name in ("bon", "sc", "wbon"):
+        return True
+    if name in ("beam", "mcts") and count:  # several expansions of one node would be equal
+        parts = count.split("x")
+        width = parts[1] if name == "beam" and len(parts) == 2 else parts[0]
+        return width.strip().isdigit() and int(width) > 1
+    return False
+
+
 def check_baseline_sampling(methods: Sequence[str], sampling: SamplingConfig) -> None:
-    """Sampled baselines (``cot``, ``bon:N``, ``sc:N``) need a temperature above 0: greedy
-    "samples" would all be the same answer. Raises ``ValueError`` naming the methods."""
-    sampled = [m for m in methods if m == "cot" or m.partition(":")[0] in ("bon", "sc")]
+    """Sampled baselines (``cot``, ``bon:N``, ``sc:N``, ``wbon:N``, and ``beam:NxM`` / ``mcts:BxD``
+    with more than one expansion per node) need a temperature above 0: greedy "samples" would
+    all be the same answer. Raises ``ValueError`` naming the methods."""
+    sampled = [m for m in methods if _samples(m)]
     if sampled and sampling.temperature == 0:
         raise ValueError(
             f"methods {sampled} sample their answers, but the baseline sampling is greedy "
@@ -187,7 +263,7 @@ def with_overrides(cfg: DecodeConfig, overrides: Mapping[str, Any]) -> DecodeCon
 
 
 def run_baseline(
-    method: str | tuple[str, int | None],
+    method: str | tuple[str, Any],
     lm: CausalLM,
     prompts: Sequence[Any],
     key=None,
@@ -195,11 +271,12 @@ def run_baseline(
     rm: RewardModel | None = None,
     **kwargs,
 ) -> list[DecodeResult]:
-    """Run a baseline given as ``"bon:8"`` (or ``("bon", 8)``) with shared keyword settings.
+    """Run a baseline given as ``"bon:8"`` (or ``("bon", 8)``, ``("beam", (4, 4))``) with shared
+    keyword settings.
 
     ``kwargs`` are passed on (``max_length``, ``sampling``, ``stop_strings``, ``eos_ids``,
-    ``system``, ``batch_size``, ``answer_extractor``, ``scorer``...), except the shared options
-    (:data:`OPTIONS`) the baseline does not take (:attr:`Baseline.options`).
+    ``system``, ``batch_size``, ``answer_extractor``, ``scorer``, ``step_delimiter``...), except
+    the shared options (:data:`OPTIONS`) the baseline does not take (:attr:`Baseline.options`).
     """
     name, n = parse_method(method) if isinstance(method, str) else method
     if name not in BASELINES:
@@ -217,7 +294,10 @@ def run_baseline(
         args.append(key)
     kw = {k: v for k, v in kwargs.items() if k not in OPTIONS or k in base.options}
     if base.takes_n:
-        kw["n"] = n
+        counts = n if isinstance(n, tuple) else (n,)
+        if len(counts) != len(base.count_names):
+            raise ValueError(f"method {name!r} takes counts {base.count_names}, got {n!r}")
+        kw.update(zip(base.count_names, counts, strict=True))
     return base.fn(*args, **kw)
 
 
@@ -231,6 +311,7 @@ def method_runner(
     answer_extractor: Callable[[str], Hashable | None] | None = None,
     scorer: Scorer | None = None,
     rm_vocab: str | None = None,
+    step_delimiter: str | None = None,
 ) -> Callable[[Sequence[Any], Any], list[DecodeResult]]:
     """``run(prompts, key) -> list[DecodeResult]`` for one method, sharing ``cfg``'s settings
     (max_length, stop strings, system message) so that comparisons are fair.
@@ -239,10 +320,14 @@ def method_runner(
       method: a spec (see :func:`parse_method`).
       cfg: the ∇-Reasoner config (a variant applies its overrides to it).
       sampling: how the sampled baselines draw (default ``cfg.rollout``).
-      answer_extractor: the task's ``text -> answer`` that self-consistency votes on.
+      answer_extractor: the task's ``text -> answer`` that self-consistency and weighted
+        Best-of-N vote on.
       scorer: an exact acceptance scorer (RM input id lists -> floats) replacing the reward
-        model in ∇-Reasoner's acceptance test and in Best-of-N's ranking; None = the RM.
+        model in ∇-Reasoner's acceptance test, in Best-of-N's ranking and in the tree searches'
+        values; None = the RM.
       rm_vocab: how the RM reads LM ids (:mod:`nabla_jax.decoding.pair`); None = the default.
+      step_delimiter: the task's step delimiter of the tree searches (None = their default,
+        ``"\\n"``: one line per step).
     """
     name, n = parse_method(method)
     if name in NABLA_VARIANTS:
@@ -261,4 +346,6 @@ def method_runner(
         common["scorer"] = scorer
     if rm_vocab is not None:
         common["rm_vocab"] = rm_vocab
+    if step_delimiter is not None:
+        common["step_delimiter"] = step_delimiter
     return lambda prompts, key: run_baseline((name, n), lm, prompts, key, rm=rm, **common)

@@ -17,6 +17,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from nabla_jax.decoding.flops import token_flops
 from nabla_jax.decoding.generate import generate_padded
 from nabla_jax.decoding.keys import check_key, prompt_id, rollout_keys
 from nabla_jax.decoding.results import DecodeResult, empty_stats
@@ -31,12 +32,14 @@ __all__ = ["Sample", "generate_samples", "prompt_keys", "sample_result"]
 
 @dataclasses.dataclass
 class Sample:
-    """One sampled response: its ids (EOS included), trimmed text, stop reason, calls."""
+    """One sampled response: its ids (EOS included), trimmed text, stop reason, calls, and the
+    FLOPs of those calls at the rollout program's shape (:mod:`nabla_jax.decoding.flops`)."""
 
     tokens: list[int]
     text: str
     stop_reason: str
     calls: int
+    flops: int = 0
 
 
 def prompt_keys(key, prompt: Any, n: int, *, system: str | None = None) -> jax.Array:
@@ -91,6 +94,7 @@ def generate_samples(
     pad = lm.config.pad_token_id if lm.config.pad_token_id is not None else 0
     width = bucket_length(max(len(r[0]) for r in rows))
     stop_ids = [lm.tokenizer.encode(s, add_special_tokens=False) for s in stop_strings]
+    per_token = token_flops(lm.config, width + max_length + 1)  # the cache the program reads
     samples: list[Sample] = []
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
@@ -116,7 +120,8 @@ def generate_samples(
             body = toks[:-1] if codes[j] == STOP_EOS else toks
             text, cut = trim_text(lm.tokenizer.decode(body), stop_strings)
             reason = "stop_string" if cut else STOP_REASONS[int(codes[j])]
-            samples.append(Sample(tokens=toks, text=text, stop_reason=reason, calls=len(toks)))
+            flops = len(toks) * per_token
+            samples.append(Sample(toks, text, reason, calls=len(toks), flops=flops))
     return [samples[i * n : (i + 1) * n] for i in range(len(prompts))]
 
 
@@ -146,4 +151,5 @@ def sample_result(
     stats["samples"] = len(samples)
     stats["chosen"] = chosen
     stats["model_calls"] = stats["rollout_calls"]
+    stats["flops"] = sum(s.flops for s in samples)
     return DecodeResult(prompt, best.text, list(best.tokens), stats, trace)

@@ -42,6 +42,8 @@ class Task:
       instruction: the instruction suffix the prompts carry (math only; None = none).
       oracle: ``(problem, response text) -> float``, an exact score of a response (higher is
         better) that can stand in for the reward model in acceptance tests; None = none.
+      step_delimiter: the text that ends one reasoning step for the tree searches (beam
+        search, MCTS): one line on arithmetic, a blank line on MATH.
     """
 
     name: str
@@ -53,6 +55,7 @@ class Task:
     fresh_problems: Callable[[int, int], list] | None = None
     instruction: str | None = None
     oracle: Callable[[Any, str], float] | None = None
+    step_delimiter: str = "\n"
 
 
 def get_task(name: str = "arithmetic", *, instruction: str | None = None) -> Task:
@@ -84,6 +87,7 @@ def get_task(name: str = "arithmetic", *, instruction: str | None = None) -> Tas
             vote_key=math_task.canonical_answer,
             grade=math_task.grade,
             instruction=instruction or None,
+            step_delimiter="\n\n",
         )
     raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(TASK_NAMES)}")
 
