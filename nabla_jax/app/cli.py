@@ -107,7 +107,7 @@ def cmd_bench_accuracy(args) -> int:
             lm, rm, problems, methods, cfg, seed=args.seed, results_path=results_path,
             batch_size=args.batch_size, progress=not args.no_progress, baseline_sampling=sampling,
             task=task, provenance=provenance, acceptance=args.acceptance, tracker=tracker,
-            rm_vocab=rm_vocab_of(args, run),
+            rm_vocab=rm_vocab_of(args, run), oracle_diagnostics=args.oracle_diagnostics,
         )  # fmt: skip
         summary = evaluation.summarize(results_path, methods)
         write_atomic(summary_path, json.dumps(summary, indent=2))
@@ -264,6 +264,12 @@ def build_parser() -> argparse.ArgumentParser:
     acc.add_argument("--output", default="results/accuracy.jsonl")
     acc.add_argument("--acceptance", choices=["rm", "oracle"], default="rm",
                      help="acceptance test and Best-of-N ranking: RM or task oracle")  # fmt: skip
+    acc.add_argument(
+        "--oracle-diagnostics", action="store_true",
+        help="∇ rows record the right next token's probability before and after DTO, from "
+        "the problems' reference solutions (the summary's dto entry; a host call per "
+        "iteration, included in wall times)",
+    )  # fmt: skip
     acc.add_argument("--no-progress", action="store_true")
     _add_debug(acc, argparse.SUPPRESS)
     acc.set_defaults(func=cmd_bench_accuracy)

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 
 import jax
 
+from nabla_jax.app.gradient_report import method_diagnostics, row_diagnostics
 from nabla_jax.app.outputs import RowWriter, atomic_path, write_atomic
 from nabla_jax.app.results_file import (
     PROVENANCE_KEY,
@@ -102,6 +103,7 @@ def run_benchmark(
     acceptance: str = "rm",
     tracker=None,
     rm_vocab: str | None = None,
+    oracle_diagnostics: bool = False,
 ) -> list[dict]:
     """Run every method on every problem; append one JSON line per result to ``results_path``.
 
@@ -110,6 +112,9 @@ def run_benchmark(
     Best-of-N's ranking by the task's exact scorer (:class:`~nabla_jax.tasks.oracle.OracleScorer`);
     DTO still follows the reward model. Rows then carry ``"acceptance": "oracle"``.
     ``rm_vocab``: how the RM reads LM ids (``nabla_jax.decoding.pair``; None = the default).
+    ``oracle_diagnostics``: ∇-Reasoner rows record the right next token's probability before
+    and after DTO, from the problems' reference solutions (a host call per iteration, so wall
+    times include it).
 
     Problems already recorded for a method are skipped (resume). ``tracker`` (an
     :class:`~nabla_jax.app.outputs.Progress`) counts the rows in the file as they are written.
@@ -133,6 +138,11 @@ def run_benchmark(
     check_baseline_sampling(
         methods, cfg.rollout if baseline_sampling is None else baseline_sampling
     )
+    next_token = None
+    if oracle_diagnostics:
+        from nabla_jax.tasks.oracle import ReferenceNextToken
+
+        next_token = ReferenceNextToken(task, problems, lm.tokenizer, system=cfg.system)
     if len(set(methods)) != len(methods):
         raise ValueError(f"methods {list(methods)} name a method twice; list each method once")
     os.makedirs(os.path.dirname(os.path.abspath(results_path)), exist_ok=True)
@@ -155,6 +165,7 @@ def run_benchmark(
             run = registry.method_runner(
                 method, lm, rm, cfg, baseline_sampling, answer_extractor=task.vote_key,
                 scorer=scorer, rm_vocab=rm_vocab, step_delimiter=task.step_delimiter,
+                next_token_oracle=next_token,
             )  # fmt: skip
             key = method_key(seed, method)
             bar = tqdm(total=len(todo), desc=method, disable=not progress, unit="problem")
@@ -179,6 +190,9 @@ def run_benchmark(
                         row["flops"] = int(r.stats["flops"])
                     if scorer is not None:
                         row["acceptance"] = acceptance
+                    dto = row_diagnostics(r.trace or ())
+                    if dto is not None:  # what DTO did at this problem's refinements
+                        row["dto"] = dto
                     writer.write(row)
                     rows.append(row)
                 writer.sync()
@@ -190,7 +204,9 @@ def run_benchmark(
 
 
 def summarize(results_path: str, methods: Sequence[str] | None = None) -> dict:
-    """``{method: {accuracy, mean_model_calls, wall_seconds, n}}`` from the JSONL results."""
+    """``{method: {accuracy, mean_model_calls, wall_seconds, n[, dto]}}`` from the JSONL
+    results; ``dto`` (∇-Reasoner methods): what DTO did, as means over refinements
+    (:mod:`nabla_jax.app.gradient_report`)."""
     by: dict[str, list[dict]] = {}
     for row in dedupe(read_results(results_path)[1]):
         by.setdefault(row["method"], []).append(row)
@@ -207,6 +223,9 @@ def summarize(results_path: str, methods: Sequence[str] | None = None) -> dict:
             "wall_seconds": sum(r["wall_seconds"] for r in rows),
             "n": n,
         }
+        dto = method_diagnostics(rows)
+        if dto is not None:
+            out[m]["dto"] = dto
     return out
 
 

@@ -37,6 +37,17 @@ TRACE_KEYS = (
     "score_proposed",
 )
 
+#: Optional keys: what DTO did (``nabla_jax.decoding.diagnostics``, ``decoding.fidelity``).
+DIAGNOSTIC_KEYS = (
+    "kl",
+    "dlogp",
+    "top1_changed",
+    "topk_changed",
+    "p_right_before",
+    "p_right_after",
+    "fidelity",
+)
+
 #: Styles of the terminal view.
 STYLE_ACCEPTED = "bold green"
 STYLE_REPLACED = "red strike"
@@ -57,6 +68,15 @@ class Revision:
     accepted: bool | None
     score_current: float | None
     score_proposed: float | None
+    # What DTO did to the resample distribution (nabla_jax.decoding.diagnostics); None in
+    # traces that predate the diagnostics.
+    kl: float | None = None
+    dlogp: float | None = None
+    top1_changed: bool | None = None
+    topk_changed: bool | None = None
+    p_right_before: float | None = None
+    p_right_after: float | None = None
+    fidelity: float | None = None
 
     @property
     def verdict(self) -> str:
@@ -105,6 +125,7 @@ def revision_events(result, tokenizer) -> list[Revision]:
                 accepted=None if event["accepted"] is None else bool(event["accepted"]),
                 score_current=num(event["score_current"]),
                 score_proposed=num(event["score_proposed"]),
+                **{k: event.get(k) for k in DIAGNOSTIC_KEYS},
             )
         )
     return out
@@ -157,22 +178,29 @@ def _score(v: float | None) -> str:
 
 
 def revision_table(events: Sequence[Revision], title: str | None = None):
-    """A ``rich.table.Table``: one row per refinement (position, old → new, RM scores, verdict)."""
+    """A ``rich.table.Table``: one row per refinement (position, old → new, RM scores, what DTO
+    did — KL, Δlog p of the new token, whether the argmax moved, and with an oracle the right
+    token's probability before → after — and the verdict)."""
     from rich.table import Table
 
     table = Table(title=title, show_edge=False, header_style="bold")
-    for col in ("pos", "old → new", "RM current", "RM proposed", "verdict"):
-        table.add_column(col, justify="right" if col.startswith(("pos", "RM")) else "left")
+    oracle = any(e.p_right_before is not None for e in events)
+    cols = ["pos", "old → new", "RM current", "RM proposed", "KL", "Δlog p", "top-1"]
+    cols += ["p(right) before → after"] if oracle else []
+    for col in cols + ["verdict"]:
+        left = col in ("old → new", "verdict", "top-1")
+        table.add_column(col, justify="left" if left else "right")
     style = {"accepted": STYLE_ACCEPTED, "rejected": "yellow", "unchanged": "dim"}
     for e in events:
-        table.add_row(
-            str(e.position),
-            f"{e.old_text!r} → {e.new_text!r}",
-            _score(e.score_current),
-            _score(e.score_proposed),
-            e.verdict,
-            style=style[e.verdict],
-        )
+        moved = "-" if e.top1_changed is None else ("moved" if e.top1_changed else "same")
+        cells = [str(e.position), f"{e.old_text!r} → {e.new_text!r}", _score(e.score_current),
+                 _score(e.score_proposed), _score(e.kl), _score(e.dlogp), moved]  # fmt: skip
+        if oracle:
+            cells.append(
+                "-" if e.p_right_before is None
+                else f"{e.p_right_before:.3f} → {e.p_right_after:.3f}"
+            )  # fmt: skip
+        table.add_row(*cells, e.verdict, style=style[e.verdict])
     return table
 
 

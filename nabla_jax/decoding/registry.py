@@ -312,6 +312,7 @@ def method_runner(
     scorer: Scorer | None = None,
     rm_vocab: str | None = None,
     step_delimiter: str | None = None,
+    next_token_oracle: Callable[[Sequence[int], Sequence[int]], int] | None = None,
 ) -> Callable[[Sequence[Any], Any], list[DecodeResult]]:
     """``run(prompts, key) -> list[DecodeResult]`` for one method, sharing ``cfg``'s settings
     (max_length, stop strings, system message) so that comparisons are fair.
@@ -328,11 +329,14 @@ def method_runner(
       rm_vocab: how the RM reads LM ids (:mod:`nabla_jax.decoding.pair`); None = the default.
       step_delimiter: the task's step delimiter of the tree searches (None = their default,
         ``"\\n"``: one line per step).
+      next_token_oracle: for the ∇ variants: names the right next token of a response
+        prefix, so the trace records its probability before and after DTO.
     """
     name, n = parse_method(method)
     if name in NABLA_VARIANTS:
         variant = with_overrides(cfg, NABLA_VARIANTS[name])
-        decoder = NablaDecoder(lm, rm, variant, scorer=scorer, rm_vocab=rm_vocab)
+        decoder = NablaDecoder(lm, rm, variant, scorer=scorer, rm_vocab=rm_vocab,
+                               next_token_oracle=next_token_oracle)  # fmt: skip
         return lambda prompts, key: decoder.generate(prompts, key)
     sampling = cfg.rollout if sampling is None else sampling
     check_baseline_sampling([method], sampling)

@@ -1,0 +1,60 @@
+"""What DTO did over a benchmark: per-row and per-method means of the refinement diagnostics.
+
+A ∇-Reasoner result's trace has one entry per refinement with ``kl``, ``dlogp``,
+``top1_changed``, ``topk_changed`` and, with a next-token oracle, ``p_right_before`` /
+``p_right_after``, and with ``fidelity_top_k`` a ``fidelity`` (``nabla_jax.decoding``'s
+``diagnostics`` and ``fidelity`` modules). :func:`row_diagnostics` condenses one result's trace
+into a bench row's ``dto`` entry; :func:`method_diagnostics` pools rows into a method's
+summary, weighting each row by its refinements (so the figures are means over refinements).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+__all__ = ["method_diagnostics", "row_diagnostics"]
+
+_MEANS = ("kl", "dlogp", "top1_changed", "topk_changed")
+_ORACLE = ("p_right_before", "p_right_after")
+
+
+def row_diagnostics(trace: Sequence[dict]) -> dict | None:
+    """``{refinements, kl, dlogp, top1_changed, topk_changed[, oracle_refinements,
+    p_right_before, p_right_after][, fidelity_refinements, fidelity]}`` — means over the
+    refinements of one result (shares for the booleans), or None without diagnostics."""
+    events = [t for t in trace if "kl" in t]
+    if not events:
+        return None
+    n = len(events)
+    out: dict = {"refinements": n}
+    for k in _MEANS:
+        out[k] = sum(float(t[k]) for t in events) / n
+    known = [t for t in events if t.get("p_right_before") is not None]
+    if known:
+        out["oracle_refinements"] = len(known)
+        for k in _ORACLE:
+            out[k] = sum(float(t[k]) for t in known) / len(known)
+    rho = [float(t["fidelity"]) for t in events if t.get("fidelity") is not None]
+    if rho:
+        out["fidelity_refinements"] = len(rho)
+        out["fidelity"] = sum(rho) / len(rho)
+    return out
+
+
+def method_diagnostics(rows: Sequence[dict]) -> dict | None:
+    """The rows' ``dto`` entries pooled: each mean weighted by the refinements behind it."""
+    parts = [r["dto"] for r in rows if r.get("dto")]
+    if not parts:
+        return None
+    n = sum(p["refinements"] for p in parts)
+    out: dict = {"refinements": n}
+    for k in _MEANS:
+        out[k] = sum(p[k] * p["refinements"] for p in parts) / n
+    for count, keys in (("oracle_refinements", _ORACLE), ("fidelity_refinements", ("fidelity",))):
+        have = [p for p in parts if p.get(count)]
+        if have:
+            m = sum(p[count] for p in have)
+            out[count] = m
+            for k in keys:
+                out[k] = sum(p[k] * p[count] for p in have) / m
+    return out

@@ -1,0 +1,71 @@
+"""What DTO did, condensed for bench rows and summaries (nabla_jax.app.gradient_report), and
+shown in the revision view and `bench accuracy --oracle-diagnostics`."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+
+from nabla_jax.app import cli
+from nabla_jax.app.bundled import load_bundled
+from nabla_jax.app.gradient_report import method_diagnostics, row_diagnostics
+from nabla_jax.app.revisions import revision_events, revision_table
+
+
+def _event(kl, dlogp, top1, topk, before=None, after=None, rho=None):
+    return dict(position=0, old_token=5, new_token=6, proposed=True, accepted=False,
+                score_current=0.1, score_proposed=0.0, kl=kl, dlogp=dlogp, top1_changed=top1,
+                topk_changed=topk, p_right_before=before, p_right_after=after,
+                fidelity=rho)  # fmt: skip
+
+
+def test_row_and_method_means_are_over_refinements():
+    a = [_event(0.2, 1.0, True, True, 0.1, 0.3), _event(0.4, -1.0, False, True)]
+    b = [_event(1.0, 2.0, False, False, 0.5, 0.4, rho=0.5)]
+    ra, rb = row_diagnostics(a), row_diagnostics(b)
+    assert ra == pytest.approx(dict(refinements=2, kl=0.3, dlogp=0.0, top1_changed=0.5,
+                                    topk_changed=1.0, oracle_refinements=1,
+                                    p_right_before=0.1, p_right_after=0.3))  # fmt: skip
+    pooled = method_diagnostics([{"dto": ra}, {"dto": rb}, {"method": "greedy"}])
+    assert pooled["refinements"] == 3
+    assert pooled["kl"] == pytest.approx((0.2 + 0.4 + 1.0) / 3)
+    assert pooled["top1_changed"] == pytest.approx(1 / 3)
+    assert pooled["oracle_refinements"] == 2
+    assert pooled["p_right_after"] == pytest.approx((0.3 + 0.4) / 2)
+    assert pooled["fidelity_refinements"] == 1 and pooled["fidelity"] == pytest.approx(0.5)
+    assert row_diagnostics([]) is None and method_diagnostics([{"x": 1}]) is None
+    old = {k: v for k, v in a[0].items() if k in ("position", "old_token", "new_token")}
+    assert row_diagnostics([old]) is None  # a trace from before the diagnostics
+
+
+def test_revision_view_shows_what_dto_did():
+    lm, _ = load_bundled()
+    result = SimpleNamespace(trace=[_event(0.25, 1.5, True, True, 0.1, 0.3)])
+    (e,) = revision_events(result, lm.tokenizer)
+    assert e.kl == 0.25 and e.p_right_after == 0.3 and e.to_dict()["dlogp"] == 1.5
+    from rich.console import Console
+
+    console = Console(width=160, record=True)
+    console.print(revision_table([e]))
+    text = console.export_text()
+    assert "KL" in text and "+0.250" in text and "0.100 → 0.300" in text and "moved" in text
+    old = SimpleNamespace(trace=[{k: v for k, v in _event(0, 0, 0, 0).items() if k not in (
+        "kl", "dlogp", "top1_changed", "topk_changed", "p_right_before", "p_right_after",
+        "fidelity")}])  # fmt: skip
+    assert revision_events(old, lm.tokenizer)[0].kl is None  # older traces still read
+
+
+@pytest.mark.slow
+def test_bench_summary_reports_what_dto_did(tmp_path):
+    out = tmp_path / "acc.jsonl"
+    argv = ["bench", "accuracy", "--num-problems", "2", "--methods", "greedy,nabla", "--seed",
+            "0", "--no-progress", "--oracle-diagnostics", "--output", str(out)]  # fmt: skip
+    assert cli.main(argv) == 0
+    summary = json.loads((tmp_path / "acc.summary.json").read_text())
+    assert "dto" not in summary["greedy"]
+    dto = summary["nabla"]["dto"]
+    assert dto["refinements"] > 0 and dto["kl"] >= 0
+    assert 0 <= dto["top1_changed"] <= 1 and 0 <= dto["topk_changed"] <= 1
+    assert dto.get("oracle_refinements", 0) > 0 and 0 <= dto["p_right_before"] <= 1
