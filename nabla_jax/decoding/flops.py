@@ -17,7 +17,7 @@ analysis of the compiled forward (``tests/test_search_flops.py``).
 
 from __future__ import annotations
 
-__all__ = ["call_flops", "sequence_flops", "token_flops"]
+__all__ = ["call_flops", "nabla_flops", "sequence_flops", "token_flops"]
 
 
 def _mlp_matrices(config) -> int:
@@ -53,3 +53,33 @@ def call_flops(lm_config, rm_config, *, rollout_calls: int, cache_slots: int, sc
     ``cache_slots``-slot caches and ``score_calls`` RM scorings of ``rm_width``-slot inputs."""
     roll = int(rollout_calls) * token_flops(lm_config, cache_slots)
     return roll + int(score_calls) * sequence_flops(rm_config, rm_width)
+
+
+def nabla_flops(
+    lm_config, rm_config, stats: dict, *, prompt: int, rm_prefix: int, rm_suffix: int,
+    length: int, window: int, paper_objective: bool,
+) -> int:  # fmt: skip
+    """FLOPs of a ∇-Reasoner decode's model calls, from its counters (``stats``) and the
+    compiled loop's buffers (``prompt`` / ``rm_prefix`` / ``rm_suffix`` slot buckets, response
+    ``length`` ``L``, DTO ``window`` ``K``).
+
+    * rollouts: ``rollout_calls`` generated tokens over the LM cache of ``P + L + K`` slots;
+    * RM scorings: ``score_calls`` forwards of the ``Q + L + S``-slot input;
+    * each full DTO step and each probe: forward and backward (counted 3× the forward) of the
+      window's ``K`` tokens through the LM (paper objective) over its cache, and of the window,
+      tail and suffix (``L + S`` slots, the largest window bucket) through the RM over its
+      ``Q + 2L + S``-slot cache. Steps are counted at that largest bucket, so the DTO share is
+      an upper bound when shorter rests took a smaller compiled window.
+    """
+    lm_slots = prompt + length + window
+    rm_slots = rm_prefix + 2 * length + rm_suffix
+    per_call = (2 if paper_objective else 0) + 2
+    steps = (int(stats.get("dto_calls", 0)) + int(stats.get("probe_calls", 0))) // per_call
+    lm_step = window * token_flops(lm_config, lm_slots) if paper_objective else 0
+    rm_step = (length + rm_suffix) * token_flops(rm_config, rm_slots, head=False)
+    dto = steps * 3 * (lm_step + rm_step)
+    return dto + call_flops(
+        lm_config, rm_config, rollout_calls=int(stats.get("rollout_calls", 0)),
+        cache_slots=lm_slots, score_calls=int(stats.get("score_calls", 0)),
+        rm_width=rm_prefix + length + rm_suffix,
+    )  # fmt: skip

@@ -36,6 +36,7 @@ import jax
 import numpy as np
 
 from nabla_jax.decoding.config import DecodeConfig
+from nabla_jax.decoding.flops import nabla_flops
 from nabla_jax.decoding.keys import check_key, prompt_id
 from nabla_jax.decoding.loop import ChunkLimits, run_chunk
 from nabla_jax.decoding.pair import check_pair, model_pair
@@ -195,6 +196,11 @@ class NablaDecoder:
                     results[i] = row_result(
                         prompts[i], rep, slot, self.tokenizer, self._eos, cfg.stop_strings
                     )
+                    results[i].stats["flops"] = nabla_flops(
+                        self.lm.config, self.rm.config, results[i].stats, prompt=p_len,
+                        rm_prefix=q_len, rm_suffix=s_len, length=cfg.max_length,
+                        window=cfg.window, paper_objective=cfg.dto.objective == "paper",
+                    )  # fmt: skip
                     if self.rm_vocabulary.vocab_map is not None:  # by_string: what the RM missed
                         ids = rows[i][0] + results[i].token_ids
                         missed = unmatched_ids(self.rm_vocabulary.vocab_map, ids)
