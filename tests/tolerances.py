@@ -42,6 +42,11 @@ U32 = 2.0**-24
 #: ulps of error of one exp / log / tanh / rsqrt evaluation in XLA's and PyTorch's CPU kernels.
 ULPS_PER_TRANSCENDENTAL = 4
 
+#: float32's smallest normal number: below it, values underflow to subnormals or 0 (Higham's
+#: absolute error term of each operation), so a float32 result cannot match a float64 value
+#: closer than this. The floor of every comparison against a float64 reference.
+TINY32 = 2.0**-126
+
 #: Perturbed re-runs per :func:`ball_sensitivity` call.
 BALL_SAMPLES = 3
 
@@ -133,3 +138,98 @@ def assert_within(got, want, tol: float, what: str = "values") -> None:
     """``max |got − want| ≤ tol`` with a message naming the error and the bound."""
     err = float(np.max(np.abs(np.asarray(got, np.float64) - np.asarray(want, np.float64))))
     assert err <= tol, f"{what}: max error {err:.3g} > derived bound {tol:.3g}"
+
+
+# ---------------------------------------------------------------------------- shared derivations
+
+
+def sum_bound(terms, transcendentals: int = 0) -> float:
+    """:func:`reduction_bound` of a sum over every entry of ``terms`` (float64 values of the
+    summands): two evaluations of ``Σ terms`` in any order differ by at most this."""
+    terms = np.asarray(terms, np.float64)
+    return reduction_bound(np.abs(terms).sum(), max(int(terms.size), 1), transcendentals)
+
+
+def mean_bound(terms, transcendentals: int = 0) -> float:
+    """Two evaluations of ``mean(terms)``: the sum's bound over ``n``, plus the division's own
+    rounding (half an ulp of the mean each side)."""
+    terms = np.asarray(terms, np.float64)
+    n = max(int(terms.size), 1)
+    return sum_bound(terms, transcendentals) / n + 2.0 * U32 * abs(float(terms.mean()))
+
+
+def elementwise_bound(values, ops: int = 1, transcendentals: int = 0) -> float:
+    """Two evaluations of an elementwise chain of ``ops`` correctly rounded operations and
+    ``transcendentals`` exp/log/tanh calls on each entry: ``2·(ops·u + t·ULPS·u)·max|value|``
+    (to first order, each operation adds its relative error to the value it produces)."""
+    per = ops * U32 + transcendentals * ULPS_PER_TRANSCENDENTAL * U32
+    return float(2.0 * per * np.max(np.abs(np.asarray(values, np.float64))))
+
+
+def shallow_rel(n: int, transcendentals: int = 0) -> float:
+    """Relative radius of the backward-error ball of a short computation whose longest reduction
+    has ``n`` terms and whose values pass through ``transcendentals`` exp/log calls."""
+    return gamma(n) + transcendentals * ULPS_PER_TRANSCENDENTAL * U32
+
+
+def assert_ball_close(got, want, run: Callable, inputs, n: int, transcendentals: int = 0,
+                      what: str = "values") -> None:  # fmt: skip
+    """``got`` and ``want`` are two evaluation orders of ``run(inputs)`` (a gradient, a softmax
+    chain: cancellation makes a closed form per entry impractical): within
+    :func:`ball_tolerance` of ``run`` on the ball of radius :func:`shallow_rel`\\ ``(n, t)``,
+    plus :data:`TINY32` (an underflowed entry is 0 in float32, not the float64 value)."""
+    bound = ball_tolerance(run, inputs, shallow_rel(n, transcendentals), n) + TINY32
+    assert_within(got, want, bound, what)
+
+
+def forward_tolerance(run: Callable, models, extra: int = 0) -> float:
+    """Max-norm bound for a transformer forward (logits, scores, hidden states) against another
+    evaluation order of it (its PyTorch twin, a batched or cached program): the ball of radius
+    ``γ(longest contraction)`` around the weights (:func:`ball_tolerance`), with that
+    contraction's own rounding of the output as the floor. ``models`` is a model or a tuple of
+    them; ``run(models)`` evaluates the JAX program with the test's inputs closed over."""
+    ms = models if isinstance(models, tuple) else (models,)
+    n = longest_contraction(*ms, extra=extra)
+    return ball_tolerance(run, models, gamma(n), n)
+
+
+def log_softmax_sum_bound(weights, log_probs) -> float:
+    """Two evaluations of ``Σ w · log_softmax(x)`` over every entry (rows of width ``V``, the
+    last axis; ``weights`` and the exact ``log_probs`` as float64 arrays of one shape).
+
+    ``log_softmax(x)_i = (x_i − m) − log Σ_v exp(x_v − m)``: the inner sum carries ``γ_V`` plus
+    an exp's ulps relative, the log turns that into an *absolute* error of the same size plus
+    its own ulps of ``|log p|``. So each log-prob is off by at most
+    ``γ_V + 2·ULPS·u·(1 + |log p|)``, and the outer sum of ``N`` products adds ``γ_N`` of
+    ``Σ|w·log p|``: ``2·[(γ_N + γ_V + 2·ULPS·u)·Σ|w·log p| + (γ_V + 2·ULPS·u)·Σ|w|]``."""
+    w = np.asarray(weights, np.float64)
+    lp = np.asarray(log_probs, np.float64)
+    lp = np.where(w == 0, 0.0, lp)  # xlogy: a zero weight contributes exactly 0
+    v = int(lp.shape[-1])
+    per_log = gamma(v) + 2 * ULPS_PER_TRANSCENDENTAL * U32
+    terms = float(np.abs(w * lp).sum())
+    return float(2.0 * ((gamma(max(w.size, 1)) + per_log) * terms + per_log * np.abs(w).sum()))
+
+
+def softmax64(x, axis=-1):
+    """Exact (float64) softmax and log-softmax of ``x``: the value both sides approximate."""
+    x = np.asarray(x, np.float64)
+    m = np.max(np.where(np.isfinite(x), x, -np.inf), axis=axis, keepdims=True)
+    logp = x - m - np.log(np.sum(np.exp(x - m), axis=axis, keepdims=True))
+    return np.exp(logp), logp
+
+
+def softmax_bound(x) -> float:
+    """Max-norm bound for two evaluations of ``softmax(x)`` over the last axis (``x`` the
+    softmax's argument, float64; a one-hot written as ``y − s + s`` is inside it too).
+
+    Each probability ``exp(x_i − m) / Σ exp(x_v − m)`` carries: the subtraction's (and a
+    ``z / τ`` scaling's) rounding of ``x``, which ``exp`` turns into ``2u·|x − m|`` relative;
+    ``exp``'s ulps; the sum's ``γ_V``; the division's ``u``."""
+    x = np.asarray(x, np.float64)
+    x = np.where(np.isfinite(x), x, 0.0)
+    v = int(x.shape[-1])
+    spread = float(np.max(np.abs(x - x.max(-1, keepdims=True)))) if x.size else 0.0
+    rel = gamma(v) + (ULPS_PER_TRANSCENDENTAL + 1) * U32 + 2 * U32 * spread
+    p, _ = softmax64(x)
+    return float(2.0 * rel * np.max(p))
