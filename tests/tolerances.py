@@ -226,10 +226,11 @@ def softmax_bound(x) -> float:
     Each probability ``exp(x_i − m) / Σ exp(x_v − m)`` carries: the subtraction's (and a
     ``z / τ`` scaling's) rounding of ``x``, which ``exp`` turns into ``2u·|x − m|`` relative;
     ``exp``'s ulps; the sum's ``γ_V``; the division's ``u``."""
-    x = np.asarray(x, np.float64)
-    x = np.where(np.isfinite(x), x, 0.0)
+    x = np.asarray(x, np.float64)  # −inf entries (filtered out) have p = 0 on both sides
     v = int(x.shape[-1])
-    spread = float(np.max(np.abs(x - x.max(-1, keepdims=True)))) if x.size else 0.0
+    finite = np.isfinite(x)
+    m = np.max(np.where(finite, x, -np.inf), -1, keepdims=True)
+    spread = float(np.max(np.where(finite, np.abs(x - m), 0.0))) if x.size else 0.0
     rel = gamma(v) + (ULPS_PER_TRANSCENDENTAL + 1) * U32 + 2 * U32 * spread
     p, _ = softmax64(x)
     return float(2.0 * rel * np.max(p))
