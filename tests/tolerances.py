@@ -219,6 +219,15 @@ def softmax64(x, axis=-1):
     return np.exp(logp), logp
 
 
+def softmax_rel(x) -> float:
+    """Relative error bound of one float32 ``softmax(x)`` entry (see :func:`softmax_bound`)."""
+    x = np.asarray(x, np.float64)
+    finite = np.isfinite(x)
+    m = np.max(np.where(finite, x, -np.inf), -1, keepdims=True)
+    spread = float(np.max(np.where(finite, np.abs(x - m), 0.0))) if x.size else 0.0
+    return gamma(int(x.shape[-1])) + (ULPS_PER_TRANSCENDENTAL + 1) * U32 + 2 * U32 * spread
+
+
 def softmax_bound(x) -> float:
     """Max-norm bound for two evaluations of ``softmax(x)`` over the last axis (``x`` the
     softmax's argument, float64; a one-hot written as ``y − s + s`` is inside it too).
@@ -227,10 +236,41 @@ def softmax_bound(x) -> float:
     ``z / τ`` scaling's) rounding of ``x``, which ``exp`` turns into ``2u·|x − m|`` relative;
     ``exp``'s ulps; the sum's ``γ_V``; the division's ``u``."""
     x = np.asarray(x, np.float64)  # −inf entries (filtered out) have p = 0 on both sides
-    v = int(x.shape[-1])
-    finite = np.isfinite(x)
-    m = np.max(np.where(finite, x, -np.inf), -1, keepdims=True)
-    spread = float(np.max(np.where(finite, np.abs(x - m), 0.0))) if x.size else 0.0
-    rel = gamma(v) + (ULPS_PER_TRANSCENDENTAL + 1) * U32 + 2 * U32 * spread
     p, _ = softmax64(x)
-    return float(2.0 * rel * np.max(p))
+    return float(2.0 * softmax_rel(x) * np.max(p))
+
+
+#: The float fields of a RefineTrace that the models' rounding reaches.
+TRACE_FLOATS = ("loss", "reward", "loglik", "kl")
+
+
+def refine_bounds(lm, rm, cfg, problems, key, batch_size=None, **kw):
+    """Derived bounds for another evaluation order of ``refine_batch(problems)`` (its torch
+    twin, another batching, a user's jit, a wrapped forward): per row, the :func:`ball_tolerance`
+    of the logits and of each float trace field (:data:`TRACE_FLOATS`), measured with
+    ``refine_batch`` itself re-run at points of the ``γ(longest contraction)`` ball around the
+    weights (the contraction includes the longest sequence the models attend over).
+
+    ``kw`` (``rm_embed=``) goes to ``refine_batch``. Returns ``{"logits": [per row], "loss":
+    [per row], ...}``.
+    """
+    import nabla_jax as nj  # here, not at import: this module is plain numerics otherwise
+
+    n = len(problems)
+    extra = max(len(p.lm_prefix_ids) + len(p.rm_prefix_ids) + len(p.rm_suffix_ids)
+                + np.shape(p.init)[0] for p in problems)  # fmt: skip
+    rel = gamma(longest_contraction(lm, rm, extra=extra))
+
+    def run(ms):
+        res = nj.refine_batch(ms[0], ms[1], problems, cfg, key, batch_size=batch_size or n, **kw)
+        return tuple(r.logits for r in res) + tuple(
+            getattr(r.trace, f) for f in TRACE_FLOATS for r in res
+        )
+
+    width = lm.config.vocab_size
+    floors = (width,) * n + tuple(width * np.shape(p.init)[0] for p in problems) * len(TRACE_FLOATS)
+    bounds = ball_tolerance(run, (lm, rm), rel, floors)
+    out = {"logits": bounds[:n]}
+    for j, f in enumerate(TRACE_FLOATS):
+        out[f] = bounds[n * (j + 1) : n * (j + 2)]
+    return out
