@@ -65,21 +65,7 @@ def _close_grad(grad_fn, args, want, n, transcendentals=2):
                           "gradient")  # fmt: skip
 
 
-def _kl_bound(target_logits, logits, b, direction="ref_theta"):
-    """Two evaluations of ``KL = Σ p·(log p − log q) / b`` (``p`` the target softmax: the
-    reference for "ref_theta", ``logits`` for "theta_ref"): both log-softmax sums
-    (:func:`tests.tolerances.log_softmax_sum_bound`); where ``p`` is itself computed (theta_ref)
-    its ``γ_V`` + exp ulps relative error scales ``Σ|p·(log p − log q)|``; the division by ``b``
-    halves an ulp of the result each side."""
-    if direction == "theta_ref":
-        target_logits, logits = logits, target_logits
-    p, logp = tol.softmax64(target_logits)
-    _, logq = tol.softmax64(logits)
-    v = p.shape[-1]
-    lp = np.where(p == 0, 0.0, logp - logq)
-    both = tol.log_softmax_sum_bound(p, logp) + tol.log_softmax_sum_bound(p, logq)
-    own_p = 2 * tol.shallow_rel(v, 1) * float(np.abs(p * lp).sum())
-    return (both + own_p) / b + 2 * tol.U32 * abs(float((p * lp).sum() / b))
+_kl_bound = tol.kl_bound
 
 
 # ---------------------------------------------------------------------------- rewards

@@ -96,7 +96,30 @@ def perturb(tree, rel: float, key):
     return jax.tree.unflatten(treedef, out)
 
 
-def ball_sensitivity(run: Callable, models, rel: float, samples: int = BALL_SAMPLES):
+def perturb_torch(models, rel: float, key):
+    """:func:`perturb` for PyTorch modules (a module or a tuple of them): deep copies whose
+    floating parameters are scaled by ``1 + rel·ξ`` (ξ uniform in [−1, 1], seeded by ``key``)."""
+    import copy
+
+    import torch
+
+    seed = int(np.asarray(jax.random.key_data(key)).ravel()[-1])
+    gen = torch.Generator().manual_seed(seed)
+    ms = models if isinstance(models, tuple) else (models,)
+    out = []
+    for m in ms:
+        m = copy.deepcopy(m)
+        with torch.no_grad():
+            for prm in m.parameters():
+                if prm.is_floating_point():
+                    xi = torch.rand(prm.shape, generator=gen, dtype=prm.dtype) * 2 - 1
+                    prm.mul_(1 + rel * xi)
+        out.append(m)
+    return tuple(out) if isinstance(models, tuple) else out[0]
+
+
+def ball_sensitivity(run: Callable, models, rel: float, samples: int = BALL_SAMPLES,
+                     perturb_fn: Callable = perturb):  # fmt: skip
     """Largest ``|run(perturbed) − run(models)|`` over ``samples`` random points of the ball.
 
     Args:
@@ -104,6 +127,7 @@ def ball_sensitivity(run: Callable, models, rel: float, samples: int = BALL_SAMP
         other than the weights are closed over and exact).
       models: the pytree of weights (a model, a tuple of models).
       rel: the ball's relative radius (``gamma(longest_contraction(...))``).
+      perturb_fn: :func:`perturb` (JAX pytrees) or :func:`perturb_torch` (torch modules).
     Returns:
       ``(base, worst)``: the unperturbed output and the elementwise maximum deviation, as
       float64 arrays (tuples of them when ``run`` returns a tuple).
@@ -112,7 +136,7 @@ def ball_sensitivity(run: Callable, models, rel: float, samples: int = BALL_SAMP
     base = [np.asarray(x, np.float64) for x in as_tuple(run(models))]
     worst = [np.zeros_like(b) for b in base]
     for s in range(samples):
-        out = as_tuple(run(perturb(models, rel, jax.random.key(1000 + s))))
+        out = as_tuple(run(perturb_fn(models, rel, jax.random.key(1000 + s))))
         worst = [np.maximum(w, np.abs(np.asarray(o, np.float64) - b))
                  for w, o, b in zip(worst, out, base)]  # fmt: skip
     if len(base) == 1:
@@ -120,14 +144,17 @@ def ball_sensitivity(run: Callable, models, rel: float, samples: int = BALL_SAMP
     return tuple(base), tuple(worst)
 
 
-def ball_tolerance(run: Callable, models, rel: float, floor_n):
+def ball_tolerance(run: Callable, models, rel: float, floor_n, perturb_fn: Callable = perturb):
     """Max-norm tolerance for comparing ``run(models)`` with another evaluation order of it:
     ``BALL_SAFETY ×`` the ball's largest deviation, plus ``reduction_bound`` of the output's
     magnitude over ``floor_n`` terms (so an insensitive output still has its own rounding).
-    A tuple of outputs (with a tuple of ``floor_n``) gives a tuple of tolerances."""
-    base, worst = ball_sensitivity(run, models, rel)
+    A tuple of outputs (with a tuple of ``floor_n``, or one for all) gives a tuple of
+    tolerances."""
+    base, worst = ball_sensitivity(run, models, rel, perturb_fn=perturb_fn)
     if not isinstance(base, tuple):
         return BALL_SAFETY * float(np.max(worst)) + reduction_bound(np.max(np.abs(base)), floor_n)
+    if isinstance(floor_n, int):
+        floor_n = (floor_n,) * len(base)
     return tuple(
         BALL_SAFETY * float(np.max(w)) + reduction_bound(np.max(np.abs(b)), n)
         for b, w, n in zip(base, worst, floor_n)
@@ -274,3 +301,31 @@ def refine_bounds(lm, rm, cfg, problems, key, batch_size=None, **kw):
     for j, f in enumerate(TRACE_FLOATS):
         out[f] = bounds[n * (j + 1) : n * (j + 2)]
     return out
+
+
+def torch_forward_tolerance(run: Callable, models, extra: int = 0) -> float:
+    """:func:`forward_tolerance` for a computation on PyTorch modules (the twins checked against
+    themselves): the same ball, the weights perturbed with :func:`perturb_torch`."""
+    ms = models if isinstance(models, tuple) else (models,)
+    n = extra
+    for m in ms:
+        c = m.config
+        n = max(n, c.hidden_size, getattr(c, "intermediate_size", 0) or 0, c.vocab_size)
+    return ball_tolerance(run, models, gamma(n), n, perturb_fn=perturb_torch)
+
+
+def kl_bound(target_logits, logits, b, direction="ref_theta"):
+    """Two evaluations of ``KL = Σ p·(log p − log q) / b`` (``p`` the target softmax: the
+    reference for "ref_theta", ``logits`` for "theta_ref"): both log-softmax sums
+    (:func:`log_softmax_sum_bound`); where ``p`` is itself computed (theta_ref) its
+    :func:`shallow_rel` error scales ``Σ|p·(log p − log q)|``; the division by ``b`` adds half an
+    ulp of the result each side."""
+    if direction == "theta_ref":
+        target_logits, logits = logits, target_logits
+    p, logp = softmax64(target_logits)
+    _, logq = softmax64(logits)
+    v = p.shape[-1]
+    lp = np.where(p == 0, 0.0, logp - logq)
+    both = log_softmax_sum_bound(p, logp) + log_softmax_sum_bound(p, logq)
+    own_p = 2 * shallow_rel(v, 1) * float(np.abs(p * lp).sum())
+    return (both + own_p) / b + 2 * U32 * abs(float((p * lp).sum() / b))
