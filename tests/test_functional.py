@@ -18,7 +18,6 @@ from tests import tolerances as tol
 from tests.hf_models import VOCAB, hf_config, saved_qwen2_pair
 from tests.reference import torch_dto as td
 
-pytestmark = pytest.mark.parity
 
 FLOAT_FIELDS = tol.TRACE_FLOATS
 
@@ -48,6 +47,7 @@ def _problem(seed, p=9, q=6, s=3, k=5, scale=2.0):
 PROBLEMS = [_problem(0), _problem(1, p=14, q=4, k=3), _problem(2, p=5, q=7, s=2, k=6)]
 
 
+@pytest.mark.parity
 @pytest.mark.parametrize("caching", [True, False])
 def test_jit_vmap_refine_one_equals_refine_batch(models, caching):
     lm, rm = models
@@ -207,6 +207,7 @@ def torch_pair(tmp_path_factory):
     return saved_qwen2_pair(tmp_path_factory.mktemp("pair"))
 
 
+@pytest.mark.parity
 def test_custom_optax_chain_matches_torch_twin(torch_pair):
     """clip_by_global_norm(1) then AdamW(0.05) = torch clip_grad_norm_ then AdamW, 20 steps."""
     lm_t, rm_t, lm, rm = torch_pair

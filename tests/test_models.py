@@ -11,7 +11,6 @@ from nabla_jax.models.convert import read_safetensors
 from tests import tolerances as tol
 from tests.hf_models import PAD, VOCAB, hf_model
 
-pytestmark = pytest.mark.parity
 
 FAMILIES = ["llama", "qwen2", "qwen3", "mistral", "gpt2"]
 # fp32 logits / scores against HF's torch forward: max abs error ≤ the forward's derived bound
@@ -60,6 +59,7 @@ def _save(model, tmp_path, **kw):
     return tmp_path
 
 
+@pytest.mark.parity
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("padding", ["left", "right"])
 def test_causal_lm_logits_match_hf(family, padding, tmp_path):
@@ -282,6 +282,7 @@ def test_key_sets_correspond(family, tmp_path):
     assert set(plan) == set(keys)
 
 
+@pytest.mark.parity
 def test_jit_and_vmap_over_models(tmp_path):
     import jax
 

@@ -125,6 +125,7 @@ def test_bfloat16_window_matches_torch_twin_and_freezes_large_logits(pair):
     assert np.max(np.abs(np.asarray(fp32.logits)[0][big] - z0[big])) > 0.01
 
 
+@pytest.mark.parity
 def test_article_function_matches_torch_twin(pair):
     """optimize_reasoning_sequence: refined logits and losses within their derived bound (the
     ball around the LM's weights) and the same argmax after 5 steps."""
@@ -154,6 +155,7 @@ def test_article_function_matches_torch_twin(pair):
     tol.assert_within(jtrace["loss"], [t[0] for t in trace], b_loss, "losses")
 
 
+@pytest.mark.parity
 def test_refine_batch_equals_per_prompt_refine(pair):
     _, _, lm, rm = pair
     cfg = DTOConfig(num_steps=8, learning_rate=0.3)

@@ -238,6 +238,7 @@ def test_gumbel_noise_is_keyed_and_scaled(pair):
     assert not np.allclose(np.asarray(a.logits), np.asarray(q1.logits))  # noise vs none: O(0.1)
 
 
+@pytest.mark.parity
 def test_refine_batch_article_rows_equal_refine(pair):
     _, _, lm, rm, _ = pair
     cfg = nj.DTOConfig(objective="article", num_steps=3, learning_rate=0.05,

@@ -91,6 +91,7 @@ def test_greedy_matches_hf_generate(family, tmp_path_factory):
     np.testing.assert_array_equal(res.model_calls, res.lengths)
 
 
+@pytest.mark.parity
 def test_logits_and_hidden_match_full_forward(tmp_path_factory):
     _, lm = _models("qwen2", tmp_path_factory)
     prompts = [[5, 6, 7, 8, 9, 10, 11, 12, 13], [20, 21, 22]]

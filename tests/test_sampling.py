@@ -21,7 +21,6 @@ from nabla_jax.decoding import (
 from tests import tolerances as tol
 from tests.reference import torch_sampling as ref
 
-pytestmark = pytest.mark.parity
 
 TEMPERATURES = (0.0, 0.5, 1.0, 1.7)
 TOP_KS = (0, 1, 3, 17, 40, 45)  # 40 = V, 45 > V
@@ -63,6 +62,7 @@ def jit_filter():
     return jax.jit(filter_logits)
 
 
+@pytest.mark.parity
 @pytest.mark.parametrize("logits_kind", ["random", "ties"])
 def test_filter_parity_grid(logits_kind, jit_filter):
     logits = _random_logits(0) if logits_kind == "random" else _tied_logits()
@@ -77,6 +77,7 @@ def test_filter_parity_grid(logits_kind, jit_filter):
         np.testing.assert_array_equal(got > 0, want > 0, err_msg=f"support t={t} k={k} p={p}")
 
 
+@pytest.mark.parity
 def test_eager_equals_jit_and_python_params(jit_filter):
     logits = _random_logits(1)
     eager = _probs_jax(logits, 0.7, 5, 0.9)
@@ -85,6 +86,7 @@ def test_eager_equals_jit_and_python_params(jit_filter):
     tol.assert_within(eager, jitted, _bound(logits, 0.7, 5, 0.9))
 
 
+@pytest.mark.parity
 def test_per_row_parameters_match_rowwise():
     logits = _random_logits(2, shape=(3, V))
     ts, ks, ps = np.array([0.0, 0.8, 1.3]), np.array([0, 4, 12]), np.array([0.9, 1.0, 0.3])

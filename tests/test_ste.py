@@ -25,7 +25,6 @@ from nabla_jax.functional.ste import (
 from tests import tolerances as tol
 from tests.reference import torch_ste
 
-pytestmark = pytest.mark.parity
 
 
 @pytest.fixture(autouse=True)
@@ -203,6 +202,7 @@ def _dense_st_embed(z, e, tau=1.0, key=None, scale=0.0):
     return st_softmax(z, tau, True, key, scale) @ e
 
 
+@pytest.mark.parity
 @pytest.mark.parametrize("shape", [(9, 5), (2, 7, 5), (40, 3)])  # (40, 3): repeated rows in dE
 def test_ste_argmax_embed_equals_dense(shape):
     z = _normal(20, shape)
@@ -298,6 +298,7 @@ def test_embed_forward_is_a_gather_not_a_matmul(fwd):
 # ---------------------------------------------------------------------------- torch parity
 
 
+@pytest.mark.parity
 def test_torch_parity_ste_argmax():
     z = _normal(40, (2, 6, 13))
     w = _normal(41, (2, 6, 13))
@@ -308,6 +309,7 @@ def test_torch_parity_ste_argmax():
     _close_grad(_jgrad(lambda z: jnp.sum(w * ste_argmax(z))), (z,), zt.grad.numpy(), 13)
 
 
+@pytest.mark.parity
 @pytest.mark.parametrize("tau,hard", [(1.0, True), (0.7, False)])
 def test_torch_parity_st_softmax(tau, hard):
     z = _normal(42, (5, 19))
@@ -401,6 +403,7 @@ def test_gumbel_max_samples_the_softmax():
     assert float(((counts - n * wrong) ** 2 / (n * wrong)).sum()) > 100
 
 
+@pytest.mark.parity
 @pytest.mark.parametrize("kind", ["ste_argmax", "st_softmax"])
 def test_torch_parity_embed(kind):
     z = _normal(45, (7, 23))
@@ -423,6 +426,7 @@ def test_torch_parity_embed(kind):
     _close_grad(lambda z, e: grads(z, e)[1], (z, e), et.grad.numpy(), 23)
 
 
+@pytest.mark.parity
 def test_embed_gradient_under_vmap_matches_rowwise():
     """refine_batch vmaps the gradient over prompts: the custom VJP must batch."""
     z = _normal(35, (3, 4, 7))  # [P, T, V]
