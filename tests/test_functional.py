@@ -18,7 +18,6 @@ from tests import tolerances as tol
 from tests.hf_models import VOCAB, hf_config, saved_qwen2_pair
 from tests.reference import torch_dto as td
 
-
 FLOAT_FIELDS = tol.TRACE_FLOATS
 
 

@@ -11,7 +11,6 @@ from nabla_jax.models.convert import read_safetensors
 from tests import tolerances as tol
 from tests.hf_models import PAD, VOCAB, hf_model
 
-
 FAMILIES = ["llama", "qwen2", "qwen3", "mistral", "gpt2"]
 # fp32 logits / scores against HF's torch forward: max abs error ≤ the forward's derived bound
 # (tests/tolerances.py: forward_tolerance, the backward-error ball of radius γ(longest

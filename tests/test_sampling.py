@@ -21,7 +21,6 @@ from nabla_jax.decoding import (
 from tests import tolerances as tol
 from tests.reference import torch_sampling as ref
 
-
 TEMPERATURES = (0.0, 0.5, 1.0, 1.7)
 TOP_KS = (0, 1, 3, 17, 40, 45)  # 40 = V, 45 > V
 TOP_PS = (1.0, 0.95, 0.5, 0.1, 1e-6)

@@ -26,7 +26,6 @@ from tests import tolerances as tol
 from tests.reference import torch_ste
 
 
-
 @pytest.fixture(autouse=True)
 def _highest_precision():
     with jax.default_matmul_precision("highest"):
