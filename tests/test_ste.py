@@ -384,7 +384,7 @@ def test_noisy_st_softmax_matches_twin_in_distribution(tau, scale, hard):
         assert (np.abs(a.mean(0) - b.mean(0)) <= 5 * se + 1e-4).all()
     # Noise matters here: the mean output is ≥ 15 standard errors from the noise-free output.
     clean = np.asarray(st_softmax(z, tau, hard))
-    se = np.sqrt(np.asarray(ys).var(0) / n) + 1e-6
+    se = np.sqrt(np.asarray(ys).var(0) / n) + 1e-6  # 1e-6: no 0 / 0 where a draw never varies
     assert (np.abs(np.asarray(ys).mean(0) - clean) / se).max() > 15
 
 
