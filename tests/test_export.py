@@ -62,7 +62,6 @@ CASES = [
 ]
 
 
-@pytest.mark.parity
 @pytest.mark.parametrize("family,tied", CASES)
 def test_causal_lm_round_trip(tmp_path, family, tied):
     raw = hf_config(family, tied=tied)
