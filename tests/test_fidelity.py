@@ -18,9 +18,7 @@ from tests import tolerances as tol
 from tests.hf_models import saved_qwen2_pair
 from tests.reference import torch_fidelity as ref
 
-pytestmark = pytest.mark.parity
-
-
+@pytest.mark.parity
 def test_spearman_matches_scipy():
     rng = np.random.RandomState(0)
     x, y = rng.randn(5, 16), rng.randn(5, 16)
@@ -34,6 +32,7 @@ def test_spearman_matches_scipy():
     assert np.isnan(np.asarray(spearman(jnp.ones((1, 4)), jnp.arange(4.0)[None])))[0]
 
 
+@pytest.mark.parity
 def test_fidelity_matches_torch_twin(tmp_path):
     _, rm_t, lm, rm = saved_qwen2_pair(tmp_path)
     v = lm.config.vocab_size
