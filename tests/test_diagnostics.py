@@ -19,6 +19,7 @@ from nabla_jax.tasks.registry import get_task
 from tests import tolerances as tol
 from tests.reference import torch_diagnostics as ref
 
+
 @pytest.mark.parity
 @pytest.mark.parametrize("exclude", [False, True])
 def test_diagnose_matches_torch_twin(exclude):

@@ -18,6 +18,7 @@ from tests import tolerances as tol
 from tests.hf_models import saved_qwen2_pair
 from tests.reference import torch_fidelity as ref
 
+
 @pytest.mark.parity
 def test_spearman_matches_scipy():
     rng = np.random.RandomState(0)
