@@ -15,7 +15,7 @@ import re
 
 from nabla_jax.tasks.arithmetic import extract_answer
 
-__all__ = ["oracle_score", "reference_steps"]
+__all__ = ["oracle_score", "reference_steps", "step_checks"]
 
 _TOKEN_RE = re.compile(r"\d+|[-+*()]")
 _LINE_RE = re.compile(r"\s*(-?\d+)\s*([-+*])\s*(\d+)\s*=\s*(-?\d+)\s*")
@@ -60,3 +60,20 @@ def oracle_score(question: str, response: str) -> float:
         correct += 1
     answer = extract_answer(response)
     return float(correct + (len(steps) + 1 if answer == steps[-1][3] else 0))
+
+
+def step_checks(question: str, response: str) -> list[bool]:
+    """Per line of ``response`` (split at ``\n``): whether the response is still right
+    through that line — every step line so far exactly the reference's, and for the lines
+    after the steps the final answer right. The labels a process reward model is judged by."""
+    steps = reference_steps(question)
+    out, ok = [], True
+    for k, line in enumerate(response.split("\n")):
+        if k < len(steps):
+            m = _LINE_RE.fullmatch(line)
+            got = None if m is None else tuple(int(g) if g not in "+-*" else g for g in m.groups())
+            ok = ok and got == steps[k]
+        else:
+            ok = ok and extract_answer(line) == steps[-1][3]
+        out.append(ok)
+    return out
