@@ -17,6 +17,7 @@ import jax
 
 __all__ = ["Tracked", "device_get", "track"]
 
+_TRACE = "/jax/core/compile/jaxpr_trace_duration"
 _LOWER = "/jax/core/compile/jaxpr_to_mlir_module_duration"
 _COMPILE = "/jax/core/compile/backend_compile_duration"
 _HIT = "/jax/compilation_cache/cache_hits"
@@ -24,13 +25,19 @@ _HIT = "/jax/compilation_cache/cache_hits"
 
 @dataclasses.dataclass
 class Tracked:
-    """What happened inside one :func:`track` block."""
+    """What happened inside one :func:`track` block.
+
+    ``seconds_by_program`` maps each program JAX traced, lowered or compiled (its function's
+    name, e.g. ``"jit(run_chunk)"``; tracing reports the bare name) to
+    ``{"trace": s, "lower": s, "compile": s}`` — where a cold or cached start spends its time.
+    """
 
     lowered: int = 0
     compiles: int = 0
     compile_seconds: float = 0.0
     cache_hits: int = 0
     transfers: int = 0
+    seconds_by_program: dict = dataclasses.field(default_factory=dict)
 
 
 _ACTIVE: list[Tracked] = []
@@ -48,12 +55,20 @@ def track():
     """Count lowerings, compilations, cache hits and nabla-jax's host reads inside the block."""
     t = Tracked()
 
-    def on_duration(event, seconds, **_):
+    def on_duration(event, seconds, **kw):
+        phase = {_TRACE: "trace", _LOWER: "lower", _COMPILE: "compile"}.get(event)
+        if phase is None:
+            return
         if event == _LOWER:
             t.lowered += 1
         elif event == _COMPILE:
             t.compiles += 1
             t.compile_seconds += seconds
+        name = str(kw.get("fun_name", "?"))
+        if name.startswith("jit(") and name.endswith(")"):
+            name = name[4:-1]  # one key per program, whichever phase reported it
+        times = t.seconds_by_program.setdefault(name, {"trace": 0.0, "lower": 0.0, "compile": 0.0})
+        times[phase] += seconds
 
     def on_event(event, **_):
         if event == _HIT:
