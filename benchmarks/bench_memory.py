@@ -194,7 +194,18 @@ def lower(name: str, x: dict):
 
         def step(lm, rm, ctx, batch, state, keys, index, hh):
             tx = paper_optimizer(prog.dto, hh)
-            return dto_step(lm, rm, ctx, batch, state, keys, index, prog.dto, hh, tx)
+            return dto_step(
+                lm,
+                rm,
+                ctx=ctx,
+                batch=batch,
+                state=state,
+                keys=keys,
+                step_index=index,
+                cfg=prog.dto,
+                h=hh,
+                optimizer=tx,
+            )
 
         index = jax.ShapeDtypeStruct((), jnp.int32)
         return jax.jit(step, donate_argnums=(4,)).lower(

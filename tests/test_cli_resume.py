@@ -164,7 +164,7 @@ def test_truncated_safetensors_is_named(pair, tmp_path):
 def test_bench_ctrl_c_says_how_far_it_got(pair, tmp_path, capsys, monkeypatch):
     from types import SimpleNamespace
 
-    from nabla_jax.app import evaluation
+    from nabla_jax.decoding import registry
 
     calls = []
 
@@ -173,11 +173,14 @@ def test_bench_ctrl_c_says_how_far_it_got(pair, tmp_path, capsys, monkeypatch):
             calls.append(len(prompts))
             if len(calls) > 1:  # Ctrl-C during the second batch
                 raise KeyboardInterrupt
-            return [SimpleNamespace(text="Answer: 1", stats={"model_calls": 1}) for _ in prompts]
+            return [
+                SimpleNamespace(text="Answer: 1", stats={"model_calls": 1}, trace=None)
+                for _ in prompts
+            ]
 
         return run
 
-    monkeypatch.setattr(evaluation, "method_runner", runner)
+    monkeypatch.setattr(registry, "method_runner", runner)
     out = tmp_path / "acc.jsonl"
     argv = ["bench", "accuracy", "--methods", "greedy", "--num-problems", "4", "--batch-size",
             "2", "--output", str(out), "--no-progress", *_common(pair)]  # fmt: skip

@@ -115,7 +115,11 @@ def precheck_pair(lm_path: str, rm_path: str, rm_vocab: str | None = None) -> st
     added tokens or padded rows, matched by token string (``by_string``; see
     ``nabla_jax.decoding.pair``). Returns a one-line coverage note for ``by_string``."""
     from nabla_jax.models.load import load_tokenizer, read_model_config
-    from nabla_jax.text.vocab import VocabMismatchError, check_vocab_compatibility
+    from nabla_jax.text.vocab import (
+        OutOfVocabularyError,
+        VocabMismatchError,
+        check_vocab_compatibility,
+    )
     from nabla_jax.text.vocab_map import build_vocab_map, resolve_rm_vocab
 
     lm_head, rm_head = checkpoint_head(lm_path), checkpoint_head(rm_path)
@@ -148,6 +152,14 @@ def precheck_pair(lm_path: str, rm_path: str, rm_vocab: str | None = None) -> st
         if resolve_rm_vocab(rm_vocab, lm_tok, rm_tok, lm_rows, rm_rows) == "shared":
             return None
         coverage = build_vocab_map(lm_tok, rm_tok, lm_rows, rm_rows).coverage
+    except OutOfVocabularyError as e:
+        # The checkpoint's own tokenizer reaches past its embedding rows: the files in that
+        # directory do not belong together, whatever the pairing.
+        raise fail(
+            f"LM vocabulary size {lm_rows}, RM vocabulary size {rm_rows}: {e.args[0].split(';')[0]}"
+            " — that directory's tokenizer does not belong to its weights; put the checkpoint's "
+            "own tokenizer.json beside its config.json"
+        ) from None
     except (ValueError, VocabMismatchError) as e:
         raise fail(str(e)) from None
     return coverage.summary()
