@@ -12,22 +12,12 @@ import time
 
 import pytest
 
-from nabla_jax.app import cli, evaluation
+from nabla_jax.app import evaluation
 from nabla_jax.app.config_io import load_run_config
+from tests.cli_helpers import cli_fails as _fails
 from tests.hf_models import hf_model, save_chat_pair
 
 MISSING = "/no/such/model/dir"
-
-
-def _fails(argv, capsys, phrase) -> str:
-    capsys.readouterr()  # drop what fixtures printed (e.g. save_pretrained's progress bar)
-    with pytest.raises(SystemExit) as e:
-        cli.main(argv)
-    assert e.value.code == 2
-    err = capsys.readouterr().err
-    assert phrase in err, err
-    assert err.startswith("nabla-jax: error: ") and err.count("\n") == 1, err
-    return err
 
 
 def test_seed_out_of_range(capsys):

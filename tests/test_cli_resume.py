@@ -11,43 +11,16 @@ import shutil
 import pytest
 
 from nabla_jax.app import cli
-from tests.hf_models import save_chat_pair
+from tests.cli_helpers import cli_fails as _fails
+from tests.cli_helpers import model_args as _common
+from tests.cli_helpers import small_pair
 
 pytestmark = pytest.mark.slow
-
-SMALL = """\
-decode:
-  max_length: 8
-  max_n_generations: 2
-  batch_size: 2
-  grad_threshold: null
-  dto: {num_steps: 2, learning_rate: 1e-2}
-baselines: {temperature: 0.8}
-"""
 
 
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory):
-    root = tmp_path_factory.mktemp("pair")
-    save_chat_pair(root / "lm", root / "rm")
-    (root / "small.yaml").write_text(SMALL)
-    return root
-
-
-def _common(root, lm=None, rm=None):
-    return ["--lm", str(lm or root / "lm"), "--rm", str(rm or root / "rm"), "--config",
-            str(root / "small.yaml")]  # fmt: skip
-
-
-def _fails(argv, capsys, phrase) -> str:
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as e:
-        cli.main(argv)
-    assert e.value.code == 2
-    err = capsys.readouterr().err
-    assert phrase in err, err
-    assert err.startswith("nabla-jax: error: ") and err.count("\n") == 1, err
-    return err
+    return small_pair(tmp_path_factory.mktemp("pair"))
 
 
 def _lines(path):

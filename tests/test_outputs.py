@@ -12,19 +12,9 @@ import pytest
 
 from nabla_jax.app import cli, evaluation, outputs
 from nabla_jax.app.results_file import prepare_results_file, read_results
+from tests.cli_helpers import cli_fails as _fails
 
 MISSING = "/no/such/model/dir"
-
-
-def _fails(argv, capsys, phrase) -> str:
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as e:
-        cli.main(argv)
-    assert e.value.code == 2
-    err = capsys.readouterr().err
-    assert phrase in err, err
-    assert err.startswith("nabla-jax: error: ") and err.count("\n") == 1, err
-    return err
 
 
 # -- the lock --------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -14,6 +15,7 @@ from nabla_jax.app.cli_setup import (
     model_id,
     model_settings,
     rm_vocab_of,
+    search_options_of,
     setup_distributed,
     task_of,
 )
@@ -60,6 +62,7 @@ def cmd_bench_accuracy(args) -> int:
     cfg, run = decode_config(args)
     task = task_of(args, run)
     sampling = run.get("baselines") if args.config else bundled_baseline_sampling()
+    search = search_options_of(args, run)
     try:
         evaluation.check_baseline_sampling(methods, sampling or cfg.rollout)
     except ValueError as e:
@@ -90,6 +93,8 @@ def cmd_bench_accuracy(args) -> int:
     check_acceptance(args.acceptance, task, provenance)
     if rm_vocab_of(args, run) is not None:  # recorded when set (older files stay comparable)
         provenance["rm_vocab"] = rm_vocab_of(args, run)
+    if not search.is_default():  # likewise
+        provenance["search"] = dataclasses.asdict(search)
     setup_distributed(args, run)
     from nabla_jax.runtime.distributed import is_main_process
 
@@ -108,6 +113,7 @@ def cmd_bench_accuracy(args) -> int:
             batch_size=args.batch_size, progress=not args.no_progress, baseline_sampling=sampling,
             task=task, provenance=provenance, acceptance=args.acceptance, tracker=tracker,
             rm_vocab=rm_vocab_of(args, run), oracle_diagnostics=args.oracle_diagnostics,
+            search=search,
         )  # fmt: skip
         summary = evaluation.summarize(results_path, methods)
         write_atomic(summary_path, json.dumps(summary, indent=2))
@@ -195,6 +201,23 @@ def _add_model_args(p):
     )  # fmt: skip
 
 
+def _add_search_args(p):
+    g = p.add_argument_group(
+        "tree searches", "settings of mcts:BxD and beam:NxM beyond their counts (default: the "
+        "config's search:, else the functions' defaults)",
+    )  # fmt: skip
+    g.add_argument("--mcts-simulations", type=int, metavar="N",
+                   help="MCTS rounds (default D: B*D evaluated children)")  # fmt: skip
+    g.add_argument("--uct-c", type=float, metavar="C", help="UCT exploration constant (1.0)")
+    g.add_argument("--mcts-answer", choices=["best", "visits"],
+                   help="the best-scored rollout (default) or the most-visited path's")  # fmt: skip
+    g.add_argument("--mcts-value", choices=["rollout", "partial"],
+                   help="a child's value: a completed rollout's score (default) or its partial "
+                   "response's, read at the step's end")  # fmt: skip
+    g.add_argument("--beam-max-depth", type=int, metavar="N",
+                   help="most steps of beam search (default: up to the length limit)")  # fmt: skip
+
+
 def _add_debug(p, default=False):
     p.add_argument(
         "--debug", action="store_true", default=default,
@@ -237,6 +260,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="JSON / JSONL problem file (arithmetic: objects with 'question'; math: "
         "'prompt' / 'problem' / 'question')",
     )
+    dec.add_argument(
+        "--method", default="nabla",
+        help="the decoding method (default nabla): a ∇ variant, or a baseline such as greedy, "
+        "bon:8, wbon:8, beam:4x4, mcts:4x5 (see `bench accuracy --methods`)",
+    )  # fmt: skip
     dec.add_argument("--seed", type=int, default=0)
     dec.add_argument("--output", help="write responses as JSONL here")
     dec.add_argument(
@@ -245,6 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="record what ∇ changed: 'revisions' in the JSONL (old → new token text, RM "
         "scores, verdict), or a highlighted view in the terminal",
     )
+    _add_search_args(dec)
     _add_debug(dec, argparse.SUPPRESS)
     dec.set_defaults(func=cmd_decode)
 
@@ -271,6 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
         "iteration, included in wall times)",
     )  # fmt: skip
     acc.add_argument("--no-progress", action="store_true")
+    _add_search_args(acc)
     _add_debug(acc, argparse.SUPPRESS)
     acc.set_defaults(func=cmd_bench_accuracy)
     return parser

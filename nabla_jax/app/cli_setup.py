@@ -11,6 +11,7 @@ __all__ = [
     "model_id",
     "model_settings",
     "rm_vocab_of",
+    "search_options_of",
     "setup_distributed",
     "task_of",
 ]
@@ -27,6 +28,28 @@ def model_settings(args, run: dict) -> tuple[str | None, str | None, str]:
 def rm_vocab_of(args, run: dict) -> str | None:
     """``--rm-vocab``, else the config's ``models.rm_vocab``, else None (the default)."""
     return getattr(args, "rm_vocab", None) or (run.get("models") or {}).get("rm_vocab")
+
+
+def search_options_of(args, run: dict):
+    """The tree searches' settings: the run config's ``search:`` with the ``--mcts-*`` /
+    ``--uct-c`` / ``--beam-max-depth`` flags given replacing its fields."""
+    from nabla_jax.decoding.search_options import SearchOptions
+
+    base = run.get("search") or SearchOptions()
+    mcts = {
+        "simulations": getattr(args, "mcts_simulations", None),
+        "uct_c": getattr(args, "uct_c", None),
+        "answer": getattr(args, "mcts_answer", None),
+        "value": getattr(args, "mcts_value", None),
+    }
+    beam = {"max_depth": getattr(args, "beam_max_depth", None)}
+    try:
+        return base.replace(mcts=mcts, beam=beam)
+    except (TypeError, ValueError) as e:
+        raise fail(
+            f"tree-search settings (--mcts-simulations, --uct-c, --mcts-answer, --mcts-value, "
+            f"--beam-max-depth, or the config's search:): {e}"
+        ) from e
 
 
 def model_id(path: str | None) -> str:

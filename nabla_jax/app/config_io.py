@@ -11,6 +11,9 @@ Layout of a config file (every key optional; unknown keys are an error)::
     models: {lm: path, rm: path, dtype: float32, rm_vocab: by_string, rm_steps: {...}}
     mesh: "data=4,model=2"
     baselines: {temperature: 0.6, top_p: 0.95}   # sampling of CoT / Best-of-N / self-consistency
+    search:            # the tree searches beyond their counts (decoding.search_options)
+      mcts: {simulations: 10, uct_c: 1.0, answer: best, value: rollout}
+      beam: {max_depth: 8}
     compilation_cache: false   # do not use the persistent XLA compilation cache (default: on)
     coordinator_timeout: 120   # seconds a multi-host process waits for the coordinator
     task: {name: math, instruction: "..."}        # the task's problems, prompts and grader
@@ -24,13 +27,21 @@ from typing import Any
 
 from nabla_jax.decoding.config import DecodeConfig
 from nabla_jax.decoding.sampling import SamplingConfig
+from nabla_jax.decoding.search_options import BeamOptions, MCTSOptions, SearchOptions
 from nabla_jax.functional.dto_config import DTOConfig
 from nabla_jax.functional.reward_settings import REWARD_MODEL_KEYS, check_reward_settings
 
-__all__ = ["TOP_LEVEL_KEYS", "ConfigError", "decode_config_from_dict", "load_run_config"]
+__all__ = [
+    "TOP_LEVEL_KEYS",
+    "ConfigError",
+    "decode_config_from_dict",
+    "load_run_config",
+    "search_options_from_dict",
+]
 
 TOP_LEVEL_KEYS = (
-    "decode", "models", "mesh", "task", "baselines", "compilation_cache", "coordinator_timeout",
+    "decode", "models", "mesh", "task", "baselines", "search", "compilation_cache",
+    "coordinator_timeout",
 )  # fmt: skip
 
 
@@ -144,4 +155,12 @@ def load_run_config(path) -> dict[str, Any]:
             raise ConfigError(f"{path}: {e}") from e
     if raw.get("baselines") is not None:
         out["baselines"] = _build(SamplingConfig, raw["baselines"], "baselines")
+    if raw.get("search") is not None:
+        out["search"] = search_options_from_dict(raw["search"], f"{path}: search")
     return out
+
+
+def search_options_from_dict(values: dict | None, where: str = "search") -> SearchOptions:
+    """``SearchOptions`` from the ``search:`` mapping of a run config."""
+    nested = {"mcts": MCTSOptions, "beam": BeamOptions}
+    return _build(SearchOptions, values or {}, where, nested)

@@ -1,4 +1,5 @@
-"""``nabla-jax decode``: prompts → ∇-Reasoner responses, printed or written to a resumable JSONL.
+"""``nabla-jax decode``: prompts → responses of ∇-Reasoner (or of ``--method``: a ∇ variant or
+a baseline such as ``mcts:4x5``), printed or written to a resumable JSONL.
 
 With ``--output`` the file's first line is a provenance record (``kind: decode``, the prompts'
 count and hash, the decode settings, seed, models, task); every other line is one prompt's row
@@ -24,6 +25,7 @@ from nabla_jax.app.cli_setup import (
     model_id,
     model_settings,
     rm_vocab_of,
+    search_options_of,
     setup_distributed,
     task_of,
 )
@@ -38,7 +40,14 @@ from nabla_jax.app.outputs import (
 )
 from nabla_jax.app.results_file import PROVENANCE_KEY, ResultsFileError, prepare_results_file
 
-__all__ = ["PromptItem", "decode_provenance", "read_prompt_items", "run_decode"]
+__all__ = [
+    "DecodeMethod",
+    "PromptItem",
+    "decode_method",
+    "decode_provenance",
+    "read_prompt_items",
+    "run_decode",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +58,63 @@ class PromptItem:
     id: str
     label: str
     text: str
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeMethod:
+    """What ``--method`` decodes with: ``spec`` (as given), ``nabla`` (a ∇ variant, run by the
+    decoder with ``cfg``: the run's config with the variant's overrides), the baselines'
+    ``sampling`` and the tree searches' ``search`` options."""
+
+    spec: str
+    nabla: bool
+    cfg: object
+    sampling: object
+    search: object
+
+    def provenance(self) -> dict:
+        """What the method adds to a results file's provenance (nothing for plain ``nabla``, so
+        files written before ``--method`` stay comparable)."""
+        if self.spec == "nabla":
+            return {}
+        out: dict = {"method": self.spec}
+        if not self.nabla:
+            out["baseline_sampling"] = dataclasses.asdict(self.sampling)
+            if not self.search.is_default():
+                out["search"] = dataclasses.asdict(self.search)
+        return out
+
+
+def decode_method(args, cfg, run: dict) -> DecodeMethod:
+    """``--method`` checked against the other flags, before any model loads."""
+    from nabla_jax.app.bundled import bundled_baseline_sampling
+    from nabla_jax.decoding import registry
+
+    spec = getattr(args, "method", None) or "nabla"
+    try:
+        name, _ = registry.parse_method(spec)
+    except ValueError as e:
+        raise fail(str(e)) from None
+    search = search_options_of(args, run)
+    if name in registry.NABLA_VARIANTS:
+        variant = registry.with_overrides(cfg, registry.NABLA_VARIANTS[name])
+        return DecodeMethod(spec, True, variant, None, search)
+    if args.trace:
+        raise fail(
+            f"--trace records what ∇-Reasoner revised; --method {spec} revises nothing "
+            "(drop --trace, or use a ∇ variant)"
+        )
+    if args.mesh or run.get("mesh") or (args.num_processes or 1) > 1:
+        raise fail(
+            f"--method {spec} runs in one process on one device; only the ∇ variants shard "
+            "over a --mesh or several processes (drop --mesh / --num-processes)"
+        )
+    sampling = (run.get("baselines") if args.config else bundled_baseline_sampling()) or cfg.rollout
+    try:
+        registry.check_baseline_sampling([spec], sampling)
+    except ValueError as e:
+        raise fail(str(e)) from None
+    return DecodeMethod(spec, False, cfg, sampling, search)
 
 
 def read_prompt_items(args, task) -> list[PromptItem]:
@@ -69,7 +135,8 @@ def read_prompt_items(args, task) -> list[PromptItem]:
     ]
 
 
-def decode_provenance(args, cfg, run: dict, task, items: list[PromptItem]) -> dict:
+def decode_provenance(args, cfg, run: dict, task, items: list[PromptItem],
+                      method: DecodeMethod | None = None) -> dict:  # fmt: skip
     """What makes a decode output's rows this run's rows (recorded in its first line)."""
     lm, rm, dtype = model_settings(args, run)
     blob = json.dumps([[it.id, it.text] for it in items], ensure_ascii=False).encode("utf-8")
@@ -78,7 +145,7 @@ def decode_provenance(args, cfg, run: dict, task, items: list[PromptItem]) -> di
                                       "sha256": hashlib.sha256(blob).hexdigest()},
         "seed": int(args.seed), "decode": dataclasses.asdict(cfg), "lm": model_id(lm),
         "rm": model_id(rm), "dtype": dtype, "task": task.name, "instruction": task.instruction,
-        "trace": bool(args.trace),
+        "trace": bool(args.trace), **(method.provenance() if method is not None else {}),
     }, default=str))  # fmt: skip
 
 
@@ -109,6 +176,8 @@ def run_decode(args) -> int:
 
     cfg, run = decode_config(args)
     task = task_of(args, run)
+    method = decode_method(args, cfg, run)
+    cfg = method.cfg
     items = read_prompt_items(args, task)
     if args.output:
         _check_output(args)
@@ -122,7 +191,7 @@ def run_decode(args) -> int:
             lock.acquire()
         done: set[str] = set()
         if out is not None:
-            prov = decode_provenance(args, cfg, run, task, items)
+            prov = decode_provenance(args, cfg, run, task, items, method)
             notes = prepare_results_file(out, prov, key=lambda r: r.get("id"), extendable=None)
             for note in notes:
                 print(note, file=sys.stderr)
@@ -132,6 +201,7 @@ def run_decode(args) -> int:
         todo = [it for it in items if it.id not in done]
         lm, rm = load_models(args, run)
         decoder = NablaDecoder(lm, rm, cfg, rm_vocab=rm_vocab_of(args, run))
+        # Every method renders prompts as the decoder does and shares its length limit.
         try:  # all prompts, before the first model call
             decoder.check_prompts([it.text for it in items], [it.label for it in items])
         except ValueError as e:
@@ -140,7 +210,19 @@ def run_decode(args) -> int:
             if not os.path.exists(out) or os.path.getsize(out) == 0:
                 write_atomic(out, json.dumps({PROVENANCE_KEY: prov}) + "\n")
             tracker.start(out, total=len(items), done=len(items) - len(todo))
-        written = _decode(args, decoder, lm, todo, out, tracker, main)
+        if method.nabla:
+
+            def decode_fn(texts, key):
+                return distributed.generate_across_hosts(decoder, texts, key, mesh=args.mesh_obj)
+        else:
+            from nabla_jax.decoding import registry
+
+            decode_fn = registry.method_runner(
+                method.spec, lm, rm, cfg, method.sampling, answer_extractor=task.vote_key,
+                rm_vocab=rm_vocab_of(args, run), step_delimiter=task.step_delimiter,
+                search=method.search,
+            )  # fmt: skip
+        written = _decode(args, decode_fn, 4 * cfg.batch_size, lm, todo, out, tracker, main)
     except (ResultsFileError, OutputError) as e:
         raise fail(str(e)) from None
     finally:
@@ -152,22 +234,20 @@ def run_decode(args) -> int:
     return 0
 
 
-def _decode(args, decoder, lm, todo: list[PromptItem], out, tracker, main) -> int:
-    """Decode ``todo`` chunk by chunk; rows go to ``out`` (synced after each chunk, so a kill
-    loses at most one chunk) or to the terminal. A prompt's randomness depends on the key and
-    the prompt only, so chunking and resuming do not change any result."""
+def _decode(args, decode_fn, step: int, lm, todo: list[PromptItem], out, tracker, main) -> int:
+    """Decode ``todo`` ``step`` prompts at a time with ``decode_fn(texts, key)``; rows go to ``out``
+    (synced after each chunk, so a kill loses at most one chunk) or to the terminal. A prompt's
+    randomness depends on the key and the prompt only, so chunking and resuming do not change
+    any result. (``step`` is several batches: a call keeps the decoder's slots busy.)"""
     import jax
-
-    from nabla_jax.runtime import distributed
 
     key = jax.random.key(args.seed)
     writer = RowWriter(out, tracker) if out is not None else None
-    step = 4 * decoder.cfg.batch_size  # several batches per call keep the decoder's slots busy
     try:
         for start in range(0, len(todo), step):
             chunk = todo[start : start + step]
             texts = [it.text for it in chunk]
-            results = distributed.generate_across_hosts(decoder, texts, key, mesh=args.mesh_obj)
+            results = decode_fn(texts, key)
             if not main:
                 continue
             for it, r in zip(chunk, results):

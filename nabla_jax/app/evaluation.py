@@ -104,6 +104,7 @@ def run_benchmark(
     tracker=None,
     rm_vocab: str | None = None,
     oracle_diagnostics: bool = False,
+    search=None,
 ) -> list[dict]:
     """Run every method on every problem; append one JSON line per result to ``results_path``.
 
@@ -114,7 +115,8 @@ def run_benchmark(
     ``rm_vocab``: how the RM reads LM ids (``nabla_jax.decoding.pair``; None = the default).
     ``oracle_diagnostics``: ∇-Reasoner rows record the right next token's probability before
     and after DTO, from the problems' reference solutions (a host call per iteration, so wall
-    times include it).
+    times include it). ``search``: the tree searches' settings
+    (:class:`~nabla_jax.decoding.search_options.SearchOptions`; None = their defaults).
 
     Problems already recorded for a method are skipped (resume). ``tracker`` (an
     :class:`~nabla_jax.app.outputs.Progress`) counts the rows in the file as they are written.
@@ -165,7 +167,7 @@ def run_benchmark(
             run = registry.method_runner(
                 method, lm, rm, cfg, baseline_sampling, answer_extractor=task.vote_key,
                 scorer=scorer, rm_vocab=rm_vocab, step_delimiter=task.step_delimiter,
-                next_token_oracle=next_token,
+                next_token_oracle=next_token, search=search,
             )  # fmt: skip
             key = method_key(seed, method)
             bar = tqdm(total=len(todo), desc=method, disable=not progress, unit="problem")

@@ -64,11 +64,15 @@ from nabla_jax.decoding.registry import (  # noqa: E402
     parse_methods,
     run_baseline,
 )
+from nabla_jax.decoding.search_options import BeamOptions, MCTSOptions, SearchOptions  # noqa: E402,E501
 from nabla_jax.decoding.weighted import weighted_best_of_n, weighted_vote  # noqa: E402
 
 __all__ += [
     "BASELINES",
     "METHODS",
+    "BeamOptions",
+    "MCTSOptions",
+    "SearchOptions",
     "NABLA_VARIANTS",
     "Baseline",
     "method_runner",

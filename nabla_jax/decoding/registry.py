@@ -23,6 +23,7 @@ from nabla_jax.decoding.nabla import NablaDecoder
 from nabla_jax.decoding.results import DecodeResult
 from nabla_jax.decoding.sampling import SamplingConfig
 from nabla_jax.decoding.scoring import Scorer
+from nabla_jax.decoding.search_options import SearchOptions
 from nabla_jax.decoding.weighted import weighted_best_of_n
 from nabla_jax.models.model import CausalLM, RewardModel
 
@@ -313,6 +314,7 @@ def method_runner(
     rm_vocab: str | None = None,
     step_delimiter: str | None = None,
     next_token_oracle: Callable[[Sequence[int], Sequence[int]], int] | None = None,
+    search: SearchOptions | None = None,
 ) -> Callable[[Sequence[Any], Any], list[DecodeResult]]:
     """``run(prompts, key) -> list[DecodeResult]`` for one method, sharing ``cfg``'s settings
     (max_length, stop strings, system message) so that comparisons are fair.
@@ -331,8 +333,12 @@ def method_runner(
         ``"\\n"``: one line per step).
       next_token_oracle: for the ∇ variants: names the right next token of a response
         prefix, so the trace records its probability before and after DTO.
+      search: the tree searches' settings beyond their counts (simulations, UCT constant,
+        answer and value of ``mcts``; ``beam``'s depth limit); None = the functions' defaults.
     """
     name, n = parse_method(method)
+    if search is not None and not isinstance(search, SearchOptions):
+        raise TypeError(f"search must be a SearchOptions, got {type(search).__name__}")
     if name in NABLA_VARIANTS:
         variant = with_overrides(cfg, NABLA_VARIANTS[name])
         decoder = NablaDecoder(lm, rm, variant, scorer=scorer, rm_vocab=rm_vocab,
@@ -352,4 +358,6 @@ def method_runner(
         common["rm_vocab"] = rm_vocab
     if step_delimiter is not None:
         common["step_delimiter"] = step_delimiter
+    if search is not None:
+        common.update(search.keywords(name))
     return lambda prompts, key: run_baseline((name, n), lm, prompts, key, rm=rm, **common)

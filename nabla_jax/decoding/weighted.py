@@ -147,9 +147,9 @@ def weighted_best_of_n(
     """Weighted Best-of-N: ``n`` samples per prompt, the answer with the largest summed reward.
 
     Args:
-      lm, rm, prompts, key, n, sampling, max_length, stop_strings, eos_ids, system,
-        batch_size, scorer, rm_vocab: as in :func:`nabla_jax.decoding.baselines.best_of_n` (the
-        same samples and scores).
+      lm, rm, prompts, key, n, sampling: as in :func:`nabla_jax.decoding.baselines.best_of_n`
+        (the same samples and scores).
+      max_length, stop_strings, eos_ids, system, batch_size, scorer, rm_vocab: as there.
       answer_extractor: ``text -> answer or None``, the task's (as for self-consistency).
 
     Returns:

@@ -299,8 +299,8 @@ class DTOProgram:
     coefficient cannot be read from it by mistake (those are :class:`DTOHyper` values).
 
     Attributes:
-      objective, mode, num_steps, optimizer, schedule, kl_direction, reward_form, hard,
-      update_postfix, grad_caching, window_dtype: as in :class:`DTOConfig`.
+      objective, mode, num_steps, optimizer, schedule: as in :class:`DTOConfig`.
+      kl_direction, reward_form, hard, update_postfix, grad_caching, window_dtype: likewise.
       has_reward, has_kl, has_gumbel: whether the reward term, the KL term and the Gumbel
         noise exist (non-zero ``reward_coeff``, ``lambda_kl``, ``gumbel_scale``).
     """
