@@ -14,6 +14,7 @@ __all__ = [
     "check_config_vocab",
     "check_model_dir",
     "check_output_path",
+    "check_tokenizer_rows",
     "checkpoint_head",
     "fail",
     "one_line",
@@ -109,17 +110,29 @@ def check_config_vocab(path: str, flag: str, vocab_size: int) -> None:
             )
 
 
+def check_tokenizer_rows(path: str, flag: str, tokenizer, vocab_size: int) -> None:
+    """A checkpoint's own tokenizer has no token id past its embedding rows (``vocab_size``):
+    otherwise the directory's tokenizer and weights do not belong together, whatever the
+    pairing. ``tokenizer`` None (the directory has none) passes."""
+    if tokenizer is None:
+        return
+    top = max(tokenizer.get_vocab().values(), default=-1)
+    if top >= vocab_size:
+        raise fail(
+            f"{flag} {path!r}: its tokenizer has token id {top} but its vocabulary size "
+            f"(config.json vocab_size, the embedding rows) is {vocab_size}; that tokenizer does "
+            "not belong to these weights — put the checkpoint's own tokenizer.json beside its "
+            "config.json"
+        )
+
+
 def precheck_pair(lm_path: str, rm_path: str, rm_vocab: str | None = None) -> str | None:
     """Before either model loads: the LM and RM directories are not swapped and the RM can read
     the LM's tokens — the same vocabulary (``rm_vocab`` shared), or one that differs only in
     added tokens or padded rows, matched by token string (``by_string``; see
     ``nabla_jax.decoding.pair``). Returns a one-line coverage note for ``by_string``."""
     from nabla_jax.models.load import load_tokenizer, read_model_config
-    from nabla_jax.text.vocab import (
-        OutOfVocabularyError,
-        VocabMismatchError,
-        check_vocab_compatibility,
-    )
+    from nabla_jax.text.vocab import VocabMismatchError, check_vocab_compatibility
     from nabla_jax.text.vocab_map import build_vocab_map, resolve_rm_vocab
 
     lm_head, rm_head = checkpoint_head(lm_path), checkpoint_head(rm_path)
@@ -144,6 +157,8 @@ def precheck_pair(lm_path: str, rm_path: str, rm_vocab: str | None = None) -> st
             "tokenizer — copy tokenizer.json and tokenizer_config.json into that directory"
         )
     lm_rows, rm_rows = lm_cfg.vocab_size, rm_cfg.vocab_size
+    check_tokenizer_rows(lm_path, "--lm", lm_tok, lm_rows)
+    check_tokenizer_rows(rm_path, "--rm", rm_tok, rm_rows)
     try:
         if rm_vocab == "shared" or (rm_vocab is None and lm_rows == rm_rows):
             if rm_tok is not None:
@@ -152,14 +167,6 @@ def precheck_pair(lm_path: str, rm_path: str, rm_vocab: str | None = None) -> st
         if resolve_rm_vocab(rm_vocab, lm_tok, rm_tok, lm_rows, rm_rows) == "shared":
             return None
         coverage = build_vocab_map(lm_tok, rm_tok, lm_rows, rm_rows).coverage
-    except OutOfVocabularyError as e:
-        # The checkpoint's own tokenizer reaches past its embedding rows: the files in that
-        # directory do not belong together, whatever the pairing.
-        raise fail(
-            f"LM vocabulary size {lm_rows}, RM vocabulary size {rm_rows}: {e.args[0].split(';')[0]}"
-            " — that directory's tokenizer does not belong to its weights; put the checkpoint's "
-            "own tokenizer.json beside its config.json"
-        ) from None
     except (ValueError, VocabMismatchError) as e:
         raise fail(str(e)) from None
     return coverage.summary()

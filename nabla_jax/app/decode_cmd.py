@@ -39,6 +39,9 @@ from nabla_jax.app.outputs import (
     write_atomic,
 )
 from nabla_jax.app.results_file import PROVENANCE_KEY, ResultsFileError, prepare_results_file
+from nabla_jax.decoding.config import DecodeConfig
+from nabla_jax.decoding.sampling import SamplingConfig
+from nabla_jax.decoding.search_options import SearchOptions
 
 __all__ = [
     "DecodeMethod",
@@ -68,9 +71,9 @@ class DecodeMethod:
 
     spec: str
     nabla: bool
-    cfg: object
-    sampling: object
-    search: object
+    cfg: DecodeConfig
+    sampling: SamplingConfig | None
+    search: SearchOptions
 
     def provenance(self) -> dict:
         """What the method adds to a results file's provenance (nothing for plain ``nabla``, so
