@@ -37,7 +37,7 @@ def test_diagnose_matches_torch_twin(exclude):
     got = diagnose(j(original), j(refined), j(current), j(proposed), j(right), cfg.hyper(),
                    prog=cfg.program())  # fmt: skip
     t = lambda x: torch.from_numpy(np.asarray(x))
-    kl, dlogp, top1, topk, before, after = ref.diagnose(
+    kl, dlogp, top1, topk, before, after, new_before, new_after = ref.diagnose(
         t(original), t(refined), t(current), t(proposed), t(right), 0.7, exclude
     )
     # log-softmax of V terms in float32 against float64: each log-probability is within a few
@@ -49,6 +49,8 @@ def test_diagnose_matches_torch_twin(exclude):
     tol.assert_within(got.dlogp, dlogp.numpy(), 2 * per_logp, "dlogp")
     tol.assert_within(got.p_right_before, before.numpy(), per_logp, "p(right) before")
     tol.assert_within(got.p_right_after, after.numpy(), per_logp, "p(right) after")
+    tol.assert_within(got.p_new_before, new_before.numpy(), per_logp, "p(new) before")
+    tol.assert_within(got.p_new_after, new_after.numpy(), per_logp, "p(new) after")
     assert np.array_equal(got.top1_changed, top1.numpy())
     assert np.array_equal(got.topk_changed, topk.numpy())
     assert float(got.kl[0]) == 0.0 and not bool(got.topk_changed[0])  # unchanged logits
@@ -90,6 +92,12 @@ def test_trace_records_what_dto_did(bundled_runs):
     assert events, "no refinement ran"
     assert all(t["kl"] >= 0 for t in events)
     assert any(t["kl"] > 0 for t in events)  # the gradient moved the distribution somewhere
+    for t in events:  # the proposed token's probabilities agree with its Δlog p
+        assert 0 <= t["p_new_before"] <= 1 and 0 <= t["p_new_after"] <= 1
+        if min(t["p_new_before"], t["p_new_after"]) > 1e-6:  # both log-probabilities O(10)
+            np.testing.assert_allclose(
+                np.log(t["p_new_after"] / t["p_new_before"]), t["dlogp"], rtol=0, atol=1e-4
+            )  # float32 rounding
     known = [t for t in events if t["right_token"] is not None]
     assert known and all(0 <= t["p_right_before"] <= 1 for t in known)
     # The oracle only observes: the same tokens and counters as without it.
@@ -103,7 +111,7 @@ def test_without_dto_nothing_changes(bundled_runs):
     assert events
     for t in events:
         assert t["kl"] == 0 and t["dlogp"] == 0 and not t["top1_changed"]
-        assert not t["topk_changed"]
+        assert not t["topk_changed"] and t["p_new_before"] == t["p_new_after"]
         if t["right_token"] is not None:
             assert t["p_right_before"] == t["p_right_after"]
 

@@ -41,6 +41,8 @@ TRACE_KEYS = (
 DIAGNOSTIC_KEYS = (
     "kl",
     "dlogp",
+    "p_new_before",
+    "p_new_after",
     "top1_changed",
     "topk_changed",
     "p_right_before",
@@ -72,6 +74,8 @@ class Revision:
     # traces that predate the diagnostics.
     kl: float | None = None
     dlogp: float | None = None
+    p_new_before: float | None = None
+    p_new_after: float | None = None
     top1_changed: bool | None = None
     topk_changed: bool | None = None
     p_right_before: float | None = None
@@ -177,15 +181,23 @@ def _score(v: float | None) -> str:
     return "" if v is None else f"{v:+.3f}"
 
 
+def _moved(e: Revision) -> str:
+    """The new token's probability before → after DTO (Δlog p in traces without them)."""
+    if e.p_new_before is not None and e.p_new_after is not None:
+        return f"{e.p_new_before:.3f} → {e.p_new_after:.3f}"
+    return "" if e.dlogp is None else f"Δlog p {e.dlogp:+.3f}"
+
+
 def revision_table(events: Sequence[Revision], title: str | None = None):
     """A ``rich.table.Table``: one row per refinement (position, old → new, RM scores, what DTO
-    did — KL, Δlog p of the new token, whether the argmax moved, and with an oracle the right
-    token's probability before → after — and the verdict)."""
+    did — KL, the new token's probability before → after DTO, whether the argmax moved, and
+    with an oracle the right token's probability before → after — and the verdict)."""
     from rich.table import Table
 
     table = Table(title=title, show_edge=False, header_style="bold")
     oracle = any(e.p_right_before is not None for e in events)
-    cols = ["pos", "old → new", "RM current", "RM proposed", "KL", "Δlog p", "top-1"]
+    cols = ["pos", "old → new", "RM current", "RM proposed", "KL", "p(new) before → after",
+            "top-1"]  # fmt: skip
     cols += ["p(right) before → after"] if oracle else []
     for col in cols + ["verdict"]:
         left = col in ("old → new", "verdict", "top-1")
@@ -194,7 +206,7 @@ def revision_table(events: Sequence[Revision], title: str | None = None):
     for e in events:
         moved = "-" if e.top1_changed is None else ("moved" if e.top1_changed else "same")
         cells = [str(e.position), f"{e.old_text!r} → {e.new_text!r}", _score(e.score_current),
-                 _score(e.score_proposed), _score(e.kl), _score(e.dlogp), moved]  # fmt: skip
+                 _score(e.score_proposed), _score(e.kl), _moved(e), moved]  # fmt: skip
         if oracle:
             cells.append(
                 "-" if e.p_right_before is None

@@ -6,7 +6,8 @@ temperature (``τ``; 1 when the resample is greedy), without the current token w
 ``resample_excludes_current``. :func:`diagnose` compares the two distributions:
 
 * ``kl`` — KL(refined ‖ original) in nats;
-* ``dlogp`` — the change in log-probability of the token finally proposed;
+* ``dlogp`` — the change in log-probability of the token finally proposed, and that token's
+  probability before and after DTO (``p_new_before`` / ``p_new_after``);
 * ``top1_changed`` / ``topk_changed`` — whether DTO changed the argmax, or the set of the
   :data:`TOP_K` most probable tokens;
 * with a next-token oracle (a host function that names the right next token of a response
@@ -46,6 +47,8 @@ class Diagnosis(NamedTuple):
     right: jax.Array
     p_right_before: jax.Array
     p_right_after: jax.Array
+    p_new_before: jax.Array
+    p_new_after: jax.Array
     fidelity: jax.Array | None = None  # [B] Spearman (nabla_jax.decoding.fidelity) or None
 
 
@@ -86,7 +89,8 @@ def diagnose(original, refined, current, proposed, right, h: DecodeHyper, *,
     before = jnp.where(known, jnp.exp(lp_o[rows, at]), 0.0)
     after = jnp.where(known, jnp.exp(lp_r[rows, at]), 0.0)
     return Diagnosis(kl, jnp.where(jnp.isfinite(dlogp), dlogp, 0.0), top1, topk, right,
-                     before, after)  # fmt: skip
+                     before, after, jnp.exp(lp_o[rows, proposed]),
+                     jnp.exp(lp_r[rows, proposed]))  # fmt: skip
 
 
 def oracle_tokens(oracle: NextTokenOracle | None, prompt_ids, prompt_mask, tokens, at, rows):

@@ -49,8 +49,10 @@ class DecodeResult:
         proposed, accepted (None without a proposal), score_current, score_proposed (None
         when not scored); what DTO did to the resample distribution there
         (:mod:`nabla_jax.decoding.diagnostics`): kl (KL(refined ‖ original), nats), dlogp (the
-        proposed token's change in log-probability), top1_changed, topk_changed, and with a
-        next-token oracle right_token, p_right_before, p_right_after (None without one); with
+        proposed token's change in log-probability), p_new_before, p_new_after (its
+        probability under the resample distribution before and after DTO), top1_changed,
+        topk_changed, and with a next-token oracle right_token, p_right_before, p_right_after
+        (None without one); with
         ``fidelity_top_k``, fidelity (Spearman of the RM gradient's linear estimates against
         re-scored swaps, :mod:`nabla_jax.decoding.fidelity`; None when not measured).
     """
@@ -107,6 +109,8 @@ def row_result(prompt, report, b: int, tokenizer, eos: set, stop_strings) -> Dec
                 "score_proposed": float(ev.score_proposed[b, i]) if scored else None,
                 "kl": float(ev.kl[b, i]),
                 "dlogp": float(ev.dlogp[b, i]),
+                "p_new_before": float(ev.p_new_before[b, i]),
+                "p_new_after": float(ev.p_new_after[b, i]),
                 "top1_changed": bool(ev.top1_changed[b, i]),
                 "topk_changed": bool(ev.topk_changed[b, i]),
                 "right_token": right if (right := int(ev.right_token[b, i])) >= 0 else None,

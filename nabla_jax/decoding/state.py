@@ -84,6 +84,8 @@ class Events(NamedTuple):
     right_token: jax.Array  # int32 the oracle's right token, -1 = none
     p_right_before: jax.Array  # float32 its probability before / after DTO
     p_right_after: jax.Array
+    p_new_before: jax.Array  # float32 the proposed token's probability before / after DTO
+    p_new_after: jax.Array
     fidelity: jax.Array  # float32 Spearman of the gradient's estimates (NaN = not measured)
 
 
@@ -166,6 +168,8 @@ def empty_state(lm, rm, b, p, q, s, length, window, *, latents=False, events=Non
         right_token=jnp.full((b, e), -1, jnp.int32),
         p_right_before=jnp.zeros((b, e), jnp.float32),
         p_right_after=jnp.zeros((b, e), jnp.float32),
+        p_new_before=jnp.zeros((b, e), jnp.float32),
+        p_new_after=jnp.zeros((b, e), jnp.float32),
         fidelity=jnp.full((b, e), jnp.nan, jnp.float32),
     )
     lm_slots = p + length + window

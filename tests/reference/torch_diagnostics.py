@@ -32,4 +32,4 @@ def diagnose(original, refined, current, proposed, right, tau, exclude_current, 
     known = right >= 0
     before = torch.where(known, lo[rows, at].exp(), torch.zeros(len(rows), dtype=lo.dtype))
     after = torch.where(known, lr[rows, at].exp(), torch.zeros(len(rows), dtype=lo.dtype))
-    return kl, dlogp, top1, topk, before, after
+    return kl, dlogp, top1, topk, before, after, lo[rows, proposed].exp(), lr[rows, proposed].exp()
