@@ -62,16 +62,19 @@ from nabla_jax.functional.refine import (
     window_grad_norms,
 )
 from nabla_jax.functional.ste import st_softmax, st_softmax_embed, ste_argmax, ste_argmax_embed
+from nabla_jax.functional.step_reward import StepReward, step_reward
 from nabla_jax.models import (
     CausalLM,
     CheckpointMismatchError,
     KVCache,
     ModelConfig,
+    ProcessRewardModel,
     RewardModel,
     UnsupportedModelError,
     init_causal_lm,
     init_reward_model,
     load_causal_lm,
+    load_process_reward_model,
     load_reward_model,
 )
 from nabla_jax.runtime import compilation_cache, profiling
@@ -95,12 +98,16 @@ __all__ = [
     "CheckpointMismatchError",
     "KVCache",
     "ModelConfig",
+    "ProcessRewardModel",
     "RewardModel",
+    "StepReward",
     "UnsupportedModelError",
     "init_causal_lm",
     "init_reward_model",
     "load_causal_lm",
+    "load_process_reward_model",
     "load_reward_model",
+    "step_reward",
     # Vocabularies and chat templates of an LM / RM pair.
     "ChatTemplateError",
     "OutOfVocabularyError",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from nabla_jax.app import cli
@@ -45,3 +47,9 @@ def small_pair(root):
     save_chat_pair(root / "lm", root / "rm")
     (root / "small.yaml").write_text(SMALL_RUN)
     return root
+
+
+def results_rows(path):
+    """``(provenance, rows)`` of a results file (JSON lines, the provenance line first)."""
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    return lines[0]["_provenance"], lines[1:]

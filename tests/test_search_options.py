@@ -4,8 +4,6 @@ run config's ``search:``, ``method_runner(search=...)``, and the CLI (``decode -
 
 from __future__ import annotations
 
-import json
-
 import jax
 import pytest
 
@@ -14,7 +12,7 @@ from nabla_jax.app.config_io import ConfigError, load_run_config
 from nabla_jax.decoding import DecodeConfig, SamplingConfig, registry
 from nabla_jax.decoding.search_options import BeamOptions, MCTSOptions, SearchOptions
 from tests.cli_helpers import cli_fails as _fails
-from tests.cli_helpers import model_args, small_pair
+from tests.cli_helpers import model_args, results_rows, small_pair
 from tests.tiny_decode import PROMPTS, load_chat_pair
 
 # ----------------------------------------------------------------------- the options themselves
@@ -122,18 +120,13 @@ def pair(tmp_path_factory):
     return small_pair(tmp_path_factory.mktemp("pair"))
 
 
-def _rows(path):
-    lines = [json.loads(line) for line in path.read_text().splitlines()]
-    return lines[0]["_provenance"], lines[1:]
-
-
 @pytest.mark.slow
 def test_decode_with_a_tree_search(pair, tmp_path, capsys):
     out = tmp_path / "mcts.jsonl"
     argv = ["decode", "--prompt", "2+3=?", "--method", "mcts:2x2", "--mcts-simulations", "3",
             "--mcts-answer", "visits", "--output", str(out), *model_args(pair)]  # fmt: skip
     assert cli.main(argv) == 0
-    prov, rows = _rows(out)
+    prov, rows = results_rows(out)
     assert prov["method"] == "mcts:2x2"
     assert prov["search"]["mcts"] == {"simulations": 3, "uct_c": 1.0, "answer": "visits",
                                       "value": "rollout"}  # fmt: skip
@@ -142,7 +135,7 @@ def test_decode_with_a_tree_search(pair, tmp_path, capsys):
     assert 1 <= rows[0]["stats"]["simulations"] <= 3  # expansions made in 3 rounds
     # The same command resumes (nothing to do); other settings are another run's file.
     assert cli.main(argv) == 0
-    assert len(_rows(out)[1]) == 1
+    assert len(results_rows(out)[1]) == 1
     other = [a if a != "3" else "4" for a in argv]
     _fails(other, capsys, "search")
 
@@ -164,6 +157,6 @@ def test_bench_records_search_options(pair, tmp_path, capsys):
             "--batch-size", "2", "--uct-c", "0.5", "--output", str(out), "--no-progress",
             *model_args(pair)]  # fmt: skip
     assert cli.main(argv) == 0
-    prov, rows = _rows(out)
+    prov, rows = results_rows(out)
     assert prov["search"]["mcts"]["uct_c"] == 0.5 and len(rows) == 2
     _fails([a if a != "0.5" else "0.7" for a in argv], capsys, "search")

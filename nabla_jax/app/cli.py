@@ -14,6 +14,7 @@ from nabla_jax.app.cli_setup import (
     load_models,
     model_id,
     model_settings,
+    rm_steps_of,
     rm_vocab_of,
     search_options_of,
     setup_distributed,
@@ -93,6 +94,8 @@ def cmd_bench_accuracy(args) -> int:
     check_acceptance(args.acceptance, task, provenance)
     if rm_vocab_of(args, run) is not None:  # recorded when set (older files stay comparable)
         provenance["rm_vocab"] = rm_vocab_of(args, run)
+    if rm_steps_of(run) is not None:  # likewise
+        provenance["rm_steps"] = rm_steps_of(run)
     if not search.is_default():  # likewise
         provenance["search"] = dataclasses.asdict(search)
     setup_distributed(args, run)
@@ -107,7 +110,7 @@ def cmd_bench_accuracy(args) -> int:
         # Integrity and provenance of an existing results file, before any model loads.
         for note in evaluation.prepare_results_file(results_path, provenance):
             print(note, file=sys.stderr)
-        lm, rm = load_models(args, run)
+        lm, rm = load_models(args, run, step_delimiter=task.step_delimiter)
         evaluation.run_benchmark(
             lm, rm, problems, methods, cfg, seed=args.seed, results_path=results_path,
             batch_size=args.batch_size, progress=not args.no_progress, baseline_sampling=sampling,

@@ -10,6 +10,7 @@ __all__ = [
     "load_models",
     "model_id",
     "model_settings",
+    "rm_steps_of",
     "rm_vocab_of",
     "search_options_of",
     "setup_distributed",
@@ -59,8 +60,16 @@ def model_id(path: str | None) -> str:
     return os.path.abspath(path) if path else "bundled"
 
 
-def load_models(args, run: dict):
-    """(LM, RM) of the flags / run config (default: the bundled pair), checked first."""
+def rm_steps_of(run: dict) -> dict | None:
+    """The run config's ``models.rm_steps`` (read the RM per step), or None."""
+    return (run.get("models") or {}).get("rm_steps")
+
+
+def load_models(args, run: dict, *, step_delimiter: str = "\n"):
+    """(LM, RM) of the flags / run config (default: the bundled pair), checked first. With
+    ``models.rm_steps`` the RM is a process reward model read at the task's step ends
+    (``step_delimiter``) or its separator: a :class:`~nabla_jax.functional.step_reward.
+    StepReward`."""
     from nabla_jax.app.bundled import BUNDLED_LM, BUNDLED_RM
     from nabla_jax.models import load_causal_lm, load_reward_model
 
@@ -76,7 +85,26 @@ def load_models(args, run: dict):
     mesh = getattr(args, "mesh_obj", None)
     kw = {"mesh": mesh} if mesh is not None else {}
     kw["allow_pickle"] = bool(getattr(args, "allow_pickle", False))
-    return load_causal_lm(lm_path, dtype, **kw), load_reward_model(rm_path, dtype, **kw)
+    steps = rm_steps_of(run)
+    if steps is None:
+        return load_causal_lm(lm_path, dtype, **kw), load_reward_model(rm_path, dtype, **kw)
+    from nabla_jax.functional.step_reward import step_reward
+    from nabla_jax.models import load_process_reward_model
+
+    if mesh is not None:
+        raise fail(
+            "models.rm_steps (a process reward model read per step) runs on one device for "
+            "now: drop --mesh"
+        )
+    try:
+        prm = load_process_reward_model(rm_path, dtype, layout=steps.get("layout"),
+                                        allow_pickle=kw["allow_pickle"],
+                                        separator=steps.get("separator"))  # fmt: skip
+        reward = step_reward(prm, steps["aggregate"], step_end=step_delimiter,
+                             temperature=steps.get("temperature"))  # fmt: skip
+    except ValueError as e:
+        raise fail(f"models.rm_steps: {e}") from None
+    return load_causal_lm(lm_path, dtype, **kw), reward
 
 
 def decode_config(args):

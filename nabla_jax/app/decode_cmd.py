@@ -24,6 +24,7 @@ from nabla_jax.app.cli_setup import (
     load_models,
     model_id,
     model_settings,
+    rm_steps_of,
     rm_vocab_of,
     search_options_of,
     setup_distributed,
@@ -149,6 +150,7 @@ def decode_provenance(args, cfg, run: dict, task, items: list[PromptItem],
         "seed": int(args.seed), "decode": dataclasses.asdict(cfg), "lm": model_id(lm),
         "rm": model_id(rm), "dtype": dtype, "task": task.name, "instruction": task.instruction,
         "trace": bool(args.trace), **(method.provenance() if method is not None else {}),
+        **({"rm_steps": rm_steps_of(run)} if rm_steps_of(run) is not None else {}),
     }, default=str))  # fmt: skip
 
 
@@ -202,7 +204,7 @@ def run_decode(args) -> int:
         if args.output and jax.process_count() > 1:  # every process skips the same prompts
             done = set(distributed.allgather_json(sorted(done))[0])
         todo = [it for it in items if it.id not in done]
-        lm, rm = load_models(args, run)
+        lm, rm = load_models(args, run, step_delimiter=task.step_delimiter)
         decoder = NablaDecoder(lm, rm, cfg, rm_vocab=rm_vocab_of(args, run))
         # Every method renders prompts as the decoder does and shares its length limit.
         try:  # all prompts, before the first model call

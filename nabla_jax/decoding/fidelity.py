@@ -16,7 +16,8 @@ import jax
 import jax.numpy as jnp
 
 from nabla_jax.decoding.scoring import response_inputs
-from nabla_jax.models.model import default_positions, last_valid_index
+from nabla_jax.functional.step_reward import response_reward
+from nabla_jax.models.model import default_positions
 
 __all__ = ["first_order_fidelity", "spearman"]
 
@@ -34,14 +35,13 @@ def spearman(x, y):
     return jnp.where(const, jnp.nan, rho)
 
 
-def _scores_of_embeds(rm, embeds, mask):
-    """RM scores ``[N]`` of input embeddings ``[N, T, D]`` under ``mask [N, T]``."""
+def _scores_of_embeds(rm, embeds, ids, mask, start):
+    """RM scores ``[N]`` of input embeddings ``[N, T, D]`` (of ids ``[N, T]``) under ``mask
+    [N, T]``, the response from slot ``start``."""
     hidden = rm.forward(
         inputs_embeds=embeds, attention_mask=mask, position_ids=default_positions(mask)
     ).hidden
-    pooled = jnp.take_along_axis(hidden, last_valid_index(mask)[:, None, None], 1)[:, 0]
-    s = rm.score_hidden(pooled)
-    return (s if s.ndim == 1 else jnp.mean(s, axis=-1)).astype(jnp.float32)
+    return response_reward(rm, hidden, ids, mask, start)
 
 
 def first_order_fidelity(models, frame, tokens, length, at, logits, tables, k: int):
@@ -58,7 +58,10 @@ def first_order_fidelity(models, frame, tokens, length, at, logits, tables, k: i
     b, t = ids.shape
     slot = frame.prefix_ids.shape[1] + at  # the position's slot in the RM input
     embeds = rm.embed(ids).astype(jnp.float32)
-    base, grads = jax.value_and_grad(lambda e: jnp.sum(_scores_of_embeds(rm, e, mask)))(embeds)
+    start = frame.prefix_ids.shape[1]
+    base, grads = jax.value_and_grad(lambda e: jnp.sum(_scores_of_embeds(rm, e, ids, mask, start)))(
+        embeds
+    )
     del base
     rows = jnp.arange(b)
     g = grads[rows, slot]  # [B, D]: ∇ₑr at the position
@@ -74,8 +77,9 @@ def first_order_fidelity(models, frame, tokens, length, at, logits, tables, k: i
         .set(rm_cand)
     )
     flat_mask = jnp.repeat(mask[:, None], k, axis=1).reshape(b * k, t)
-    actual_all = _scores_of_embeds(rm, rm.embed(swapped.reshape(b * k, t)).astype(jnp.float32),
-                                   flat_mask).reshape(b, k)  # fmt: skip
-    current = _scores_of_embeds(rm, embeds, mask)
+    flat_ids = swapped.reshape(b * k, t)
+    actual_all = _scores_of_embeds(rm, rm.embed(flat_ids).astype(jnp.float32), flat_ids,
+                                   flat_mask, start).reshape(b, k)  # fmt: skip
+    current = _scores_of_embeds(rm, embeds, ids, mask, start)
     actual = actual_all - current[:, None]
     return spearman(linear, actual), linear, actual, cand

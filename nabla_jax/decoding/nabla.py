@@ -43,6 +43,7 @@ from nabla_jax.decoding.pair import check_pair, model_pair
 from nabla_jax.decoding.results import DecodeResult, row_result
 from nabla_jax.decoding.state import Inserts, empty_state
 from nabla_jax.decoding.stopping import default_eos_ids, stop_tables
+from nabla_jax.functional.step_reward import StepReward, rm_frame
 from nabla_jax.models.model import CausalLM, RewardModel
 from nabla_jax.models.partition import shard_model
 from nabla_jax.runtime import compilation_cache, sharding
@@ -112,6 +113,11 @@ class NablaDecoder:
         checked = check_pair(lm, rm, "the decoder", rm_vocab)
         self.rm_tokenizer, self.rm_vocabulary = checked
         if mesh is not None:
+            if isinstance(rm, StepReward):
+                raise ValueError(
+                    "a StepReward (a process reward model read per step) decodes on one device "
+                    "for now: drop mesh="
+                )
             sharding.check_batch_divisible(cfg.batch_size, mesh, "DecodeConfig.batch_size")
             lm, rm = shard_model(lm, mesh), shard_model(rm, mesh)
         self.mesh = mesh
@@ -241,7 +247,9 @@ class NablaDecoder:
             raise ValueError(f"{label} is empty; give the text to decode")
         system = self.cfg.system
         lm_ids = lm_prompt_ids(self.tokenizer, prompt, system=system)
-        rm_prefix, rm_suffix = rm_prefix_suffix_ids(self.rm_tokenizer, prompt, system=system)
+        rm_prefix, rm_suffix = rm_frame(
+            self.rm, *rm_prefix_suffix_ids(self.rm_tokenizer, prompt, system=system)
+        )
         n = self.cfg.max_length
         for what, model, used in (
             ("LM", self.lm, len(lm_ids) + n),

@@ -9,6 +9,10 @@ template, and how the RM reads the LM's tokens (``rm_vocab``):
   with a Qwen3 reward model): an LM-id → RM-id table built once by token string maps every id
   the RM reads and selects the RM embedding rows DTO differentiates through
   (:mod:`nabla_jax.functional.vocab_map`). The default when the vocabularies differ only so.
+
+The reward may be a :class:`~nabla_jax.functional.step_reward.StepReward` (a process reward
+model read at the step ends); a separator PRM's table also sends the LM's step delimiters to
+its separator.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from nabla_jax.functional.checks import rm_embedding_table
+from nabla_jax.functional.step_reward import StepReward, separator_vocabulary
 from nabla_jax.functional.vocab_map import RMVocabulary, resolve_rm_vocabulary
 from nabla_jax.models.model import CausalLM, RewardModel
 from nabla_jax.text.templates import require_chat_template
@@ -53,8 +58,11 @@ class CheckedPair(NamedTuple):
 
 
 def model_pair(lm, rm, vocabulary: RMVocabulary) -> ModelPair:
-    """The :class:`ModelPair` of a checked pair."""
-    if vocabulary.mode == "shared":
+    """The :class:`ModelPair` of a checked pair (a ``StepReward`` bound to the LM's step-end
+    tokens)."""
+    if isinstance(rm, StepReward):
+        rm = rm.bound_to(lm.tokenizer)
+    if vocabulary.vocab_map is None:
         return ModelPair(lm, rm, rm_embedding_table(lm, rm))
     table = vocabulary.vocab_map.table
     return ModelPair(lm, rm, vocabulary.embed_table(rm.embed_matrix()),
@@ -82,17 +90,22 @@ def check_pair(lm, rm, user: str, rm_vocab: str | None = None) -> CheckedPair:
     Unrelated tokenizers, or a by-string table that would feed the RM other text, are refused.
     """
     check_policy(lm, user)
-    if not isinstance(rm, RewardModel):
+    if not isinstance(rm, (RewardModel, StepReward)):
         raise TypeError(
-            f"rm must be a nabla_jax RewardModel (load it with nj.load_reward_model), got "
-            f"{type(rm).__name__}"
+            "rm must be a nabla_jax RewardModel (nj.load_reward_model) or a StepReward "
+            f"(nj.step_reward of a process reward model), got {type(rm).__name__}"
         )
     if rm_vocab == "shared" or (
         rm_vocab is None and lm.config.vocab_size == rm.config.vocab_size
     ):  # the RM reads LM ids as they are: the tokenizers must agree
-        return CheckedPair(shared_rm_tokenizer(lm, rm, user), RMVocabulary("shared"))
-    vocabulary = resolve_rm_vocabulary(lm, rm, rm_vocab)
-    if vocabulary.mode == "shared":
-        return CheckedPair(shared_rm_tokenizer(lm, rm, user), vocabulary)
-    require_chat_template(rm.tokenizer, "RM")
-    return CheckedPair(rm.tokenizer, vocabulary)
+        checked = CheckedPair(shared_rm_tokenizer(lm, rm, user), RMVocabulary("shared"))
+    else:
+        vocabulary = resolve_rm_vocabulary(lm, rm, rm_vocab)
+        if vocabulary.mode == "shared":
+            checked = CheckedPair(shared_rm_tokenizer(lm, rm, user), vocabulary)
+        else:
+            require_chat_template(rm.tokenizer, "RM")
+            checked = CheckedPair(rm.tokenizer, vocabulary)
+    if isinstance(rm, StepReward):  # the LM's step delimiters reach the RM as its separator
+        checked = checked._replace(vocabulary=separator_vocabulary(checked.vocabulary, lm, rm))
+    return checked

@@ -19,7 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from nabla_jax.decoding.stopping import hits_eos
-from nabla_jax.models.model import default_positions, last_valid_index
+from nabla_jax.functional.step_reward import response_reward
+from nabla_jax.models.model import default_positions
 from nabla_jax.runtime.buckets import bucket_length, pad_ids
 
 __all__ = [
@@ -77,10 +78,12 @@ def rm_input_length(frame: RMFrame, tokens, length, tables):
     return jnp.sum(frame.prefix_mask, axis=-1) + body + jnp.sum(frame.suffix_mask, axis=-1)
 
 
-def score_inputs(rm, ids, mask, cache_slots: int | None = None):
+def score_inputs(rm, ids, mask, cache_slots: int | None = None, start=0):
     """Reward-model score ``[B]`` float32 of RM inputs ``ids``/``mask [B, T]`` (any 0/1 mask:
     positions follow it, the score is read at the last real token; the mean over labels when
-    there are several) — the one scoring computation of the package.
+    there are several) — the one scoring computation of the package. A
+    :class:`~nabla_jax.functional.step_reward.StepReward` aggregates its scores at the step ends
+    of the response, which begins at slot ``start`` (scalar or ``[B]``).
 
     With ``cache_slots`` returns ``(score, cache)``: also the inputs' keys/values in a
     ``KVCache`` of that many slots (input slot ``i`` in cache slot ``i``).
@@ -93,9 +96,7 @@ def score_inputs(rm, ids, mask, cache_slots: int | None = None):
         ids, mask, position_ids=default_positions(mask), cache=cache, write_index=0,
         key_mask=key_mask,
     )  # fmt: skip
-    pooled = jnp.take_along_axis(out.hidden, last_valid_index(mask)[:, None, None], 1)[:, 0]
-    score = rm.score_hidden(pooled)
-    score = (score if score.ndim == 1 else jnp.mean(score, axis=-1)).astype(jnp.float32)
+    score = response_reward(rm, out.hidden, ids, mask, start)
     return score if cache_slots is None else (score, out.cache)
 
 
@@ -136,10 +137,13 @@ def score_responses(
     """
     ids, mask = response_inputs(frame, tokens, length, tables, rm_ids)
     n_tokens = jnp.sum(mask, axis=-1)
+    start = frame.prefix_ids.shape[1]  # the response's first slot
     if cache_slots is not None:
-        score, cache = score_inputs(rm, ids, mask, cache_slots)
+        score, cache = score_inputs(rm, ids, mask, cache_slots, start)
+    elif scorer is not None:
+        score, cache = None, None
     else:
-        score, cache = (None, None) if scorer is not None else (score_inputs(rm, ids, mask), None)
+        score, cache = score_inputs(rm, ids, mask, start=start), None
     if scorer is not None:
         wanted = jnp.ones(ids.shape[0], bool) if wanted is None else wanted
         score = callback_scores(scorer, ids, mask, wanted)
@@ -149,21 +153,29 @@ def score_responses(
 _score_inputs_jit = jax.jit(score_inputs, static_argnames=("cache_slots",))
 
 
-def rm_scores(rm, seqs: Sequence[Sequence[int]], *, batch_size: int = 16) -> np.ndarray:
+def rm_scores(rm, seqs: Sequence[Sequence[int]], *, batch_size: int = 16,
+              starts: Sequence[int] | None = None) -> np.ndarray:  # fmt: skip
     """Reward-model scores ``[len(seqs)]`` (float64) of full RM input id lists.
 
     ``batch_size`` rows per call; the width is bucketed once over all sequences, so one program
-    serves every chunk.
+    serves every chunk. ``starts``: where each sequence's response begins (its template prefix
+    length) — a ``StepReward`` reads steps from there on (default 0).
     """
     if not len(seqs):
         return np.zeros((0,), np.float64)
+    starts = [0] * len(seqs) if starts is None else [int(s) for s in starts]
+    if len(starts) != len(seqs):
+        raise ValueError(f"starts has {len(starts)} entries for {len(seqs)} sequences")
     pad = rm.config.pad_token_id if rm.config.pad_token_id is not None else 0
     width = bucket_length(max(max(len(s) for s in seqs), 1))
     out = []
     for start in range(0, len(seqs), batch_size):
         chunk = [list(s) for s in seqs[start : start + batch_size]]
+        first = starts[start : start + batch_size]
         rows = chunk + [chunk[0]] * (batch_size - len(chunk))
+        first = first + [first[0]] * (batch_size - len(chunk))
         ids, mask = pad_ids(rows, width, left=True, pad_id=pad)
-        scores = np.asarray(_score_inputs_jit(rm, ids, mask))
+        slot = np.asarray([width - len(r) + f for r, f in zip(rows, first, strict=True)], np.int32)
+        scores = np.asarray(_score_inputs_jit(rm, ids, mask, start=slot))
         out.append(scores[: len(chunk)].astype(np.float64))
     return np.concatenate(out)

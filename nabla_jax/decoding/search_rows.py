@@ -29,6 +29,7 @@ from nabla_jax.decoding.keys import prompt_base_keys, prompt_id
 from nabla_jax.decoding.scoring import RMFrame
 from nabla_jax.decoding.stopping import STOP_EOS, STOP_STRING, StopTables, hits_eos
 from nabla_jax.decoding.stopping import stop_tables as make_tables
+from nabla_jax.functional.step_reward import rm_frame
 from nabla_jax.runtime.buckets import bucket_length, pad_ids
 from nabla_jax.runtime.rows import take_at
 from nabla_jax.text.templates import build_messages, lm_prompt_ids, rm_prefix_suffix_ids
@@ -137,7 +138,7 @@ def prompt_groups(lm, rm, rm_tok, prompts: list, *, group: int, max_length: int,
     rows = []
     for i, p in enumerate(prompts):
         lm_ids = lm_prompt_ids(lm.tokenizer, p, system=system)
-        pre, suf = rm_prefix_suffix_ids(rm_tok, p, system=system)
+        pre, suf = rm_frame(rm, *rm_prefix_suffix_ids(rm_tok, p, system=system))
         for what, model, used in (
             ("LM", lm, len(lm_ids) + max_length),
             ("RM", rm, len(pre) + max_length + len(suf)),

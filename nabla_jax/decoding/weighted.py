@@ -24,6 +24,7 @@ from nabla_jax.decoding.samples import Sample, generate_samples, sample_result
 from nabla_jax.decoding.sampling import SamplingConfig
 from nabla_jax.decoding.scoring import Scorer, rm_scores
 from nabla_jax.decoding.stopping import default_eos_ids
+from nabla_jax.functional.step_reward import rm_frame
 from nabla_jax.models.model import CausalLM, RewardModel
 from nabla_jax.runtime.buckets import bucket_length
 from nabla_jax.text.templates import rm_prefix_suffix_ids
@@ -48,25 +49,29 @@ def check_prompts(prompts, **counts) -> list:
     return list(prompts)
 
 
-def rm_inputs(framing, prompts: list, groups: list[list[Sample]], eos_ids, system) -> list:
+def rm_inputs(rm, framing, prompts: list, groups: list[list[Sample]], eos_ids,
+              system) -> tuple[list, list]:  # fmt: skip
     """The RM input id lists of every sample, prompt by prompt: ``RM prefix ++ response (a
-    trailing EOS dropped, its LM ids mapped to RM ids) ++ RM suffix``; ``framing`` is
-    :func:`~nabla_jax.decoding.pair.check_pair`'s ``(rm_tokenizer, vocabulary)``."""
+    trailing EOS dropped, its LM ids mapped to RM ids) ++ RM suffix`` (the frame
+    :func:`~nabla_jax.functional.step_reward.rm_frame` gives ``rm``), and where each response
+    begins; ``framing`` is :func:`~nabla_jax.decoding.pair.check_pair`'s ``(rm_tokenizer,
+    vocabulary)``."""
     rm_tok, vocabulary = framing
     eos = set(eos_ids)
-    seqs = []
+    seqs, starts = [], []
     for p, group in zip(prompts, groups, strict=True):
-        prefix, suffix = rm_prefix_suffix_ids(rm_tok, p, system=system)
+        prefix, suffix = rm_frame(rm, *rm_prefix_suffix_ids(rm_tok, p, system=system))
         for s in group:
             body = s.tokens[:-1] if s.tokens and s.tokens[-1] in eos else s.tokens
             seqs.append(prefix + vocabulary.rm_id_list(body) + suffix)
-    return seqs
+            starts.append(len(prefix))
+    return seqs, starts
 
 
 def rm_flops(rm, framing, prompts, groups, eos_ids, system) -> int:
     """FLOPs of one RM scoring in :func:`score_samples`'s program (its input width is
     ``bucket_length`` of the longest RM input)."""
-    seqs = rm_inputs(framing, prompts, groups, eos_ids, system)
+    seqs, _ = rm_inputs(rm, framing, prompts, groups, eos_ids, system)
     return sequence_flops(rm.config, bucket_length(max(max(len(s) for s in seqs), 1)))
 
 
@@ -78,13 +83,13 @@ def score_samples(
     samples, each framed ``RM prefix ++ response (a trailing EOS dropped) ++ RM suffix``; a
     ``scorer`` (RM input id lists -> floats) replaces the reward model. The RM input width of
     the scoring program is ``bucket_length`` of the longest input."""
-    seqs = rm_inputs(framing, prompts, groups, eos_ids, system)
+    seqs, starts = rm_inputs(rm, framing, prompts, groups, eos_ids, system)
     if scorer is not None:
         scores = np.asarray(scorer(seqs), np.float64).reshape(-1)
         if scores.shape != (len(seqs),):
             raise ValueError(f"scorer returned {scores.shape[0]} scores for {len(seqs)} inputs")
     else:
-        scores = rm_scores(rm, seqs, batch_size=2 * batch_size)
+        scores = rm_scores(rm, seqs, batch_size=2 * batch_size, starts=starts)
     n = len(groups[0]) if groups else 0
     tokens = [sum(len(s) for s in seqs[i * n : (i + 1) * n]) for i in range(len(prompts))]
     return scores.reshape(len(prompts), n), tokens

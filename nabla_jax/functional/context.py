@@ -19,6 +19,7 @@ from nabla_jax.functional.objectives import kl_positions, loglik_positions
 from nabla_jax.functional.packing import PaddedProblems
 from nabla_jax.functional.pluggable import EmbeddingLM, EmbeddingReward
 from nabla_jax.functional.ste import ste_argmax_embed
+from nabla_jax.functional.step_reward import StepReward
 from nabla_jax.models.model import default_positions, last_valid_index
 from nabla_jax.runtime.rows import take_at
 
@@ -192,7 +193,9 @@ def lm_loglik(lm, ctx: Context, batch, y, cfg, nll_coeff):
 
 
 def rm_reward(rm, ctx: Context, batch, y, cfg):
-    """Reward per row ``[B]`` of RM prefix ++ window ++ suffix, read at the last real token.
+    """Reward per row ``[B]`` of RM prefix ++ window ++ suffix, read at the last real token
+    (a :class:`~nabla_jax.functional.step_reward.StepReward`: at the step ends of the window
+    and the suffix, the window's from its tokens' argmax).
 
     ``cfg.reward_form`` decides the head of a nabla-jax model: ``"score"`` — the
     sequence-classification score (the mean over labels when there are several);
@@ -223,6 +226,13 @@ def rm_reward(rm, ctx: Context, batch, y, cfg):
         hidden = rm.forward(
             inputs_embeds=full, attention_mask=ctx.rm_key_mask, position_ids=positions
         ).hidden[:, q:]
+    if isinstance(rm, StepReward):  # the steps of the window and after it (see step_reward)
+        slots = jnp.arange(new_mask.shape[1])[None, :]
+        ends = jnp.concatenate(
+            [rm.lm_ends(jnp.argmax(y, axis=-1)), rm.rm_ends(batch.rm_suffix_ids)], axis=1
+        )
+        ends = (new_mask > 0) & (ends | (slots == ctx.rm_score_index[:, None]))
+        return rm.reward_of_hidden(hidden, ends, for_gradient=True)
     pooled = take_at(hidden, ctx.rm_score_index)
     if cfg.reward_form == "score":
         score = rm.score_hidden(pooled)

@@ -197,9 +197,14 @@ class ProcessRewardModel:
     ):
         """A step score as if a step ended at every position: float32 ``[B, T]`` — the
         probability of class 1 (2-label heads), or the outcome RM's logit (``sequence``)."""
-        logits = self.token_logits(
+        hidden = self.backbone.hidden_states(
             input_ids, attention_mask, inputs_embeds=inputs_embeds, position_ids=position_ids
         )
+        return self.scores_of_hidden(hidden)
+
+    def scores_of_hidden(self, hidden):
+        """``token_scores`` of the backbone's hidden states ``[..., H]``: float32 ``[...]``."""
+        logits = _head_logits(self.layout, self.head, hidden)
         return logits[..., 0] if logits.shape[-1] == 1 else jax.nn.softmax(logits, -1)[..., 1]
 
     def step_scores(

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from nabla_jax.decoding.pair import check_pair
+from nabla_jax.functional.step_reward import rm_frame
 from nabla_jax.text.templates import rm_prefix_suffix_ids
 
 __all__ = ["OracleScorer", "ReferenceNextToken"]
@@ -42,12 +43,20 @@ class OracleScorer:
         if task.oracle is None:
             raise ValueError(f"task {task.name!r} has no oracle (an exact scorer of responses)")
         self.task = task
+        if getattr(rm, "separator_id", None) is not None:
+            raise ValueError(
+                "the oracle reads each response back from the RM's input, where a separator "
+                "PRM's step delimiters are replaced by its separator: use the PRM itself for "
+                "acceptance (--acceptance rm), or a PRM read at the task's step ends"
+            )
         rm_tok, vocabulary = check_pair(lm, rm, "the oracle scorer", rm_vocab)
         self.tokenizer = lm.tokenizer if vocabulary.mode == "shared" else rm_tok
         self._by_prefix: dict[tuple[int, ...], object] = {}
         self._suffixes: set[tuple[int, ...]] = set()
         for p in problems:
-            prefix, suffix = rm_prefix_suffix_ids(rm_tok, task.format_prompt(p), system=system)
+            prefix, suffix = rm_frame(
+                rm, *rm_prefix_suffix_ids(rm_tok, task.format_prompt(p), system=system)
+            )
             self._by_prefix[tuple(prefix)] = p
             self._suffixes.add(tuple(suffix))
         self._prefix_lengths = sorted({len(k) for k in self._by_prefix}, reverse=True)
