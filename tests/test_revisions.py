@@ -16,6 +16,7 @@ from nabla_jax.app.demo import (
     CHANGED,
     benchmark_table,
     changed_problems,
+    gradient_line,
     load_benchmark_summary,
     method_label,
 )
@@ -112,6 +113,11 @@ def test_packaged_benchmark_summary_is_the_committed_one():
     out = console.export_text()
     assert "Best-of-8" in out and "∇-Reasoner" in out and "61.5%" in out
     assert method_label("sc:4") == "self-consistency-4" and method_label("odd") == "odd"
+    line = gradient_line(summary)  # computed from the summary, not written in the code
+    n, d = summary["nabla"]["accuracy"], summary["nabla-nodto"]["accuracy"]
+    assert f"{100 * n:.1f}%" in line and f"{100 * d:.1f}%" in line
+    assert f"{100 * (n - d):+.1f} points" in line
+    assert gradient_line({"nabla": summary["nabla"]}) is None
 
 
 @pytest.mark.slow
@@ -123,3 +129,4 @@ def test_demo_shows_revisions_and_the_benchmark(capsys):
     assert out.count("committed run: fixed") == 2  # the committed run broke no answer
     assert "The committed benchmark" in out and "Best-of-8" in out
     assert "Reproduce: nabla-jax bench accuracy --methods greedy,cot" in out
+    assert "What the gradient adds" in out and "p(new)" in out
