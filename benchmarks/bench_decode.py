@@ -39,6 +39,7 @@ Examples::
 
     python benchmarks/bench_decode.py --output results/bench_decode.json     # full (~1 h, 2 cores)
     python benchmarks/bench_decode.py --num-problems 4 --batch-sizes 1,8     # smoke run
+    python benchmarks/bench_decode.py --loop paper ...   # the paper's loop on both sides
 """
 
 from __future__ import annotations
@@ -63,6 +64,10 @@ TRACE_EVENT = "/jax/core/compile/jaxpr_trace_duration"
 LOWER_EVENT = "/jax/core/compile/jaxpr_to_mlir_module_duration"
 HIT_EVENT = "/jax/compilation_cache/cache_hits"
 
+#: DecodeConfig overrides of the bundled settings per ``--loop``: ``paper`` drops the two
+#: exploration settings (the loop the public code runs; benchmarks/bench_explore.py's PAPER_LOOP).
+LOOPS = {"bundled": {}, "paper": {"resample_excludes_current": False, "accept_margin": None}}
+
 
 def _parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -72,6 +77,12 @@ def _parse(argv=None):
     p.add_argument("--torch-threads", type=int, default=2, help="the twin's and HF's threads")
     p.add_argument("--bon-n", type=int, default=8)
     p.add_argument("--key", type=int, default=0, help="jax.random.key / twin seed")
+    p.add_argument(
+        "--loop",
+        choices=tuple(LOOPS),
+        default="bundled",
+        help="bundled settings, or the paper's loop on them (both sides)",
+    )
     p.add_argument("--skip-baselines", action="store_true")
     p.add_argument("--skip-generate", action="store_true")
     p.add_argument("--skip-twin", action="store_true")
@@ -189,7 +200,8 @@ def worker_nabla(args) -> dict:
     cache = _ensure_cache()  # before the first compilation: JAX checks the cache once
     problems, prompts = _problems(args)
     lm, rm = load_bundled()
-    decoder = nj.NablaDecoder(lm, rm, bundled_decode_config(batch_size=args.batch_size))
+    cfg = bundled_decode_config(**LOOPS[args.loop], batch_size=args.batch_size)
+    decoder = nj.NablaDecoder(lm, rm, cfg)
     passes = []
     for _ in range(args.passes):
         before = counter.snapshot()
@@ -209,7 +221,8 @@ def worker_twin(args) -> dict:
 
     torch.set_num_threads(args.torch_threads)
     problems, prompts = _problems(args)
-    twin = TorchNablaDecoder(*load_hf_pair(BUNDLED_LM, BUNDLED_RM), bundled_decode_config())
+    cfg = bundled_decode_config(**LOOPS[args.loop])
+    twin = TorchNablaDecoder(*load_hf_pair(BUNDLED_LM, BUNDLED_RM), cfg)
     t0 = time.perf_counter()
     results = twin.generate(prompts, seed=args.key)
     seconds = time.perf_counter() - t0
@@ -333,6 +346,7 @@ def _spawn(args, worker: str, cache_dir: str, tmp: str, **extra) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", worker, "--result", result]
     cmd += ["--num-problems", str(args.num_problems), "--seed", str(args.seed)]
     cmd += ["--key", str(args.key), "--torch-threads", str(args.torch_threads)]
+    cmd += ["--loop", args.loop]
     cmd += ["--bon-n", str(args.bon_n), "--prompt-len", str(args.prompt_len)]
     cmd += ["--new-tokens", str(args.new_tokens), "--repeats", str(args.repeats)]
     for k, v in extra.items():
@@ -415,7 +429,9 @@ def main(argv=None) -> dict:
         for way in ("cold", "cached", "warm")
     }
     n = args.num_problems
-    print(f"\n1-2. ∇-Reasoner, {n} test problems (seed {args.seed}), bundled pair and settings")
+    print(
+        f"\n1-2. ∇-Reasoner, {n} test problems (seed {args.seed}), bundled pair, {args.loop} loop"
+    )
     head = f"{'batch':>5} {'run':<7}{'s':>8}{'prob/s':>8}{'twin/JAX':>9}{'compiles':>9}"
     print(
         head + f"{'hits':>6}{'compile s':>10}{'share':>7}{'trace s':>8}{'acc':>7}{'calls':>7}"
