@@ -58,6 +58,9 @@ class DecodeConfig:
       system: optional system message for the LM and RM chat templates.
       batch_size: rows decoded at once (the compiled loop's batch; a finished row takes the
         next waiting prompt).
+      dto_rows: DTO runs on the rows that selected a position only, gathered into sub-batches of
+        this many rows (one pass per sub-batch, the results scattered back; the same tokens
+        and counters as one pass over the whole batch); None = the whole batch in one pass.
 
     Exploration options (off by default: the paper's loop):
 
@@ -114,6 +117,7 @@ class DecodeConfig:
     refine_passes: int = 1
     accept_margin: float | None = None
     fidelity_top_k: int | None = None
+    dto_rows: int | None = None
 
     def __post_init__(self):
         def bad(name, want):
@@ -155,6 +159,9 @@ class DecodeConfig:
             bad("dto", "a DTOConfig")
         if self.dto_window is not None and (not _is_int(self.dto_window) or self.dto_window < 1):
             bad("dto_window", "None or an int ≥ 1")
+        r = self.dto_rows
+        if r is not None and (not _is_int(r) or not 1 <= r <= self.batch_size):
+            bad("dto_rows", f"None or an int in [1, batch_size={self.batch_size}]")
         for name in ("rejection_sampling", "use_dto", "resample_excludes_current"):
             if not isinstance(getattr(self, name), bool):
                 bad(name, "a bool")
@@ -231,6 +238,7 @@ class DecodeConfig:
             positions_per_iteration=self.positions_per_iteration,
             refine_passes=self.refine_passes,
             fidelity_top_k=self.fidelity_top_k,
+            dto_rows=None if self.dto_rows in (None, self.batch_size) else self.dto_rows,
         )
 
 
@@ -251,6 +259,7 @@ class DecodeProgram:
       accept_margin: acceptance needs a margin over the current score.
       rejection_sampling, use_dto, resample_excludes_current, positions_per_iteration,
       refine_passes, fidelity_top_k: as in :class:`DecodeConfig`.
+      dto_rows: rows per DTO pass, or None (the whole batch in one pass).
     """
 
     max_length: int
@@ -271,6 +280,7 @@ class DecodeProgram:
     positions_per_iteration: int
     refine_passes: int
     fidelity_top_k: int | None = None
+    dto_rows: int | None = None
 
 
 class DecodeHyper(NamedTuple):

@@ -25,7 +25,7 @@ from nabla_jax.functional.context import PrefixCaches
 from nabla_jax.functional.packing import PaddedProblems
 from nabla_jax.runtime.rows import take_span
 
-__all__ = ["prefix_caches", "window_buckets", "window_problems"]
+__all__ = ["prefix_caches", "prefix_rows", "window_buckets", "window_problems"]
 
 
 def window_problems(lm, state: RowState, at, rows, k: int, latents: bool, tail: int | None = None,
@@ -95,6 +95,21 @@ def prefix_caches(lm, state: RowState, at, latents: bool) -> PrefixCaches:
         rm_key_mask=jnp.pad(rm_mask, ((0, 0), (0, rm_slots - q - n))),
         rm_write=q + at,
     )
+
+
+def prefix_rows(given: PrefixCaches, index) -> PrefixCaches:
+    """The prefix caches of the rows ``index [C]`` (the KV buffers are ``[layers, B, ...]``, the
+    rest ``[B, ...]``)."""
+
+    def cache_rows(cache):
+        return type(cache)(*(x[:, index] for x in cache))
+
+    return PrefixCaches(
+        lm_cache=cache_rows(given.lm_cache), lm_key_mask=given.lm_key_mask[index],
+        lm_write=given.lm_write[index], lm_last=given.lm_last[index],
+        rm_cache=cache_rows(given.rm_cache), rm_key_mask=given.rm_key_mask[index],
+        rm_write=given.rm_write[index],
+    )  # fmt: skip
 
 
 def window_buckets(window: int, length: int) -> tuple[tuple[int, int], ...]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-__all__ = ["first_index", "put_at", "take_at", "take_span"]
+__all__ = ["first_index", "put_at", "put_rows", "selected_first", "take_at", "take_span"]
 
 
 def first_index(mask, none):
@@ -38,3 +38,19 @@ def put_at(x, index, value, rows):
     b = jnp.arange(x.shape[0])
     keep = rows.reshape(rows.shape + (1,) * (x.ndim - 2))
     return x.at[b, index].set(jnp.where(keep, value, x[b, index]).astype(x.dtype))
+
+
+def selected_first(rows, size: int):
+    """The row indices ``[size]`` int32 with the rows of ``rows [B]`` first, in row order, then
+    the others (padded with 0 past ``B``), and how many rows are selected (a scalar)."""
+    order = jnp.argsort(~rows, stable=True).astype(jnp.int32)
+    order = jnp.pad(order, (0, max(0, size - order.shape[0])))[:size]
+    return order, jnp.sum(rows.astype(jnp.int32))
+
+
+def put_rows(x, index, value, valid):
+    """``x[index[i]] = value[i]`` where ``valid [C]``; ``x [B, ...]``, ``index [C]``, ``value
+    [C, ...]`` (cast to ``x``'s dtype). Invalid entries write nothing, so an index repeated
+    by padding never overwrites a valid one."""
+    target = jnp.where(valid, index, x.shape[0])  # out of range: dropped
+    return x.at[target].set(value.astype(x.dtype), mode="drop")

@@ -4,7 +4,11 @@ The window's logits (or latents) are optimized by :func:`~nabla_jax.functional.r
 against the reward model and the LM's own likelihood, in one of a few fixed window shapes
 (``lax.switch`` picks the smallest that fits every row's rest; skipped when no row selected a
 position). Without DTO (the ablation) the rollout's own logits are returned. With
-``dto_lr_gap`` each row's learning rate is sized to the selected logit's top-1/top-2 gap.
+``dto_lr_gap`` each row's learning rate is sized to the selected logit's top-1/top-2 gap. With
+``dto_rows`` the rows that selected a position are gathered into sub-batches of that many rows
+(one DTO pass each, a ``fori_loop`` as long as the selected rows need) and the results
+scattered back: every row follows its own DTO trajectory (its own cached gradient, keys and
+learning rate), so the results do not depend on which rows share a pass.
 """
 
 from __future__ import annotations
@@ -19,10 +23,15 @@ from nabla_jax.decoding.config import DecodeHyper, DecodeProgram
 from nabla_jax.decoding.keys import DTO, stream_keys
 from nabla_jax.decoding.pair import ModelPair
 from nabla_jax.decoding.state import RowState
-from nabla_jax.decoding.windows import prefix_caches, window_buckets, window_problems
+from nabla_jax.decoding.windows import (
+    prefix_caches,
+    prefix_rows,
+    window_buckets,
+    window_problems,
+)
 from nabla_jax.functional.optimizer import paper_optimizer
 from nabla_jax.functional.program import refine_rows
-from nabla_jax.runtime.rows import take_at
+from nabla_jax.runtime.rows import put_rows, selected_first, take_at
 
 __all__ = ["Refined", "gap_learning_rate", "refine", "row_scaled_optimizer", "window_store"]
 
@@ -90,26 +99,51 @@ def refine(m: ModelPair, state: RowState, at, chosen, h: DecodeHyper, *,
         logits = window_store(m.lm, state.resp, at, width, latents)
         return Refined(logits, zero, zero, jnp.zeros((b,), bool), logits[:, 0])
     here = window_store(m.lm, state.resp, at, 1, latents)[:, 0]
-    tx = None  # the paper's optimizer
-    if prog.dto_lr_gap:
-        tx = row_scaled_optimizer(prog, h, gap_learning_rate(here, h, prog))
+    lr = gap_learning_rate(here, h, prog) if prog.dto_lr_gap else None
     given = prefix_caches(m.lm, state, at, latents)
     keys = stream_keys(state.base_key, DTO, state.counters.refinements)
     shapes = window_buckets(prog.window, state.resp.tokens.shape[1])
+
+    def dto_pass(problems, given, keys, lr):
+        """DTO on the rows of ``problems``: logits ``[R, width, V]``, full steps, non-finite."""
+        tx = None if lr is None else row_scaled_optimizer(prog, h, lr)  # None: the paper's
+        logits, final, trace = refine_rows(
+            m.lm, m.rm, m.rm_table, problems, keys, h.dto, prog.dto, given, tx
+        )
+        logits = logits[:, :width]
+        if logits.shape[1] < width:  # a short bucket: pad to the window
+            logits = jnp.pad(logits, ((0, 0), (0, width - logits.shape[1]), (0, 0)))
+        return logits, final.full_steps, jnp.any(trace.nonfinite, axis=0)
+
+    def compacted(problems, c):
+        """DTO on the selected rows only, ``c`` at a time, scattered back into ``[B, ...]``."""
+        passes = -(-b // c)
+        order, count = selected_first(chosen, passes * c)
+        v = m.lm.config.vocab_size
+        out0 = (jnp.zeros((b, width, v), jnp.float32), zero, jnp.zeros((b,), bool))
+
+        def one_pass(i, out):
+            slots = i * c + jnp.arange(c)
+            idx, valid = order[slots], slots < count
+            sub = jax.tree.map(lambda x: x[idx], problems)
+            sub = sub._replace(row_valid=valid.astype(sub.row_valid.dtype),
+                               window_mask=sub.window_mask * valid[:, None])  # fmt: skip
+            got = dto_pass(sub, prefix_rows(given, idx), keys[idx],
+                           None if lr is None else lr[idx])  # fmt: skip
+            return tuple(put_rows(o, idx, g, valid) for o, g in zip(out, got, strict=True))
+
+        return jax.lax.fori_loop(0, (count + c - 1) // c, one_pass, out0)
 
     def branch(k, tail):
         def run(_):
             problems, wmask = window_problems(
                 m.lm, state, at, chosen, k, latents, tail, rm_ids=m.rm_ids
             )
-            logits, final, trace = refine_rows(
-                m.lm, m.rm, m.rm_table, problems, keys, h.dto, prog.dto, given, tx
-            )
-            nonfinite = jnp.any(trace.nonfinite, axis=0)
-            logits = logits[:, :width]
-            if logits.shape[1] < width:  # a short bucket: pad to the window
-                logits = jnp.pad(logits, ((0, 0), (0, width - logits.shape[1]), (0, 0)))
-            return logits, final.full_steps, nonfinite, jnp.sum(wmask, axis=-1)
+            if prog.dto_rows is None:
+                logits, full_steps, nonfinite = dto_pass(problems, given, keys, lr)
+            else:
+                logits, full_steps, nonfinite = compacted(problems, prog.dto_rows)
+            return logits, full_steps, nonfinite, jnp.sum(wmask, axis=-1)
 
         return run
 
