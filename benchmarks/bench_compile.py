@@ -6,7 +6,10 @@ Each run decodes the demo's workload — the bundled pair and settings on ``--nu
 test problems, in one ``generate`` call — inside ``nabla_jax.runtime.profiling.track()``, whose
 ``seconds_by_program`` splits the time by program (``run_chunk`` is the ∇ loop with its window
 shapes and rollouts inlined; the others are the small host-called programs: state set-up, key
-derivation, padding). Writes ``benchmarks/results/compile.json``.
+derivation, padding; ``call`` is the loop read back from its serialized copy,
+``nabla_jax.runtime.exported``, whose body a cached run neither traces nor lowers).
+``serialized_loop`` says per chunk whether the loop was exported, loaded or in memory. Writes
+``benchmarks/results/compile.json``.
 
     python benchmarks/bench_compile.py --num-problems 4
 """
@@ -35,15 +38,17 @@ problems = arithmetic.fresh_test_problems(int(sys.argv[1]), seed=1)
 prompts = [arithmetic.format_prompt(p) for p in problems]
 t1 = time.perf_counter()
 with profiling.track() as t:
-    NablaDecoder(lm, rm, bundled_decode_config()).generate(prompts, jax.random.key(0))
+    dec = NablaDecoder(lm, rm, bundled_decode_config())
+    dec.generate(prompts, jax.random.key(0))
 t2 = time.perf_counter()
+store = [how for _, how in dec.programs.log] if dec.programs is not None else None
 with profiling.track() as w:
     NablaDecoder(lm, rm, bundled_decode_config()).generate(prompts, jax.random.key(0))
 t3 = time.perf_counter()
 print(json.dumps({"import_and_load_s": t1 - t0, "first_decode_s": t2 - t1, "warm_decode_s": t3 - t2,
                   "compiles": t.compiles, "cache_hits": t.cache_hits, "lowered": t.lowered,
                   "compile_s": t.compile_seconds, "programs": t.seconds_by_program,
-                  "warm_compiles": w.compiles}))
+                  "warm_compiles": w.compiles, "serialized_loop": store}))
 """
 
 
@@ -66,7 +71,8 @@ def main() -> None:
     args = p.parse_args()
     import jax
 
-    with tempfile.TemporaryDirectory() as cache:
+    with tempfile.TemporaryDirectory() as tmp:  # the XLA cache and, beside it, the loop's copy
+        cache = os.path.join(tmp, "xla")
         cold = run_child(cache, args.num_problems)
         cached = run_child(cache, args.num_problems)
     out = {"num_problems": args.num_problems, "jax": jax.__version__, "cold": cold,

@@ -29,8 +29,10 @@ first token while budget remains (``refine_passes``).
 
 :func:`run_chunk` inserts waiting prompts into free slots and runs iterations in a
 ``lax.while_loop`` until every row has finished, ``max_iters`` iterations have run, or — when
-the host holds more prompts — a slot has come free. Model calls per row: one per generated
-token, ``calls_per_full_step`` per full DTO step and per probe, one per RM scoring.
+the host holds more prompts — a slot has come free; :func:`run_chunk_exported` is the same
+program read back from a serialized copy (``jax.export``) when one exists. Model calls per row:
+one per generated token, ``calls_per_full_step`` per full DTO step and per probe, one per RM
+scoring.
 """
 
 from __future__ import annotations
@@ -55,8 +57,18 @@ from nabla_jax.decoding.steps.rollout import roll_out
 from nabla_jax.decoding.steps.score import score
 from nabla_jax.decoding.steps.select import select
 from nabla_jax.decoding.stopping import StopTables
+from nabla_jax.runtime.exported import ProgramStore
 
-__all__ = ["ChunkLimits", "Models", "Report", "iteration", "run_chunk"]
+__all__ = [
+    "ChunkLimits",
+    "Models",
+    "Report",
+    "chunk_state",
+    "iteration",
+    "report_of",
+    "run_chunk",
+    "run_chunk_exported",
+]
 
 #: The models pytree (kept under its former name).
 Models = ModelPair
@@ -128,14 +140,11 @@ def _fidelity(m: ModelPair, state: RowState, sel, refined, tables, prog: DecodeP
     return jax.lax.cond(jnp.any(sel.chosen), run, skip, None)
 
 
-@functools.partial(
-    jax.jit, static_argnames=("prog", "scorer", "pad_id", "oracle"), donate_argnames=("state",)
-)
-def run_chunk(m: ModelPair, state: RowState, *, inserts: Inserts, key, hyper: DecodeHyper,
-              tables: StopTables, limits: ChunkLimits, prog: DecodeProgram,
-              scorer: Scorer | None = None, pad_id: int = 0,
-              oracle: NextTokenOracle | None = None):  # fmt: skip
-    """Insert prompts, then iterate on device; returns ``(state, Report)``.
+def chunk_state(m: ModelPair, state: RowState, inserts: Inserts, key, hyper: DecodeHyper,
+                tables: StopTables, limits: ChunkLimits, *, prog: DecodeProgram,
+                scorer: Scorer | None = None, pad_id: int = 0,
+                oracle: NextTokenOracle | None = None) -> RowState:  # fmt: skip
+    """Insert prompts, then iterate (traceable): the state after the chunk.
 
     Stops after ``limits.max_iters`` iterations, when no row is live, or as soon as
     ``limits.refill`` slots are free.
@@ -154,9 +163,39 @@ def run_chunk(m: ModelPair, state: RowState, *, inserts: Inserts, key, hyper: De
             m, s, hyper, tables, prog=prog, scorer=scorer, pad_id=pad_id, oracle=oracle
         )
 
-    _, state = jax.lax.while_loop(cond, body, (jnp.zeros((), jnp.int32), state))
-    report = Report(
+    return jax.lax.while_loop(cond, body, (jnp.zeros((), jnp.int32), state))[1]
+
+
+def report_of(state: RowState) -> Report:
+    """The fields of ``state`` the host reads after a chunk."""
+    return Report(
         state.finished, state.live, state.resp.tokens,
         state.committed, state.refinement_end, state.counters, state.events,
     )  # fmt: skip
-    return state, report
+
+
+@functools.partial(
+    jax.jit, static_argnames=("prog", "scorer", "pad_id", "oracle"), donate_argnames=("state",)
+)
+def run_chunk(m: ModelPair, state: RowState, *, inserts: Inserts, key, hyper: DecodeHyper,
+              tables: StopTables, limits: ChunkLimits, prog: DecodeProgram,
+              scorer: Scorer | None = None, pad_id: int = 0,
+              oracle: NextTokenOracle | None = None):  # fmt: skip
+    """:func:`chunk_state` compiled (the state is donated); returns ``(state, Report)``."""
+    state = chunk_state(m, state, inserts, key, hyper, tables, limits, prog=prog,
+                        scorer=scorer, pad_id=pad_id, oracle=oracle)  # fmt: skip
+    return state, report_of(state)
+
+
+def run_chunk_exported(store: ProgramStore, m: ModelPair, state: RowState, *, inserts: Inserts,
+                       key, hyper: DecodeHyper, tables: StopTables, limits: ChunkLimits,
+                       prog: DecodeProgram, pad_id: int = 0):  # fmt: skip
+    """:func:`run_chunk` through ``store``'s serialized program for these shapes and ``prog``
+    (:mod:`nabla_jax.runtime.exported`): a later process neither traces nor lowers the loop.
+    Without host callbacks only (no scorer, no next-token oracle)."""
+    fn = functools.partial(chunk_state, prog=prog, pad_id=pad_id)
+    state = store.call(
+        "run_chunk", fn, (m, state, inserts, key, hyper, tables, limits),
+        static=f"prog={prog!r};pad_id={pad_id}", out_tree=jax.tree.structure(state), donate=(1,),
+    )  # fmt: skip
+    return state, report_of(state)

@@ -38,7 +38,7 @@ import numpy as np
 from nabla_jax.decoding.config import DecodeConfig
 from nabla_jax.decoding.flops import nabla_flops
 from nabla_jax.decoding.keys import check_key, prompt_id
-from nabla_jax.decoding.loop import ChunkLimits, run_chunk
+from nabla_jax.decoding.loop import ChunkLimits, run_chunk, run_chunk_exported
 from nabla_jax.decoding.pair import check_pair, model_pair
 from nabla_jax.decoding.results import DecodeResult, row_result
 from nabla_jax.decoding.state import Inserts, empty_state
@@ -46,7 +46,7 @@ from nabla_jax.decoding.stopping import default_eos_ids, stop_tables
 from nabla_jax.functional.step_reward import StepReward, rm_frame
 from nabla_jax.models.model import CausalLM, RewardModel
 from nabla_jax.models.partition import shard_model
-from nabla_jax.runtime import compilation_cache, sharding
+from nabla_jax.runtime import compilation_cache, exported, sharding
 from nabla_jax.runtime.buckets import bucket_length, pad_ids
 from nabla_jax.runtime.profiling import device_get
 from nabla_jax.text.templates import (
@@ -88,7 +88,10 @@ class NablaDecoder:
 
     Constructing a decoder turns JAX's persistent compilation cache on
     (``nj.compilation_cache.use_default``; off with ``NABLA_JAX_CACHE_DIR=off`` or
-    ``nj.compilation_cache.disable()``), so a second process loads the loop's programs.
+    ``nj.compilation_cache.disable()``), so a second process loads the loop's programs; with
+    the cache on, and no scorer, oracle or mesh, the loop itself is also kept serialized
+    beside it (``nabla_jax.runtime.exported``; ``decoder.programs``), so that process neither
+    traces nor lowers it.
     """
 
     def __init__(
@@ -133,6 +136,10 @@ class NablaDecoder:
         # several new rows at once instead of running the whole batch's loop for one.
         self._refill_at = max(1, cfg.batch_size // 2)
         compilation_cache.use_default()
+        # Serialized loop programs beside the XLA cache; host callbacks (a scorer, an oracle)
+        # and sharded arrays cannot be serialized, so those decodes trace as before.
+        plain = mesh is None and scorer is None and next_token_oracle is None
+        self.programs = exported.default_store() if plain else None
 
     # ---------------------------------------------------------------- public API
 
@@ -190,11 +197,17 @@ class NablaDecoder:
                 max_iters=np.int32(chunk_iterations),
                 refill=np.int32(min(len(pending), self._refill_at)),
             )
-            state, report = run_chunk(
-                self._models, state, inserts=ins, key=key, hyper=hyper, tables=self._tables,
-                limits=limits, prog=prog, scorer=self.scorer, pad_id=self._pad,
-                oracle=self.next_token_oracle,
-            )  # fmt: skip
+            if self.programs is not None:
+                state, report = run_chunk_exported(
+                    self.programs, self._models, state, inserts=ins, key=key, hyper=hyper,
+                    tables=self._tables, limits=limits, prog=prog, pad_id=self._pad,
+                )  # fmt: skip
+            else:
+                state, report = run_chunk(
+                    self._models, state, inserts=ins, key=key, hyper=hyper,
+                    tables=self._tables, limits=limits, prog=prog, scorer=self.scorer,
+                    pad_id=self._pad, oracle=self.next_token_oracle,
+                )  # fmt: skip
             rep = device_get(report)
             for slot, i in enumerate(slot_of):
                 if i >= 0 and rep.finished[slot]:

@@ -79,6 +79,9 @@ class _Static:
     def __hash__(self):
         return id(self.value)
 
+    def __repr__(self):  # stable across processes (no address): part of program keys
+        return f"_Static({type(self.value).__name__})"
+
 
 def default_positions(attention_mask):
     """HF generate's position ids: ``max(cumsum(mask) - 1, 0)``; ``[B, T]`` int32."""
