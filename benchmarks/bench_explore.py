@@ -21,7 +21,6 @@ Examples (the README's accuracy section; wall times on 2 shared CPU cores in the
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import os
 import time
@@ -106,15 +105,10 @@ def cmd_run(args) -> None:
 
 def summarize_dir(out: str, split: str) -> dict:
     """``{label_acceptance: {accuracy, ci95, mean_model_calls, generations, n, vs_greedy}}``."""
-    from nabla_jax.app.evaluation import read_results
+    from nabla_jax.app.results_file import runs_in_directory
     from nabla_jax.app.stats import bootstrap_ci, paired_comparison
 
-    runs = {}
-    for path in sorted(glob.glob(os.path.join(out, f"{split}_*.jsonl"))):
-        name = os.path.basename(path)[len(split) + 1 : -len(".jsonl")]
-        rows = read_results(path)[1]
-        if rows:
-            runs[name] = {r["problem_id"]: r for r in rows}
+    runs = runs_in_directory(out, split)
     greedy = {i: r["correct"] for i, r in runs.get("greedy_rm", {}).items()}
     summary = {}
     for name, rows in runs.items():

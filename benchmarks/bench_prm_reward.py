@@ -18,8 +18,6 @@ import argparse
 import json
 import os
 
-import numpy as np
-
 METHODS = "greedy,nabla,nabla-nodto,bon:8"
 #: ``models.rm_steps`` of each reading (None: the RM's one score, the bundled default).
 READINGS = {
@@ -67,19 +65,8 @@ def _correct(path: str) -> dict[str, dict[str, bool]]:
     return by
 
 
-def paired_interval(base: dict, other: dict, *, n_boot: int = 2000, seed: int = 0):
-    """Percentile bootstrap 95% interval of ``other``'s accuracy minus ``base``'s (fractions),
-    resampling the problems both have."""
-    ids = sorted(set(base) & set(other))
-    d = np.asarray([float(other[i]) - float(base[i]) for i in ids])
-    rng = np.random.default_rng(seed)
-    means = d[rng.integers(0, d.size, size=(n_boot, d.size))].mean(axis=1)
-    lo, hi = np.quantile(means, [0.025, 0.975])
-    return float(lo), float(hi)
-
-
 def report(args) -> None:
-    from nabla_jax.app.stats import bootstrap_ci, paired_comparison
+    from nabla_jax.app.stats import bootstrap_ci, paired_comparison, paired_difference_ci
 
     runs = {n: _correct(os.path.join(args.out, f"{n}.jsonl")) for n in READINGS
             if os.path.exists(os.path.join(args.out, f"{n}.jsonl"))}  # fmt: skip
@@ -98,7 +85,7 @@ def report(args) -> None:
             cell = ""
             if name != "orm":
                 pair = paired_comparison(runs["orm"][method], got)
-                dlo, dhi = paired_interval(runs["orm"][method], got)
+                dlo, dhi = paired_difference_ci(runs["orm"][method], got)
                 diff = acc - sum(runs["orm"][method].values()) / len(runs["orm"][method])
                 row.update(fixed=pair["fixed"], broken=pair["broken"], difference=diff,
                            difference_ci95=[dlo, dhi])  # fmt: skip

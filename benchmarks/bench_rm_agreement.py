@@ -29,6 +29,7 @@ def main(argv=None) -> None:
     ap.add_argument("--n", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--output", required=True)
+    ap.add_argument("--rm", default=None, help="a reward-model directory (default: the bundled RM)")
     args = ap.parse_args(argv)
 
     import jax
@@ -41,6 +42,10 @@ def main(argv=None) -> None:
 
     t0 = time.perf_counter()
     lm, rm = load_bundled()
+    if args.rm:
+        from nabla_jax.models import load_reward_model
+
+        rm = load_reward_model(args.rm)
     task = get_task()
     problems = generate(args.split, args.num_problems, args.seed)
     oracle = OracleScorer(task, problems, lm, rm)
@@ -73,7 +78,7 @@ def main(argv=None) -> None:
             pairs[kind][0] += better[0] > worse[0]
             pairs[kind][1] += 1
     out = {
-        "split": args.split, "problems": len(groups), "n": args.n,
+        "split": args.split, "problems": len(groups), "n": args.n, "rm": args.rm or "bundled",
         "pairwise_agreement": {
             k: {"agree": a, "pairs": p, "rate": a / p if p else None} for k, (a, p) in pairs.items()
         },

@@ -60,6 +60,12 @@ if str(ROOT) not in sys.path:  # run from a checkout without installing the pack
     sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from rm_gradient_loss import (  # noqa: E402
+    first_error_targets,
+    gradient_alignment_loss,
+    lm_candidates,
+    right_swap_rank,
+)
 from train_lm import PAD_ID, generate_texts  # noqa: E402
 
 import nabla_jax as nj  # noqa: E402
@@ -315,6 +321,21 @@ def main(argv=None):
         help="cache the LM samples here as JSON (reused by later runs with the same settings)",
     )
     ap.add_argument("--init-rm", default=None, help="continue from this reward-model directory")
+    ap.add_argument(
+        "--grad-weight",
+        type=float,
+        default=0.0,
+        help="weight of the gradient-alignment loss (scripts/rm_gradient_loss.py): at a wrong "
+        "response's first wrong token the input gradient's swap estimates must rank the "
+        "reference token first (0: off)",
+    )
+    ap.add_argument("--grad-temperature", type=float, default=1.0)
+    ap.add_argument(
+        "--grad-candidates",
+        type=int,
+        default=8,
+        help="the swaps the gradient-alignment loss ranks: the LM's top-k tokens at the position",
+    )
     args = ap.parse_args(argv)
     if args.lm_weight and args.process_labels != "tokens":
         # the auxiliary loss reuses the per-token process mask as its response-token mask
@@ -368,6 +389,7 @@ def main(argv=None):
     cls, cfg = rm.__class__, rm.config
 
     ids, mask, labels, slab, smsk = encode_rm(tok, train_s, args.max_len, args.process_labels)
+    epos, eright = first_error_targets(tok, train_s, args.max_len)
     # LM samples: class-balanced weights (half the inverse class frequency).
     weights = np.where(labels > 0, 0.5 / max(pos_rate, 1e-3), 0.5 / max(1 - pos_rate, 1e-3))
     n_lm = len(ids)
@@ -383,9 +405,19 @@ def main(argv=None):
         ids, mask = np.concatenate([ids, sids]), np.concatenate([mask, smask])
         labels, weights = np.concatenate([labels, slabels]), np.concatenate([weights, sw])
         slab, smsk = np.concatenate([slab, sslab]), np.concatenate([smsk, ssmsk])
+        spos_, sright = first_error_targets(tok, synth_s, args.max_len)
+        epos, eright = np.concatenate([epos, spos_]), np.concatenate([eright, sright])
         print(f"synthetic: {len(synth_s)} responses, correct rate {spos:.3f}", flush=True)
     weights = weights.astype(np.float32)
     vids, vmask, vlabels, _, _ = encode_rm(tok, val_s, args.max_len)
+    vpos, vright = first_error_targets(tok, val_s, args.max_len)
+    ecand = np.zeros((len(ids), args.grad_candidates), np.int32)
+    vcand = lm_candidates(lm, vids, vmask, vpos, args.grad_candidates)  # for the report
+    if args.grad_weight:
+        t_cand = time.time()
+        ecand = lm_candidates(lm, ids, mask, epos, args.grad_candidates)
+        print(f"LM candidates at {int((epos >= 0).sum())} first errors in "
+              f"{time.time() - t_cand:.0f}s", flush=True)  # fmt: skip
     if test_s:
         tids, tmask, tlabels, _, _ = encode_rm(tok, test_s, args.max_len)
 
@@ -397,7 +429,7 @@ def main(argv=None):
     )
     opt_state = opt.init(params)
 
-    def loss_fn(params, x, m, y, w, sy, sm):
+    def loss_fn(params, x, m, y, w, sy, sm, ep, er, ec):
         model = cls(cfg, params, None, "float32")
         hidden = model.hidden_states(x, m)  # [B, T, D]
         per_token = model.score_hidden(hidden)  # [B, T]
@@ -411,17 +443,36 @@ def main(argv=None):
             nll = optax.softmax_cross_entropy_with_integer_labels(logits, x[:, 1:])
             lm_mask = sm[:, 1:] * y[:, None]
             loss += args.lm_weight * jnp.sum(nll * lm_mask) / jnp.maximum(jnp.sum(lm_mask), 1.0)
+        if args.grad_weight:
+            loss += args.grad_weight * gradient_alignment_loss(
+                model, x, m, ep, er, ec, args.grad_temperature
+            )
         return loss
 
     @jax.jit
-    def train_step(params, opt_state, x, m, y, w, sy, sm):
-        loss, grads = jax.value_and_grad(loss_fn)(params, x, m, y, w, sy, sm)
+    def train_step(params, opt_state, x, m, y, w, sy, sm, ep, er, ec):
+        loss, grads = jax.value_and_grad(loss_fn)(params, x, m, y, w, sy, sm, ep, er, ec)
         updates, opt_state = opt.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
     @jax.jit
     def score_fn(params, x, m):
         return cls(cfg, params, None, "float32").score(x, m)
+
+    @jax.jit
+    def rank_fn(params, x, m, p, r, c):
+        return right_swap_rank(cls(cfg, params, None, "float32"), x, m, p, r, c)
+
+    def grad_top1(params):
+        """Share of the validation samples with a first wrong token where the gradient's swap
+        estimates rank the reference token first."""
+        ranks = np.concatenate([
+            np.asarray(rank_fn(params, vids[i : i + 200], vmask[i : i + 200],
+                               vpos[i : i + 200], vright[i : i + 200], vcand[i : i + 200]))
+            for i in range(0, len(vids), 200)
+        ])  # fmt: skip
+        known = ranks >= 0
+        return float(np.mean(ranks[known] == 0)) if known.any() else float("nan")
 
     def val_auroc(params, x=vids, m=vmask, y=vlabels):
         scores = np.concatenate(
@@ -433,7 +484,8 @@ def main(argv=None):
         return auroc(scores, y), scores
 
     base_auc, _ = val_auroc(params)
-    print(f"val AUROC before training (random head): {base_auc:.3f}", flush=True)
+    base_top1 = grad_top1(params)
+    print(f"val AUROC before training: {base_auc:.3f}; gradient top-1 {base_top1:.3f}", flush=True)
     rng = np.random.default_rng(args.seed)
     t_train, losses, history = time.time(), [], []
     n_syn = len(ids) - n_lm
@@ -462,6 +514,9 @@ def main(argv=None):
             weights[idx],
             slab[idx, :width],
             smsk[idx, :width],
+            np.where(epos[idx] < width, epos[idx], -1),
+            eright[idx],
+            ecand[idx],
         )
         losses.append(float(loss))
         last = step == args.steps or (
@@ -469,12 +524,16 @@ def main(argv=None):
         )
         if step % args.eval_every == 0 or last:
             auc, _ = val_auroc(params)
-            if auc > best_auc:
-                best_auc, best_params, best_step = auc, params, step
-            history.append({"step": step, "loss": float(np.mean(losses[-50:])), "val_auroc": auc})
+            top1 = grad_top1(params)
+            # with the gradient loss on, the checkpoint must also point the right way
+            pick = auc + (top1 if args.grad_weight else 0.0)
+            if pick > best_auc:
+                best_auc, best_params, best_step = pick, params, step
+            history.append({"step": step, "loss": float(np.mean(losses[-50:])), "val_auroc": auc,
+                            "val_gradient_top1": top1})  # fmt: skip
             print(
                 f"step {step} loss {np.mean(losses[-50:]):.4f} val AUROC {auc:.3f} "
-                f"({time.time() - t_train:.0f}s)",
+                f"gradient top-1 {top1:.3f} ({time.time() - t_train:.0f}s)",
                 flush=True,
             )
         if last:
@@ -504,6 +563,8 @@ def main(argv=None):
         "val_correct_rate": float(np.mean(vlabels)),
         "val_auroc": auc,
         "val_auroc_before_training": base_auc,
+        "val_gradient_top1": grad_top1(params),
+        "val_gradient_top1_before_training": base_top1,
         "test_samples": len(test_s),
         "test_correct_rate": float(np.mean([t[2] for t in test_s])) if test_s else None,
         "test_auroc": test_auc,

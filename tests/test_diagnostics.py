@@ -31,13 +31,15 @@ def test_diagnose_matches_torch_twin(exclude):
     current = rng.randint(0, v, b)
     proposed = (current + 1 + rng.randint(0, v - 1, b)) % v
     right = np.array([3, -1, 5, 7, -1, 11])
+    right[3] = int(np.argsort(original[3])[-2 if current[3] == original[3].argmax() else -1])
+    # (row 3: the right token is the original resample's top-1)
     cfg = nj.DecodeConfig(resample=SamplingConfig(temperature=0.7),
                           resample_excludes_current=exclude)  # fmt: skip
     j = lambda x: jnp.asarray(x)
     got = diagnose(j(original), j(refined), j(current), j(proposed), j(right), cfg.hyper(),
                    prog=cfg.program())  # fmt: skip
     t = lambda x: torch.from_numpy(np.asarray(x))
-    kl, dlogp, top1, topk, before, after, new_before, new_after = ref.diagnose(
+    kl, dlogp, top1, topk, before, after, new_before, new_after, right_top1 = ref.diagnose(
         t(original), t(refined), t(current), t(proposed), t(right), 0.7, exclude
     )
     # log-softmax of V terms in float32 against float64: each log-probability is within a few
@@ -53,6 +55,8 @@ def test_diagnose_matches_torch_twin(exclude):
     tol.assert_within(got.p_new_after, new_after.numpy(), per_logp, "p(new) after")
     assert np.array_equal(got.top1_changed, top1.numpy())
     assert np.array_equal(got.topk_changed, topk.numpy())
+    assert np.array_equal(got.right_top1_before, right_top1.numpy())
+    assert bool(got.right_top1_before[3]) and not bool(got.right_top1_before[1])
     assert float(got.kl[0]) == 0.0 and not bool(got.topk_changed[0])  # unchanged logits
     assert float(got.p_right_before[1]) == 0.0  # no oracle answer
 

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nabla_jax.app.stats import bootstrap_ci, paired_comparison
+from nabla_jax.app.stats import bootstrap_ci, paired_comparison, paired_difference_ci
 from nabla_jax.decoding import NablaDecoder
 from nabla_jax.decoding.registry import method_runner, parse_methods, run_baseline
 from nabla_jax.decoding.steps.refine import gap_learning_rate
@@ -192,6 +192,18 @@ def test_bootstrap_and_paired_comparison():
     assert paired_comparison(base, other) == dict(
         fixed=1, broken=1, unchanged_correct=1, unchanged_wrong=1, n=4
     )
+
+
+def test_paired_difference_interval():
+    base = {i: i % 2 == 0 for i in range(100)}
+    assert paired_difference_ci(base, base) == (0.0, 0.0)  # identical arms: no difference
+    wrong, right = dict.fromkeys(range(100), False), dict.fromkeys(range(100), True)
+    assert paired_difference_ci(wrong, right) == (1.0, 1.0)  # every problem fixed, every draw
+    some = {i: v or i < 20 for i, v in base.items()}  # 10 fixed of 100
+    lo, hi = paired_difference_ci(base, some)
+    assert 0 < lo < 0.1 < hi and paired_difference_ci(base, some) == (lo, hi)
+    with pytest.raises(ValueError, match="at least one problem"):
+        paired_difference_ci(base, {"x": True})
 
 
 def test_the_bundled_config_holds_the_chosen_exploration():

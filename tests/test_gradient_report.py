@@ -40,6 +40,26 @@ def test_row_and_method_means_are_over_refinements():
     assert row_diagnostics([old]) is None  # a trace from before the diagnostics
 
 
+def test_p_right_up_counts_only_refinements_dto_could_help():
+    def ev(before, after, right=7, top1=False):
+        return {**_event(0.1, 0.0, False, False, before, after), "right_token": right,
+                "right_top1_before": top1}  # fmt: skip
+
+    trace = [
+        ev(0.1, 0.3),  # raised
+        ev(0.2, 0.1),  # lowered
+        ev(0.6, 0.7, top1=True),  # already the top-1: left out
+        ev(0.0, 0.0, right=5),  # the right token is the current one (old_token 5): left out
+        ev(0.1, 0.1),  # unchanged: not raised
+    ]
+    row = row_diagnostics(trace)
+    assert row["right_not_top1"] == 3 and row["p_right_up"] == pytest.approx(1 / 3)
+    other = row_diagnostics([ev(0.1, 0.2)])
+    pooled = method_diagnostics([{"dto": row}, {"dto": other}])
+    assert pooled["right_not_top1"] == 4 and pooled["p_right_up"] == pytest.approx(2 / 4)
+    assert "p_right_up" not in row_diagnostics([ev(0.6, 0.7, top1=True)])
+
+
 def test_revision_view_shows_what_dto_did():
     lm, _ = load_bundled()
     result = SimpleNamespace(trace=[_event(0.25, 1.5, True, True, 0.1, 0.3)])

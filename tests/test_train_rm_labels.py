@@ -73,3 +73,50 @@ def test_corruptions_are_wrong_and_well_formed():
                 0 in [lab for _, lab in train_rm.prefix_labels(bad, p.solution)]
                 or lines[:-1] == p.solution.split("\n")[:-1]
             )
+
+
+def test_first_error_targets_name_the_first_wrong_token_and_its_fix():
+    rm_loss = pytest.importorskip("rm_gradient_loss")
+    tok = load_bundled_tokenizer()
+    samples = [(QUESTION, SOLUTION, 1, SOLUTION), (QUESTION, WRONG, 0, SOLUTION)]
+    pos, right = rm_loss.first_error_targets(tok, samples, 112)
+    ids = train_rm.encode_rm(tok, samples, 112, "tokens")[0]
+    ref = tok.encode(SOLUTION, add_special_tokens=False)
+    got = tok.encode(WRONG, add_special_tokens=False)
+    j = next(i for i, (a, b) in enumerate(zip(got, ref)) if a != b)
+    prefix, _ = train_rm.rm_prefix_suffix_ids(tok, QUESTION)
+    assert pos[0] == -1  # the reference itself: nothing to correct
+    assert pos[1] == len(prefix) + j and right[1] == ref[j] and ids[1, pos[1]] == got[j]
+    assert rm_loss.first_error_targets(tok, samples[1:], len(prefix) + j)[0][0] == -1  # cut
+
+
+def test_gradient_alignment_loss_is_the_cross_entropy_of_directional_derivatives():
+    """The swap estimates are the score's directional derivatives along e_v − e_c at the
+    position (checked with forward-mode jvp, an independent computation)."""
+    import jax
+    import jax.numpy as jnp
+
+    import nabla_jax as nj
+    from tests.hf_models import hf_config
+
+    rm_loss = pytest.importorskip("rm_gradient_loss")
+    rm = nj.init_reward_model(hf_config("qwen2", num_labels=1), jax.random.key(0))
+    ids = jnp.asarray(np.random.RandomState(0).randint(3, 60, (2, 9)), jnp.int32)
+    mask = jnp.ones_like(ids)
+    position, right = jnp.asarray([4, -1]), jnp.asarray([7, 0])
+    cands = jnp.asarray([[7, 11, 12], [1, 2, 3]])
+    loss = rm_loss.gradient_alignment_loss(rm, ids, mask, position, right, cands, 0.5)
+    table, emb = rm.embed_matrix(), rm.embed(ids)
+
+    def est(v):
+        d = jnp.zeros_like(emb).at[0, 4].set(table[v] - emb[0, 4])
+        f = lambda e: rm.score(inputs_embeds=e, attention_mask=mask)[0]  # noqa: E731
+        return jax.jvp(f, (emb,), (d,))[1]
+
+    swaps = [int(ids[0, 4]), 7, 11, 12]  # keeping the current token (estimate 0) and the rest
+    s = jnp.asarray([0.0] + [est(v) for v in swaps[1:]]) / 0.5
+    want = -(s[1] - jax.nn.logsumexp(s))  # the right token is 7; row 1 has no target
+    # float32: the reverse- and forward-mode derivatives differ by rounding of O(D·T) sums
+    np.testing.assert_allclose(float(loss), float(want), rtol=1e-4, atol=1e-5)
+    rank = rm_loss.right_swap_rank(rm, ids, mask, position, right, cands)
+    assert int(rank[1]) == -1 and int(rank[0]) == int(jnp.sum(s > s[1]))

@@ -2,10 +2,15 @@
 
 A ∇-Reasoner result's trace has one entry per refinement with ``kl``, ``dlogp``,
 ``top1_changed``, ``topk_changed`` and, with a next-token oracle, ``p_right_before`` /
-``p_right_after``, and with ``fidelity_top_k`` a ``fidelity`` (``nabla_jax.decoding``'s
-``diagnostics`` and ``fidelity`` modules). :func:`row_diagnostics` condenses one result's trace
-into a bench row's ``dto`` entry; :func:`method_diagnostics` pools rows into a method's
-summary, weighting each row by its refinements (so the figures are means over refinements).
+``p_right_after`` (and ``right_top1_before``), and with ``fidelity_top_k`` a ``fidelity``
+(``nabla_jax.decoding``'s ``diagnostics`` and ``fidelity`` modules). :func:`row_diagnostics`
+condenses one result's trace into a bench row's ``dto`` entry; :func:`method_diagnostics` pools
+rows into a method's summary, weighting each row by its refinements (so the figures are means
+over refinements).
+
+``p_right_up`` is the share of the refinements where DTO could help — the oracle names a right
+token that is neither the current token nor already the resample's top-1 (``right_not_top1``
+of them) — in which DTO raised that token's probability.
 """
 
 from __future__ import annotations
@@ -20,7 +25,8 @@ _ORACLE = ("p_right_before", "p_right_after")
 
 def row_diagnostics(trace: Sequence[dict]) -> dict | None:
     """``{refinements, kl, dlogp, top1_changed, topk_changed[, oracle_refinements,
-    p_right_before, p_right_after][, fidelity_refinements, fidelity]}`` — means over the
+    p_right_before, p_right_after][, right_not_top1, p_right_up][, fidelity_refinements,
+    fidelity]}`` — means over the
     refinements of one result (shares for the booleans), or None without diagnostics."""
     events = [t for t in trace if "kl" in t]
     if not events:
@@ -34,6 +40,12 @@ def row_diagnostics(trace: Sequence[dict]) -> dict | None:
         out["oracle_refinements"] = len(known)
         for k in _ORACLE:
             out[k] = sum(float(t[k]) for t in known) / len(known)
+    open_ = [t for t in known if t.get("right_top1_before") is False
+             and t["right_token"] != t["old_token"]]  # fmt: skip
+    if open_:
+        out["right_not_top1"] = len(open_)
+        raised = sum(t["p_right_after"] > t["p_right_before"] for t in open_)
+        out["p_right_up"] = raised / len(open_)
     rho = [float(t["fidelity"]) for t in events if t.get("fidelity") is not None]
     if rho:
         out["fidelity_refinements"] = len(rho)
@@ -50,7 +62,11 @@ def method_diagnostics(rows: Sequence[dict]) -> dict | None:
     out: dict = {"refinements": n}
     for k in _MEANS:
         out[k] = sum(p[k] * p["refinements"] for p in parts) / n
-    for count, keys in (("oracle_refinements", _ORACLE), ("fidelity_refinements", ("fidelity",))):
+    for count, keys in (
+        ("oracle_refinements", _ORACLE),
+        ("right_not_top1", ("p_right_up",)),
+        ("fidelity_refinements", ("fidelity",)),
+    ):
         have = [p for p in parts if p.get(count)]
         if have:
             m = sum(p[count] for p in have)

@@ -29,6 +29,7 @@ __all__ = [
     "dedupe",
     "prepare_results_file",
     "read_results",
+    "runs_in_directory",
 ]
 
 PROVENANCE_KEY = "_provenance"
@@ -77,6 +78,20 @@ def read_results(path: str) -> tuple[dict | None, list[dict]]:
             else:
                 rows.append(row)
     return header, rows
+
+
+def runs_in_directory(directory: str, prefix: str) -> dict[str, dict]:
+    """``{name: {problem_id: row}}`` of every ``<prefix>_<name>.jsonl`` in ``directory`` that
+    has rows (one file per run, as the exploration benchmarks write them; repeats dropped)."""
+    import glob
+
+    runs = {}
+    for path in sorted(glob.glob(os.path.join(glob.escape(directory), f"{prefix}_*.jsonl"))):
+        name = os.path.basename(path)[len(prefix) + 1 : -len(".jsonl")]
+        rows = dedupe(read_results(path)[1])
+        if rows:
+            runs[name] = {r["problem_id"]: r for r in rows}
+    return runs
 
 
 def _repair_torn_tail(path: str) -> str | None:

@@ -47,6 +47,7 @@ DIAGNOSTIC_KEYS = (
     "topk_changed",
     "p_right_before",
     "p_right_after",
+    "right_top1_before",
     "fidelity",
 )
 
@@ -80,6 +81,7 @@ class Revision:
     topk_changed: bool | None = None
     p_right_before: float | None = None
     p_right_after: float | None = None
+    right_top1_before: bool | None = None
     fidelity: float | None = None
 
     @property

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["bootstrap_ci", "paired_comparison"]
+__all__ = ["bootstrap_ci", "paired_comparison", "paired_difference_ci"]
 
 
 def bootstrap_ci(
@@ -40,3 +40,23 @@ def paired_comparison(base: dict, other: dict) -> dict:
         key = key or ("unchanged_correct" if a else "unchanged_wrong")
         out[key] += 1
     return out
+
+
+def paired_difference_ci(
+    base: dict, other: dict, *, level: float = 0.95, n_boot: int = 2000, seed: int = 0
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``other``'s accuracy minus ``base``'s (fractions; each
+    ``{problem_id: correct}``), resampling the problems both have — the same problem in both
+    arms of every draw, so the interval is that of the paired difference. Raises ``ValueError``
+    when they share no problem or for a level outside (0, 1)."""
+    ids = sorted(set(base) & set(other))
+    if not ids:
+        raise ValueError("paired_difference_ci needs at least one problem in both")
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    d = np.asarray([float(bool(other[i])) - float(bool(base[i])) for i in ids])
+    rng = np.random.default_rng(seed)
+    means = d[rng.integers(0, d.size, size=(n_boot, d.size))].mean(axis=1)
+    tail = (1 - level) / 2
+    lo, hi = np.quantile(means, [tail, 1 - tail])
+    return float(lo), float(hi)

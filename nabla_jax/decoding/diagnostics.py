@@ -11,7 +11,8 @@ temperature (``τ``; 1 when the resample is greedy), without the current token w
 * ``top1_changed`` / ``topk_changed`` — whether DTO changed the argmax, or the set of the
   :data:`TOP_K` most probable tokens;
 * with a next-token oracle (a host function that names the right next token of a response
-  prefix, or −1 where it cannot): the probability of the right token before and after DTO.
+  prefix, or −1 where it cannot): the probability of the right token before and after DTO,
+  and whether it was already the most probable one before (``right_top1_before``).
 
 Without DTO (``use_dto=False``) the two distributions are the same: every figure is 0 / False.
 """
@@ -47,6 +48,7 @@ class Diagnosis(NamedTuple):
     right: jax.Array
     p_right_before: jax.Array
     p_right_after: jax.Array
+    right_top1_before: jax.Array
     p_new_before: jax.Array
     p_new_after: jax.Array
     fidelity: jax.Array | None = None  # [B] Spearman (nabla_jax.decoding.fidelity) or None
@@ -88,8 +90,9 @@ def diagnose(original, refined, current, proposed, right, h: DecodeHyper, *,
     known = right >= 0
     before = jnp.where(known, jnp.exp(lp_o[rows, at]), 0.0)
     after = jnp.where(known, jnp.exp(lp_r[rows, at]), 0.0)
+    right_top1 = known & (jnp.argmax(lp_o, axis=-1) == at)
     return Diagnosis(kl, jnp.where(jnp.isfinite(dlogp), dlogp, 0.0), top1, topk, right,
-                     before, after, jnp.exp(lp_o[rows, proposed]),
+                     before, after, right_top1, jnp.exp(lp_o[rows, proposed]),
                      jnp.exp(lp_r[rows, proposed]))  # fmt: skip
 
 

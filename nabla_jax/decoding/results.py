@@ -51,8 +51,8 @@ class DecodeResult:
         (:mod:`nabla_jax.decoding.diagnostics`): kl (KL(refined ‖ original), nats), dlogp (the
         proposed token's change in log-probability), p_new_before, p_new_after (its
         probability under the resample distribution before and after DTO), top1_changed,
-        topk_changed, and with a next-token oracle right_token, p_right_before, p_right_after
-        (None without one); with
+        topk_changed, and with a next-token oracle right_token, p_right_before, p_right_after,
+        right_top1_before (whether it was already the resample's top-1; None without one); with
         ``fidelity_top_k``, fidelity (Spearman of the RM gradient's linear estimates against
         re-scored swaps, :mod:`nabla_jax.decoding.fidelity`; None when not measured).
     """
@@ -116,6 +116,7 @@ def row_result(prompt, report, b: int, tokenizer, eos: set, stop_strings) -> Dec
                 "right_token": right if (right := int(ev.right_token[b, i])) >= 0 else None,
                 "p_right_before": float(ev.p_right_before[b, i]) if right >= 0 else None,
                 "p_right_after": float(ev.p_right_after[b, i]) if right >= 0 else None,
+                "right_top1_before": bool(ev.right_top1_before[b, i]) if right >= 0 else None,
                 "fidelity": None if math.isnan(rho := float(ev.fidelity[b, i])) else rho,
             }
         )

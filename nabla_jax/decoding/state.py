@@ -84,6 +84,7 @@ class Events(NamedTuple):
     right_token: jax.Array  # int32 the oracle's right token, -1 = none
     p_right_before: jax.Array  # float32 its probability before / after DTO
     p_right_after: jax.Array
+    right_top1_before: jax.Array  # bool it was the resample's top-1 before DTO
     p_new_before: jax.Array  # float32 the proposed token's probability before / after DTO
     p_new_after: jax.Array
     fidelity: jax.Array  # float32 Spearman of the gradient's estimates (NaN = not measured)
@@ -168,6 +169,7 @@ def empty_state(lm, rm, b, p, q, s, length, window, *, latents=False, events=Non
         right_token=jnp.full((b, e), -1, jnp.int32),
         p_right_before=jnp.zeros((b, e), jnp.float32),
         p_right_after=jnp.zeros((b, e), jnp.float32),
+        right_top1_before=jnp.zeros((b, e), bool),
         p_new_before=jnp.zeros((b, e), jnp.float32),
         p_new_after=jnp.zeros((b, e), jnp.float32),
         fidelity=jnp.full((b, e), jnp.nan, jnp.float32),

@@ -2,7 +2,7 @@
 from their description: the resample distribution (temperature only, the current token left out
 when asked) of the original and the refined logits, their KL, the proposed token's change in
 log-probability, whether the argmax or the top-k set changed, and the right token's probability
-before and after."""
+before and after, and whether it was the top-1 before."""
 
 from __future__ import annotations
 
@@ -32,4 +32,15 @@ def diagnose(original, refined, current, proposed, right, tau, exclude_current, 
     known = right >= 0
     before = torch.where(known, lo[rows, at].exp(), torch.zeros(len(rows), dtype=lo.dtype))
     after = torch.where(known, lr[rows, at].exp(), torch.zeros(len(rows), dtype=lo.dtype))
-    return kl, dlogp, top1, topk, before, after, lo[rows, proposed].exp(), lr[rows, proposed].exp()
+    right_top1 = known & (lo.argmax(-1) == at)
+    return (
+        kl,
+        dlogp,
+        top1,
+        topk,
+        before,
+        after,
+        lo[rows, proposed].exp(),
+        lr[rows, proposed].exp(),
+        right_top1,
+    )

@@ -60,6 +60,7 @@ def commit(state: RowState, sel: Selection, refined: Refined, proposal: Proposal
         right_token=put_at(ev.right_token, at, diagnosis.right, chosen),
         p_right_before=put_at(ev.p_right_before, at, diagnosis.p_right_before, chosen),
         p_right_after=put_at(ev.p_right_after, at, diagnosis.p_right_after, chosen),
+        right_top1_before=put_at(ev.right_top1_before, at, diagnosis.right_top1_before, chosen),
         p_new_before=put_at(ev.p_new_before, at, diagnosis.p_new_before, chosen),
         p_new_after=put_at(ev.p_new_after, at, diagnosis.p_new_after, chosen),
         fidelity=put_at(ev.fidelity, at, rho, chosen),
