@@ -29,7 +29,6 @@ def lm_candidates(lm, ids, mask, position, k: int, batch: int = 256):
     row (its logits at ``position − 1``; the RM template frames the response like the LM's chat
     template does, so the response prefix is what the LM saw). Rows without a target get
     zeros."""
-    import numpy as np
 
     @jax.jit
     def top(ids, mask, at):
@@ -73,13 +72,10 @@ def first_error_targets(tok, samples, max_len):
     return pos, right
 
 
-def gradient_alignment_loss(model, ids, mask, position, right, candidates, temperature: float):
-    """Mean over the rows with ``position ≥ 0`` of the cross-entropy of the swap estimates at
-    ``position`` against ``right`` (0 when no row has a target), over ``candidates``, ``right``
-    and the current token (see the module doc).
-
-    ``ids``, ``mask``: ``[B, T]`` RM inputs; ``position``, ``right``: ``[B]``;
-    ``candidates``: ``[B, k]`` token ids (repeats of ``right`` or the current token are fine)."""
+def swap_estimates(model, ids, mask, position, candidates):
+    """``(estimates [B, V], allowed [B, V])``: the linear estimates ``s_v = g_t · (e_v − e_c)``
+    at ``position`` (clamped to 0 where it is −1), and which swaps are plausible — the
+    ``candidates [B, k]`` and keeping the current token (``s_c = 0``)."""
     table = model.embed_matrix()  # [V, D]
     emb = model.embed(ids)  # [B, T, D]
 
@@ -90,12 +86,22 @@ def gradient_alignment_loss(model, ids, mask, position, right, candidates, tempe
     rows = jnp.arange(ids.shape[0])
     at = jnp.maximum(position, 0)
     g = grad[rows, at]  # [B, D]
-    current = emb[rows, at]  # [B, D]
-    estimates = g @ table.T - jnp.sum(g * current, axis=-1, keepdims=True)  # [B, V]
+    estimates = g @ table.T - jnp.sum(g * emb[rows, at], axis=-1, keepdims=True)
     cur = jnp.take_along_axis(ids, at[:, None], axis=1)[:, 0]
     v = jnp.arange(table.shape[0])[None, :]
-    allowed = jnp.any(v[:, :, None] == candidates[:, None, :], axis=-1)  # [B, V]
-    allowed = allowed | (v == right[:, None]) | (v == cur[:, None])
+    allowed = jnp.any(v[:, :, None] == candidates[:, None, :], axis=-1) | (v == cur[:, None])
+    return estimates, allowed
+
+
+def gradient_alignment_loss(model, ids, mask, position, right, candidates, temperature: float):
+    """Mean over the rows with ``position ≥ 0`` of the cross-entropy of the swap estimates at
+    ``position`` against ``right`` (0 when no row has a target), over ``candidates``, ``right``
+    and the current token (see the module doc).
+
+    ``ids``, ``mask``: ``[B, T]`` RM inputs; ``position``, ``right``: ``[B]``;
+    ``candidates``: ``[B, k]`` token ids (repeats of ``right`` or the current token are fine)."""
+    estimates, allowed = swap_estimates(model, ids, mask, position, candidates)
+    allowed = allowed | (jnp.arange(estimates.shape[-1])[None, :] == right[:, None])
     logits = jnp.where(allowed, estimates / temperature, -1e9)
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, right)
     valid = (position >= 0).astype(jnp.float32)
@@ -106,16 +112,8 @@ def right_swap_rank(model, ids, mask, position, right, candidates):
     """``[B]`` rank (0 = first) of the right token among the swap estimates at ``position`` over
     ``candidates [B, k]`` and keeping the current token (−1 where there is no target): how
     often the gradient names the right swap among the plausible ones."""
-    table = model.embed_matrix()
-    emb = model.embed(ids)
-    grad = jax.grad(lambda e: jnp.sum(model.score(inputs_embeds=e, attention_mask=mask)))(emb)
+    estimates, allowed = swap_estimates(model, ids, mask, position, candidates)
+    est = jnp.where(allowed, estimates, -jnp.inf)
     rows = jnp.arange(ids.shape[0])
-    at = jnp.maximum(position, 0)
-    g = grad[rows, at]
-    est = g @ table.T - jnp.sum(g * emb[rows, at], axis=-1, keepdims=True)  # s_c = 0
-    v = jnp.arange(table.shape[0])[None, :]
-    cur = jnp.take_along_axis(ids, at[:, None], axis=1)[:, 0]
-    allowed = jnp.any(v[:, :, None] == candidates[:, None, :], axis=-1) | (v == cur[:, None])
-    est = jnp.where(allowed, est, -jnp.inf)
     rank = jnp.sum(est > est[rows, right][:, None], axis=-1)
     return jnp.where(position >= 0, rank, -1)
