@@ -52,6 +52,22 @@ def test_a_new_store_reads_the_program_back_without_tracing(tmp_path):
     np.testing.assert_array_equal(again["y"], want["y"])
 
 
+def test_results_fed_back_do_not_compile_the_program_again(tmp_path):
+    """A loop's second chunk passes the first chunk's results (committed device arrays) where the
+    first passed numpy and uncommitted arrays: the same compiled program must serve both."""
+    store = ProgramStore(tmp_path)
+    params = {"w": np.full((3,), 2.0, np.float32), "b": np.arange(3, dtype=np.float32)}
+    with track() as t:
+        out = store.call("affine", _affine, (params, np.ones(3, np.float32), jax.random.key(1)),
+                         static="s", out_tree=_out_tree())  # fmt: skip
+    assert t.compiles >= 1
+    with track() as t:
+        again = store.call("affine", _affine, ({"w": out["y"], "b": out["n"]}, out["y"],
+                           jax.random.key(2)), static="s", out_tree=_out_tree())  # fmt: skip
+    assert t.compiles == 0 and t.lowered == 0, (t.compiles, t.lowered)
+    np.testing.assert_allclose(again["y"], out["y"] * out["y"] + out["n"], rtol=1e-6)
+
+
 def test_the_key_follows_shapes_and_static_settings(tmp_path):
     store = ProgramStore(tmp_path)
     store.call("affine", _affine, _args(3), static="s", out_tree=_out_tree(3))
@@ -144,3 +160,55 @@ def test_a_second_process_neither_traces_nor_compiles_the_loop(tmp_path):
     plain = _child("off", lm_dir, rm_dir)  # the jitted loop, no store: the same decode
     assert plain["log"] is None and plain["tokens"] == first["tokens"]
     assert plain["stats"] == first["stats"]
+
+
+# A child process: greedy and sampled rollouts of two prompts with a tiny random LM.
+ROLLOUT_CHILD = textwrap.dedent(
+    """
+    import json, sys, jax
+    import numpy as np
+    import nabla_jax as nj
+    from nabla_jax.decoding.generate import generate_padded
+    from nabla_jax.decoding.sampling import SamplingConfig
+    from nabla_jax.runtime import compilation_cache, exported
+    from nabla_jax.runtime.profiling import track
+    compilation_cache.use_default()  # as the command line does
+    lm = nj.load_causal_lm(sys.argv[1])
+    ids = np.array([[0, 5, 6, 7], [9, 8, 7, 6]], np.int32)
+    mask = np.array([[0, 1, 1, 1], [1, 1, 1, 1]], np.int32)
+    keys = jax.random.split(jax.random.key(3), 2)
+    with track() as t:
+        out = [generate_padded(lm, ids, mask, keys, max_new_tokens=6, sampling=s).tokens.tolist()
+               for s in (SamplingConfig(temperature=0.0), SamplingConfig(temperature=1.0))]
+    store = exported.default_store()
+    print(json.dumps(dict(log=store.log if store is not None else None,
+                          programs=sorted(t.seconds_by_program), tokens=out)))
+    """
+)
+
+
+def _rollout_child(cache: str, lm_dir) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("NABLA_JAX_", "JAX_COMP"))}
+    env.update(NABLA_JAX_CACHE_DIR=cache, PYTHONPATH=os.getcwd())
+    out = subproc.run([sys.executable, "-c", ROLLOUT_CHILD, str(lm_dir)], env=env, timeout=600,
+                      cwd=os.getcwd())  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_a_second_process_reads_the_rollout_program_back(tmp_path):
+    from tests.hf_models import save_chat_pair
+
+    lm_dir, rm_dir = tmp_path / "lm", tmp_path / "rm"
+    save_chat_pair(lm_dir, rm_dir)
+    cache = str(tmp_path / "xla")
+    first = _rollout_child(cache, lm_dir)
+    # Greedy and sampled are two programs (the sampling filters are static).
+    assert [how for _, how in first["log"]] == ["exported", "exported"]
+    second = _rollout_child(cache, lm_dir)
+    assert [how for _, how in second["log"]] == ["loaded", "loaded"]
+    assert "_generate_body" not in second["programs"]
+    assert "generate" not in second["programs"]  # neither traced nor lowered again
+    plain = _rollout_child("off", lm_dir)  # the jitted path, no store
+    assert plain["log"] is None and "_generate_body" in plain["programs"]
+    assert second["tokens"] == first["tokens"] == plain["tokens"]

@@ -150,7 +150,6 @@ def run_demo(
     is the whole story).
     ``max_length``: response tokens per problem (default: the bundled config's).
     """
-    import jax
     from rich.console import Console
 
     from nabla_jax.app.bundled import bundled_decode_config, load_bundled
@@ -187,9 +186,15 @@ def run_demo(
     greedy = greedy_cot(lm, prompts, max_length=cfg.max_length)
     console.print("∇-Reasoner (DTO + resampling + rejection) on the same problems …")
     decoder = NablaDecoder(lm, rm, cfg)
-    nabla = decoder.generate(prompts[: len(fresh)], jax.random.key(seed), progress=True)
-    if selected:  # with the committed run's key, so that its outcome can be reproduced
-        nabla += decoder.generate(prompts[len(fresh) :], method_key(0, "nabla"), progress=True)
+    # Each problem with the key `bench accuracy --seed S` gives ∇ (a prompt's random numbers
+    # follow its content, not its batch): the selected ones with the committed run's seed 0, so
+    # that its outcome can be reproduced. With seed 0 (the default) that is one call, one batch.
+    if seed == 0:
+        nabla = decoder.generate(prompts, method_key(0, "nabla"), progress=True)
+    else:
+        nabla = decoder.generate(prompts[: len(fresh)], method_key(seed, "nabla"), progress=True)
+        if selected:
+            nabla += decoder.generate(prompts[len(fresh) :], method_key(0, "nabla"), progress=True)
 
     console.print()
     header = f"{'problem':<30} {'answer':>6} | {'greedy':>7} {'ok':<3} {'calls':>5} | "

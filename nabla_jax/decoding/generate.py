@@ -3,7 +3,10 @@
 :func:`generate_padded` takes already padded prompts; :func:`rollout` takes id lists, pads them
 to a bucket (:func:`nabla_jax.runtime.buckets.bucket_length`) and decodes the texts. Both run one
 compiled program per shape bucket — the fixed-shape core of :mod:`nabla_jax.decoding.continuation` —
-with budgets, sampling values, EOS ids and stop sequences as run-time inputs.
+with budgets, sampling values, EOS ids and stop sequences as run-time inputs. With the persistent
+XLA cache on and the model on one device, that program is also kept serialized beside the cache
+(:mod:`nabla_jax.runtime.exported`, as the ∇ loop is): a later process neither traces nor lowers
+it.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from nabla_jax.decoding.stopping import (
     stop_tables,
     trim_text,
 )
+from nabla_jax.runtime import exported
 from nabla_jax.runtime.buckets import bucket_length, pad_ids
 
 __all__ = ["PaddedRollout", "RolloutResult", "generate_padded", "pad_prompts", "rollout"]
@@ -65,8 +69,7 @@ class PaddedRollout(NamedTuple):
     model_calls: jax.Array
 
 
-@functools.partial(jax.jit, static_argnames=("num_new", "prog", "keep", "pad_id"))
-def _generate(lm, ids, mask, keys, budget, params, tables, *, num_new, prog, keep, pad_id):
+def _generate_body(lm, ids, mask, keys, budget, params, tables, *, num_new, prog, keep, pad_id):
     TRACE_COUNTS["generate"] += 1
     b = ids.shape[0]
     c = lm.config
@@ -88,6 +91,26 @@ def _generate(lm, ids, mask, keys, budget, params, tables, *, num_new, prog, kee
         sampler=Sampler(params, prog, tables, pad_id),
     )
     return PaddedRollout(out.tokens, out.length, out.logits, out.hidden, out.stop, calls)
+
+
+_generate = jax.jit(_generate_body, static_argnames=("num_new", "prog", "keep", "pad_id"))
+
+
+def _on_one_device(tree) -> bool:
+    return all(
+        len(getattr(x, "sharding", None).device_set) == 1
+        for x in jax.tree.leaves(tree)
+        if getattr(x, "sharding", None) is not None
+    )
+
+
+def _generate_exported(store, lm, args, *, num_new, prog, keep, pad_id) -> PaddedRollout:
+    """:func:`_generate` through ``store``'s serialized program for these shapes and statics."""
+    fn = functools.partial(_generate_body, num_new=num_new, prog=prog, keep=keep, pad_id=pad_id)
+    kept = {name: (0 if name in keep else None) for name in ("logits", "hidden")}
+    out_tree = jax.tree.structure(PaddedRollout(0, 0, kept["logits"], kept["hidden"], 0, 0))
+    static = f"num_new={num_new};prog={prog!r};keep={keep};pad_id={pad_id}"
+    return store.call("generate", fn, (lm, *args), static=static, out_tree=out_tree)
 
 
 def _as_keys(keys, batch: int):
@@ -183,16 +206,13 @@ def generate_padded(
 
     args = shard_rows_like(lm, (ids.astype(np.int32), mask.astype(np.int32), keys, budget))
     keep = ("logits",) * bool(return_logits) + ("hidden",) * bool(return_hidden)
-    return _generate(
-        lm,
-        *args,
-        SamplingParams.of(sampling),
-        tables,
-        num_new=buffer_len,
-        prog=SamplingProgram.of(sampling),
-        keep=keep,
-        pad_id=int(pad_id),
-    )
+    statics = dict(num_new=buffer_len, prog=SamplingProgram.of(sampling), keep=keep,
+                   pad_id=int(pad_id))  # fmt: skip
+    values = (*args, SamplingParams.of(sampling), tables)
+    store = exported.default_store()
+    if store is not None and _on_one_device((lm, values)):
+        return _generate_exported(store, lm, values, **statics)
+    return _generate(lm, *values, **statics)
 
 
 @dataclasses.dataclass

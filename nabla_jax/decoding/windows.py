@@ -115,8 +115,9 @@ def prefix_rows(given: PrefixCaches, index) -> PrefixCaches:
 def window_buckets(window: int, length: int) -> tuple[tuple[int, int], ...]:
     """The ``(window, tail)`` shapes a DTO call may take, smallest first: the rest of a response
     from the selected position (window ++ tail) is bucketed to half a window, a window, or the
-    whole response length. Each is one compiled branch; a call takes the smallest that holds
-    the longest rest among its rows, so short rests do not pay for ``L``-slot reward inputs."""
+    whole response length. The loop compiles the largest ``DecodeConfig.dto_window_shapes`` of
+    them, one branch each; a call takes the smallest that holds the longest rest among its rows,
+    so with several shapes short rests do not pay for ``L``-slot reward inputs."""
     shapes = []
     for rest in (window // 2, window, length):
         if rest >= 1:

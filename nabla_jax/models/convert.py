@@ -358,6 +358,6 @@ def read_checkpoint(directory: str, allow_pickle: bool = False) -> dict[str, np.
 
 def to_device(tree, shardings=None):
     """Move a host parameter tree onto devices (optionally with a matching sharding tree)."""
-    if shardings is None:
-        return jax.tree.map(jax.numpy.asarray, tree)
+    if shardings is None:  # a plain transfer: jnp.asarray would compile a program per shape
+        return jax.device_put(tree)
     return jax.tree.map(jax.device_put, tree, shardings)

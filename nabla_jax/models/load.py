@@ -58,10 +58,30 @@ def check_model_dir(path) -> str:
     return path
 
 
+#: ``tokenizer_class`` values that mean "tokenizer.json as written, no model-specific class".
+_GENERIC_TOKENIZER_CLASSES = ("PreTrainedTokenizerFast", "TokenizersBackend")
+
+
+def _declared_tokenizer_class(path: str) -> str | None:
+    cfg = os.path.join(path, "tokenizer_config.json")
+    try:
+        with open(cfg, encoding="utf-8") as f:
+            return json.load(f).get("tokenizer_class")
+    except (OSError, ValueError, AttributeError):
+        return None  # AutoTokenizer reads (and reports) it
+
+
 def load_tokenizer(path):
-    """The directory's tokenizer via ``AutoTokenizer``, or None when it has no tokenizer files.
-    Tokenizer settings without a vocabulary (tokenizer_config.json but no tokenizer.json) raise
-    ``FileNotFoundError`` naming the missing file: such a tokenizer would encode nothing."""
+    """The directory's tokenizer, or None when it has no tokenizer files.
+
+    A ``tokenizer_config.json`` naming the generic fast class (``PreTrainedTokenizerFast``, as
+    the bundled models' does) loads ``tokenizer.json`` exactly as written with that class.
+    transformers 5's ``AutoTokenizer`` would instead pick the class of ``config.json``'s
+    ``model_type`` and rebuild its pre-tokenizer (a Qwen2 regex in place of the bundled digit /
+    punctuation split), and importing it imports torch (~5 s). Any other class goes through
+    ``AutoTokenizer``. Tokenizer settings without a vocabulary (tokenizer_config.json but no
+    tokenizer.json) raise ``FileNotFoundError`` naming the missing file: such a tokenizer would
+    encode nothing."""
     path = os.fspath(path)
     if not any(os.path.exists(os.path.join(path, f)) for f in _TOKENIZER_FILES):
         return None
@@ -71,6 +91,12 @@ def load_tokenizer(path):
             f"{os.path.join(path, 'tokenizer.json')} is missing (nor vocab.json / tokenizer.model);"
             " copy the tokenizer files next to config.json, or pass tokenizer=False"
         )
+    if _declared_tokenizer_class(path) in _GENERIC_TOKENIZER_CLASSES and os.path.exists(
+        os.path.join(path, "tokenizer.json")
+    ):
+        from transformers import PreTrainedTokenizerFast
+
+        return PreTrainedTokenizerFast.from_pretrained(path)
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(path)
@@ -86,11 +112,16 @@ def read_model_config(path) -> ModelConfig:
         ) from None
 
 
+@jax.jit
+def _all_finite(leaves: list) -> list:
+    return [jnp.isfinite(leaf).all() for leaf in leaves]
+
+
 def check_finite(params, path, layer_stack: str = "layers") -> None:
     """Raise ``CorruptCheckpointError`` naming the first parameter holding NaN or ±inf (and,
     for a leaf under ``layer_stack``, stacked ``[L, …]``, the first bad layer)."""
     leaves = jax.tree_util.tree_leaves_with_path(params)
-    finite = [jnp.isfinite(leaf).all() for _, leaf in leaves]
+    finite = _all_finite([leaf for _, leaf in leaves])  # one program, not one per leaf shape
     for (key, leaf), ok in zip(leaves, jax.device_get(finite)):
         if not ok:
             name = jax.tree_util.keystr(key)

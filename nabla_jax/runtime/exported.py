@@ -120,6 +120,10 @@ class ProgramStore:
             program = jax.jit(exported.call, donate_argnums=donated)
             self._programs[key] = program
             self.log.append((name, how))
+        # Committed to one device, as the program's results are: the wrapper's jit then sees the
+        # same argument shardings on every call (numpy inputs or the uncommitted results of
+        # another jit would compile it a second time, as long again as the first).
+        flat = jax.device_put(flat, jax.devices()[0])
         return jax.tree.unflatten(out_tree, program(*flat))
 
     def _path(self, name: str, key: str) -> Path:

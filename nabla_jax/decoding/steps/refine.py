@@ -1,14 +1,15 @@
 """Step 2 — refine: DTO on the window from each selected position.
 
 The window's logits (or latents) are optimized by :func:`~nabla_jax.functional.refine_rows`
-against the reward model and the LM's own likelihood, in one of a few fixed window shapes
-(``lax.switch`` picks the smallest that fits every row's rest; skipped when no row selected a
-position). Without DTO (the ablation) the rollout's own logits are returned. With
-``dto_lr_gap`` each row's learning rate is sized to the selected logit's top-1/top-2 gap. With
-``dto_rows`` the rows that selected a position are gathered into sub-batches of that many rows
-(one DTO pass each, a ``fori_loop`` as long as the selected rows need) and the results
-scattered back: every row follows its own DTO trajectory (its own cached gradient, keys and
-learning rate), so the results do not depend on which rows share a pass.
+against the reward model and the LM's own likelihood, in one of a few fixed window shapes (the
+largest ``DecodeConfig.dto_window_shapes`` of :func:`window_buckets`; ``lax.switch`` picks the
+smallest that fits every row's rest; skipped when no row selected a position). Without DTO (the
+ablation) the rollout's own logits are returned. With ``dto_lr_gap`` each row's learning rate
+is sized to the selected logit's top-1/top-2 gap. With ``dto_rows`` the rows that selected a
+position are gathered into sub-batches of that many rows (one DTO pass each, a ``fori_loop`` as
+long as the selected rows need) and the results scattered back: every row follows its own DTO
+trajectory (its own cached gradient, keys and learning rate), so the results do not depend on
+which rows share a pass.
 """
 
 from __future__ import annotations
@@ -102,7 +103,7 @@ def refine(m: ModelPair, state: RowState, at, chosen, h: DecodeHyper, *,
     lr = gap_learning_rate(here, h, prog) if prog.dto_lr_gap else None
     given = prefix_caches(m.lm, state, at, latents)
     keys = stream_keys(state.base_key, DTO, state.counters.refinements)
-    shapes = window_buckets(prog.window, state.resp.tokens.shape[1])
+    shapes = window_buckets(prog.window, state.resp.tokens.shape[1])[-prog.dto_window_shapes :]
 
     def dto_pass(problems, given, keys, lr):
         """DTO on the rows of ``problems``: logits ``[R, width, V]``, full steps, non-finite."""
