@@ -9,6 +9,11 @@ counts (fixed / broken) with a paired 95% interval of the difference; and what D
 refinements (mean KL of the resample distribution, the right token's probability before →
 after, the share of refinements where it rose among those where it was not already the top-1).
 
+``ceiling`` is the same loop with a perfect refinement: wherever the oracle names a right next
+token that differs from the current one, that token is proposed (``oracle_proposals``). Its
+distance from ``nodto`` bounds what any gradient could add at this selection, budget and
+acceptance test.
+
 Choose on validation, report on test (never the other way round)::
 
     python benchmarks/bench_gradient.py run --split validation --num-problems 80 \\
@@ -24,8 +29,8 @@ import json
 import os
 import time
 
-#: Overrides of each variant: ``DecodeConfig`` fields, and ``dto`` a dict of ``DTOConfig``
-#: fields, applied to the bundled settings.
+#: Overrides of each variant: ``DecodeConfig`` fields, ``dto`` a dict of ``DTOConfig`` fields
+#: and ``resample`` one of ``SamplingConfig`` fields, applied to the bundled settings.
 VARIANTS = {
     "nodto": {"use_dto": False},
     "bundled": {},
@@ -38,6 +43,17 @@ VARIANTS = {
     "lr0.3-nocache": {"dto": {"learning_rate": 0.3, "grad_caching": False}},
     "latents": {"dto": {"mode": "latents"}},
     "latents-lr0.1": {"dto": {"mode": "latents", "learning_rate": 0.1}},
+    "latents-lr1": {"dto": {"mode": "latents", "learning_rate": 1.0}},
+    # A soft straight-through estimator: the RM reads the softmax mixture, not the one-hot.
+    "soft-lr0.3": {"dto": {"hard": False, "learning_rate": 0.3}},
+    # A sharper resample without DTO: how much of the ceiling needs no gradient at all.
+    "nodto-tau0.1": {"use_dto": False, "resample": {"temperature": 0.1}},
+    # The ceiling of any DTO: the oracle's right token proposed wherever it names one that
+    # differs from the current token (no DTO step run: the draw it would refine is replaced).
+    "ceiling": {"use_dto": False, "oracle_proposals": True},
+    # ... with a smaller acceptance margin (the bundled 4 guards against the RM's errors).
+    "ceiling-margin0": {"use_dto": False, "oracle_proposals": True, "accept_margin": None},
+    "ceiling-margin2": {"use_dto": False, "oracle_proposals": True, "accept_margin": 2.0},
 }
 
 
@@ -46,10 +62,11 @@ def variant_config(name: str):
     from nabla_jax.app.bundled import bundled_decode_config
 
     overrides = dict(VARIANTS[name])
-    dto = overrides.pop("dto", None)
+    nested = {k: overrides.pop(k) for k in ("dto", "resample") if k in overrides}
     cfg = bundled_decode_config(**overrides)
-    if dto:
-        cfg = dataclasses.replace(cfg, dto=dataclasses.replace(cfg.dto, **dto))
+    for field, values in nested.items():
+        inner = dataclasses.replace(getattr(cfg, field), **values)
+        cfg = dataclasses.replace(cfg, **{field: inner})
     return cfg
 
 
@@ -122,8 +139,9 @@ def summarize(out: str, split: str) -> dict:
 def table(summary: dict) -> str:
     lines = [
         "| variant | acceptance | accuracy (95% CI) | calls | vs nodto: fixed / broken | "
-        "difference (paired 95% CI) | KL | p(right) before → after | p(right) up |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "difference (paired 95% CI) | KL | p(right) before → after | p(right) up | "
+        "at a wrong token: right already top-1, mean p(right) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, s in summary.items():
         variant, acc = name.rsplit("_", 1)
@@ -139,9 +157,11 @@ def table(summary: dict) -> str:
               if "p_right_before" in d else "")  # fmt: skip
         up = (f"{100 * d['p_right_up']:.0f}% of {d['right_not_top1']}"
               if d.get("right_not_top1") else "")  # fmt: skip
+        room = (f"{100 * d['right_was_top1']:.0f}% of {d['at_wrong_token']}, "
+                f"{d['p_right_at_wrong']:.2f}" if d.get("at_wrong_token") else "")  # fmt: skip
         lines.append(f"| {variant} | {acc} | {100 * s['accuracy']:.1f}% ({100 * lo:.1f}–"
                      f"{100 * hi:.1f}) | {s['mean_model_calls']:.0f} | {pair} | {diff} | {kl} | "
-                     f"{pr} | {up} |")  # fmt: skip
+                     f"{pr} | {up} | {room} |")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 

@@ -88,6 +88,13 @@ def bundled_runs():
         out[use_dto] = dec.generate(prompts, jax.random.key(0))
     plain = nj.NablaDecoder(lm, rm, bundled_decode_config(max_n_generations=4))
     out["plain"] = plain.generate(prompts, jax.random.key(0))
+    # An oracle that always names one digit: the resample rarely draws it by itself (on the
+    # bundled task the reference oracle's right token is usually the draw already).
+    (seven,) = lm.tokenizer.encode("7", add_special_tokens=False)
+    out["seven"] = seven
+    cfg = bundled_decode_config(use_dto=False, max_n_generations=4, oracle_proposals=True)
+    ceiling = nj.NablaDecoder(lm, rm, cfg, next_token_oracle=lambda prompt, response: seven)
+    out["ceiling"] = ceiling.generate(prompts, jax.random.key(0))
     return out
 
 
@@ -124,3 +131,27 @@ def test_decoder_refuses_a_non_callable_oracle():
     lm, rm = load_bundled()
     with pytest.raises(TypeError, match="next_token_oracle"):
         nj.NablaDecoder(lm, rm, bundled_decode_config(), next_token_oracle=3)
+
+
+def test_oracle_proposals_propose_the_right_token(bundled_runs):
+    seven = bundled_runs["seven"]
+    events = [t for r in bundled_runs["ceiling"] for t in r.trace]
+    assert events and all(t["right_token"] == seven for t in events)
+    fixable = [t for t in events if t["old_token"] != seven]
+    assert fixable and all(t["new_token"] == seven for t in fixable)
+    # Where "7" is already in place the resample's draw stands, without the current token.
+    assert all(t["new_token"] != t["old_token"] for t in events)
+    # Without the option the same loop draws other tokens.
+    plain = [t for r in bundled_runs[False] for t in r.trace]
+    assert sum(t["new_token"] != seven for t in plain) > len(plain) // 2
+
+
+def test_oracle_proposals_need_an_oracle_and_one_position():
+    lm, rm = load_bundled()
+    cfg = bundled_decode_config(oracle_proposals=True)
+    with pytest.raises(ValueError, match="next_token_oracle"):
+        nj.NablaDecoder(lm, rm, cfg)
+    with pytest.raises(ValueError, match="positions_per_iteration"):
+        bundled_decode_config(oracle_proposals=True, positions_per_iteration=2)
+    with pytest.raises(ValueError, match="oracle_proposals"):
+        bundled_decode_config(oracle_proposals=1)

@@ -58,6 +58,13 @@ def test_p_right_up_counts_only_refinements_dto_could_help():
     pooled = method_diagnostics([{"dto": row}, {"dto": other}])
     assert pooled["right_not_top1"] == 4 and pooled["p_right_up"] == pytest.approx(2 / 4)
     assert "p_right_up" not in row_diagnostics([ev(0.6, 0.7, top1=True)])
+    # At a wrong token (4 of the 5; the 4th has the right token in place): how much room
+    # the resample left, before DTO.
+    assert row["at_wrong_token"] == 4
+    assert row["right_was_top1"] == pytest.approx(1 / 4)
+    assert row["p_right_at_wrong"] == pytest.approx((0.1 + 0.2 + 0.6 + 0.1) / 4)
+    assert pooled["at_wrong_token"] == 5
+    assert pooled["p_right_at_wrong"] == pytest.approx((0.1 + 0.2 + 0.6 + 0.1 + 0.1) / 5)
 
 
 def test_revision_view_shows_what_dto_did():

@@ -11,6 +11,11 @@ over refinements).
 ``p_right_up`` is the share of the refinements where DTO could help — the oracle names a right
 token that is neither the current token nor already the resample's top-1 (``right_not_top1``
 of them) — in which DTO raised that token's probability.
+
+``at_wrong_token`` counts the refinements at a wrong token (the oracle names a different right
+one); among them ``right_was_top1`` is the share where the right token was already the
+resample's most probable one before DTO, and ``p_right_at_wrong`` its mean probability there:
+how much room the resample left a gradient.
 """
 
 from __future__ import annotations
@@ -25,7 +30,8 @@ _ORACLE = ("p_right_before", "p_right_after")
 
 def row_diagnostics(trace: Sequence[dict]) -> dict | None:
     """``{refinements, kl, dlogp, top1_changed, topk_changed[, oracle_refinements,
-    p_right_before, p_right_after][, right_not_top1, p_right_up][, fidelity_refinements,
+    p_right_before, p_right_after][, at_wrong_token, right_was_top1, p_right_at_wrong]
+    [, right_not_top1, p_right_up][, fidelity_refinements,
     fidelity]}`` — means over the
     refinements of one result (shares for the booleans), or None without diagnostics."""
     events = [t for t in trace if "kl" in t]
@@ -40,8 +46,12 @@ def row_diagnostics(trace: Sequence[dict]) -> dict | None:
         out["oracle_refinements"] = len(known)
         for k in _ORACLE:
             out[k] = sum(float(t[k]) for t in known) / len(known)
-    open_ = [t for t in known if t.get("right_top1_before") is False
-             and t["right_token"] != t["old_token"]]  # fmt: skip
+    wrong = [t for t in known if "right_top1_before" in t and t["right_token"] != t["old_token"]]
+    if wrong:
+        out["at_wrong_token"] = len(wrong)
+        out["right_was_top1"] = sum(bool(t["right_top1_before"]) for t in wrong) / len(wrong)
+        out["p_right_at_wrong"] = sum(float(t["p_right_before"]) for t in wrong) / len(wrong)
+    open_ = [t for t in wrong if t["right_top1_before"] is False]
     if open_:
         out["right_not_top1"] = len(open_)
         raised = sum(t["p_right_after"] > t["p_right_before"] for t in open_)
@@ -64,6 +74,7 @@ def method_diagnostics(rows: Sequence[dict]) -> dict | None:
         out[k] = sum(p[k] * p["refinements"] for p in parts) / n
     for count, keys in (
         ("oracle_refinements", _ORACLE),
+        ("at_wrong_token", ("right_was_top1", "p_right_at_wrong")),
         ("right_not_top1", ("p_right_up",)),
         ("fidelity_refinements", ("fidelity",)),
     ):

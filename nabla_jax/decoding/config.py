@@ -98,6 +98,12 @@ class DecodeConfig:
         correlation in the trace (:mod:`nabla_jax.decoding.fidelity`; ``k`` ≥ 2, the issue's
         16 a good choice; None = off). Costs one RM gradient and ``k`` RM scorings per
         refinement, not counted as model calls.
+      oracle_proposals: the ceiling of any DTO: where the next-token oracle names a right
+        token that differs from the current one, propose it instead of the resample's draw
+        (what a perfect refinement of the resample distribution would propose; elsewhere the
+        draw stands). Needs ``NablaDecoder(next_token_oracle=...)`` and one position per
+        iteration. Measures how much a better gradient could add at the same selection,
+        budget and acceptance test.
     """
 
     max_length: int = 1024
@@ -125,6 +131,7 @@ class DecodeConfig:
     fidelity_top_k: int | None = None
     dto_rows: int | None = None
     dto_window_shapes: int = 1
+    oracle_proposals: bool = False
 
     def __post_init__(self):
         def bad(name, want):
@@ -172,9 +179,16 @@ class DecodeConfig:
         n = self.dto_window_shapes
         if not _is_int(n) or not 1 <= n <= 3:
             bad("dto_window_shapes", "an int in [1, 3]")
-        for name in ("rejection_sampling", "use_dto", "resample_excludes_current"):
+        for name in ("rejection_sampling", "use_dto", "resample_excludes_current",
+                     "oracle_proposals"):  # fmt: skip
             if not isinstance(getattr(self, name), bool):
                 bad(name, "a bool")
+        if self.oracle_proposals and self.positions_per_iteration != 1:
+            bad(
+                "oracle_proposals",
+                "False with positions_per_iteration > 1 (one position "
+                "per iteration: the oracle names one right token)",
+            )
         stops = self.stop_strings
         if isinstance(stops, str):
             bad("stop_strings", "a tuple of strings (not one string)")
@@ -250,6 +264,7 @@ class DecodeConfig:
             fidelity_top_k=self.fidelity_top_k,
             dto_rows=None if self.dto_rows in (None, self.batch_size) else self.dto_rows,
             dto_window_shapes=self.dto_window_shapes,
+            oracle_proposals=self.oracle_proposals,
         )
 
 
@@ -269,7 +284,7 @@ class DecodeProgram:
       dto_lr_gap: per-row learning rates sized to the logit gap.
       accept_margin: acceptance needs a margin over the current score.
       rejection_sampling, use_dto, resample_excludes_current, positions_per_iteration,
-      refine_passes, fidelity_top_k: as in :class:`DecodeConfig`.
+      refine_passes, fidelity_top_k, oracle_proposals: as in :class:`DecodeConfig`.
       dto_rows: rows per DTO pass, or None (the whole batch in one pass).
       dto_window_shapes: the DTO step's compiled window shapes, the largest kept.
     """
@@ -294,6 +309,7 @@ class DecodeProgram:
     fidelity_top_k: int | None = None
     dto_rows: int | None = None
     dto_window_shapes: int = 1
+    oracle_proposals: bool = False
 
 
 class DecodeHyper(NamedTuple):

@@ -109,9 +109,9 @@ def iteration(m: ModelPair, state: RowState, h: DecodeHyper, tables: StopTables,
     """
     sel = select(m, state, h, prog=prog)
     refined = refine(m, state, sel.committed, sel.chosen, h, prog=prog)
-    proposal = resample(state, sel, refined, h, prog=prog)
     right = oracle_tokens(oracle, state.prompt_ids, state.prompt_mask, state.resp.tokens,
                           sel.committed, sel.chosen)  # fmt: skip
+    proposal = resample(state, sel, refined, h, prog=prog, right=right)
     diagnosis = diagnose(refined.original, refined.logits[:, 0], proposal.old, proposal.token,
                          right, h, prog=prog)  # fmt: skip
     if prog.fidelity_top_k:

@@ -112,6 +112,12 @@ class NablaDecoder:
             raise TypeError("scorer must be callable: list of RM input id lists -> scores")
         if next_token_oracle is not None and not callable(next_token_oracle):
             raise TypeError("next_token_oracle must be callable: (prompt ids, response ids) -> id")
+        if cfg.oracle_proposals and next_token_oracle is None:
+            raise ValueError(
+                "DecodeConfig.oracle_proposals=True proposes the next-token oracle's right "
+                "token: pass next_token_oracle=... (e.g. nabla_jax.tasks.arithmetic_oracle's), "
+                "or set oracle_proposals=False"
+            )
         self.next_token_oracle = next_token_oracle
         checked = check_pair(lm, rm, "the decoder", rm_vocab)
         self.rm_tokenizer, self.rm_vocabulary = checked

@@ -78,13 +78,20 @@ def resample_several(keys, window_logits, tokens, at, qualified, h: DecodeHyper,
 
 
 def resample(state: RowState, sel: Selection, refined: Refined, h: DecodeHyper, *,
-             prog: DecodeProgram) -> Proposal:  # fmt: skip
-    """The proposals of the rows ``sel`` chose (traceable)."""
+             prog: DecodeProgram, right=None) -> Proposal:  # fmt: skip
+    """The proposals of the rows ``sel`` chose (traceable).
+
+    ``right``: ``[B]`` the next-token oracle's right token at the selected position (−1 where
+    it names none); with ``oracle_proposals`` it replaces the draw where it differs from the
+    current token.
+    """
     resp, committed, chosen = state.resp, sel.committed, sel.chosen
     keys = stream_keys(state.base_key, RESAMPLE, sel.iterations)
     old = take_at(resp.tokens, committed)
     if prog.positions_per_iteration == 1:
         tok = resample_tokens(keys, refined.logits[:, 0], old, h, prog)
+        if prog.oracle_proposals:
+            tok = jnp.where((right >= 0) & (right != old), right, tok).astype(tok.dtype)
         proposing = chosen & (tok != old)
         return Proposal(old, tok, proposing, committed, put_at(resp.tokens, committed, tok,
                                                                 proposing))  # fmt: skip
