@@ -81,6 +81,13 @@ def cmd_run(args) -> None:
         from nabla_jax.models import load_reward_model
 
         rm = load_reward_model(args.rm)
+    if args.rm_steps:  # the RM read at every line's end: DTO follows the aggregated step scores
+        from nabla_jax.app.bundled import BUNDLED_RM
+        from nabla_jax.functional.step_reward import step_reward
+        from nabla_jax.models import load_process_reward_model
+
+        prm = load_process_reward_model(args.rm or str(BUNDLED_RM))
+        rm = step_reward(prm, args.rm_steps, step_end="\n")
     task = get_task()
     problems = generate(args.split, args.num_problems, args.seed)
     os.makedirs(args.out, exist_ok=True)
@@ -88,8 +95,10 @@ def cmd_run(args) -> None:
         for name in args.variants.split(","):
             cfg = variant_config(name)
             path = os.path.join(args.out, f"{args.split}_{name}_{acc}.jsonl")
+            reading = f" per step, {args.rm_steps}" if args.rm_steps else ""
             prov = evaluation.provenance(
-                seed=args.seed, methods=["nabla"], cfg=cfg, lm="bundled", rm=args.rm or "bundled",
+                seed=args.seed, methods=["nabla"], cfg=cfg, lm="bundled",
+                rm=(args.rm or "bundled") + reading,
                 dtype="float32", problems=[p.id for p in problems],
             )  # fmt: skip
             prov["acceptance"] = acc
@@ -188,6 +197,12 @@ def main(argv=None) -> None:
     run.add_argument("--acceptance", default="rm,oracle")
     run.add_argument("--out", required=True)
     run.add_argument("--rm", default=None, help="a reward-model directory (default: bundled)")
+    run.add_argument(
+        "--rm-steps",
+        default=None,
+        choices=("last", "min", "product", "mean"),
+        help="read the RM at every line's end, aggregated so (a PRM reading)",
+    )
     summ = sub.add_parser("summary")
     summ.add_argument("--split", default="test")
     summ.add_argument("--out", required=True)
