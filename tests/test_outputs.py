@@ -256,6 +256,24 @@ def test_problem_mismatch_says_what_differs(tmp_path):
         prepare_results_file(str(path), _prov(other))
 
 
+def test_a_file_from_before_paired_ablation_keys_is_not_resumed(tmp_path):
+    path = tmp_path / "r.jsonl"
+    old = {k: v for k, v in _prov("ab").items() if k != "random_streams"}
+    _write(path, old, [_row("a")])
+    with pytest.raises(evaluation.ResultsFileError, match="random_streams"):
+        prepare_results_file(str(path), _prov("ab"))
+
+
+def test_nabla_ablations_draw_nablas_random_numbers():
+    import jax
+
+    data = lambda m, seed=0: jax.random.key_data(evaluation.method_key(seed, m)).tolist()
+    for ablation in ("nabla-nodto", "nabla-norej", "nabla-nocache"):
+        assert data(ablation) == data("nabla")
+    assert data("greedy") != data("nabla") != data("bon:8")
+    assert data("nabla", 1) != data("nabla", 0)
+
+
 def test_a_header_without_rows_is_replaced(tmp_path):
     path = tmp_path / "r.jsonl"
     _write(path, _prov("ab"), [])

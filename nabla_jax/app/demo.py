@@ -91,7 +91,8 @@ def gradient_line(summary: dict) -> str | None:
     return (
         f"What the gradient adds (committed benchmark, {a['n']} test problems): ∇-Reasoner "
         f"{100 * a['accuracy']:.1f}% against {100 * b['accuracy']:.1f}% for the same loop "
-        f"without DTO ({diff:+.1f} points; {a['mean_model_calls']:.0f} against "
+        f"without DTO, drawing the same random numbers ({diff:+.1f} points; "
+        f"{a['mean_model_calls']:.0f} against "
         f"{b['mean_model_calls']:.0f} model calls per problem)."
     )
 

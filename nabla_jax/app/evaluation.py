@@ -60,10 +60,20 @@ def _stat(stats, name, default=0):
     return getattr(stats, name, default)
 
 
+#: How :func:`method_key` assigns random streams (recorded in a results file's provenance, so
+#: a file written under another assignment is not resumed into this one).
+RANDOM_STREAMS = "nabla ablations share nabla's key"
+
+
 def method_key(seed: int, method: str):
     """The ``jax.random`` key a benchmark run with ``seed`` gives ``method`` (so a problem's
-    result can be decoded again exactly, e.g. by the demo)."""
-    return jax.random.fold_in(jax.random.key(seed), sum(map(ord, method)))
+    result can be decoded again exactly, e.g. by the demo).
+
+    ∇-Reasoner's ablations (``nabla-nodto``, ``nabla-norej``, ``nabla-nocache``) get ∇'s own
+    key: each draws the same random numbers as ∇ (common random numbers), so a difference
+    between them is the ablated part, not another draw."""
+    stream = "nabla" if method in registry.NABLA_VARIANTS else method
+    return jax.random.fold_in(jax.random.key(seed), sum(map(ord, stream)))
 
 
 def provenance(
@@ -76,7 +86,7 @@ def provenance(
     return json.loads(json.dumps({
         "seed": int(seed), "methods": list(methods), "decode": dataclasses.asdict(cfg),
         "baseline_sampling": dataclasses.asdict(sampling), "lm": str(lm), "rm": str(rm),
-        "dtype": str(dtype), "problems": list(problems),
+        "dtype": str(dtype), "problems": list(problems), "random_streams": RANDOM_STREAMS,
     }, default=str))  # fmt: skip
 
 
