@@ -149,8 +149,8 @@ def test_oracle_proposals_propose_the_right_token(bundled_runs):
 def test_oracle_proposals_need_an_oracle_and_one_position():
     lm, rm = load_bundled()
     cfg = bundled_decode_config(oracle_proposals=True)
-    with pytest.raises(ValueError, match="next_token_oracle"):
-        nj.NablaDecoder(lm, rm, cfg)
+    with pytest.raises(ValueError, match="next_token_oracle=.*tasks.oracle.ReferenceNextToken"):
+        nj.NablaDecoder(lm, rm, cfg)  # (the class it names is the one imported above)
     with pytest.raises(ValueError, match="positions_per_iteration"):
         bundled_decode_config(oracle_proposals=True, positions_per_iteration=2)
     with pytest.raises(ValueError, match="oracle_proposals"):

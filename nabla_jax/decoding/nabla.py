@@ -77,8 +77,8 @@ class NablaDecoder:
       next_token_oracle: optional host function ``(prompt_ids, response_ids) -> right next
         token id, or -1``: each refinement's trace then records the right token's probability
         before and after DTO (``p_right_before`` / ``p_right_after``; see
-        :mod:`nabla_jax.decoding.diagnostics`). For the bundled task:
-        ``nabla_jax.tasks.arithmetic_oracle.NextTokenOracle``.
+        :mod:`nabla_jax.decoding.diagnostics`). For a task whose problems carry reference
+        solutions (the bundled one): ``nabla_jax.tasks.oracle.ReferenceNextToken``.
       mesh: optional ``jax.sharding.Mesh`` ("data", "model"): the models' weights are split
         over "model" and the slots over "data" (``cfg.batch_size`` must divide by it).
       scorer: optional acceptance-test scorer: called with a list of full RM input id lists
@@ -115,7 +115,8 @@ class NablaDecoder:
         if cfg.oracle_proposals and next_token_oracle is None:
             raise ValueError(
                 "DecodeConfig.oracle_proposals=True proposes the next-token oracle's right "
-                "token: pass next_token_oracle=... (e.g. nabla_jax.tasks.arithmetic_oracle's), "
+                "token: pass next_token_oracle=... (e.g. nabla_jax.tasks.oracle."
+                "ReferenceNextToken(task, problems, lm.tokenizer)), "
                 "or set oracle_proposals=False"
             )
         self.next_token_oracle = next_token_oracle
