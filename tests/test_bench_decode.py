@@ -7,23 +7,17 @@ processes, two of them compiling every decode program from an empty cache: minut
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
 
 import jax
 import jax.numpy as jnp
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.bench_scripts import load_benchmark
 
 
 def _load():
-    path = os.path.join(ROOT, "benchmarks", "bench_decode.py")
-    spec = importlib.util.spec_from_file_location("bench_decode", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("bench_decode")
 
 
 def test_compile_counter_counts_backend_compiles():

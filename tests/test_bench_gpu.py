@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
 
 import jax
 
 import nabla_jax as nj
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.bench_scripts import load_benchmark
 
 
 def _load():
-    path = os.path.join(ROOT, "benchmarks", "bench_gpu.py")
-    spec = importlib.util.spec_from_file_location("bench_gpu", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("bench_gpu")
 
 
 def test_dto_step_flops_counts_window_not_prefix():

@@ -3,22 +3,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.bench_scripts import ROOT, load_benchmark
+
 RUNS = os.path.join(ROOT, "benchmarks", "results", "gradient", "bundled_rm")
 
 
 def _load():
-    path = os.path.join(ROOT, "benchmarks", "bench_gradient.py")
-    spec = importlib.util.spec_from_file_location("bench_gradient", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("bench_gradient")
 
 
 def test_variants_are_valid_decode_configs():

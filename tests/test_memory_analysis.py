@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-import os
 import types
 
 import jax
@@ -13,16 +11,11 @@ import pytest
 
 import nabla_jax as nj
 from nabla_jax.runtime.memory import abstract, peak_bytes, program_memory
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.bench_scripts import load_benchmark
 
 
 def _bench():
-    path = os.path.join(ROOT, "benchmarks", "bench_memory.py")
-    spec = importlib.util.spec_from_file_location("bench_memory", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("bench_memory")
 
 
 def _tiny_decode():
